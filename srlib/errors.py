@@ -1,0 +1,29 @@
+"""Exceptions that say what went wrong and how to fix it; the CLI prints them as one line."""
+
+
+class SrlibError(Exception):
+    """Base class: the message names the problem and the fix."""
+
+
+class DataError(SrlibError):
+    pass
+
+
+class WeightsError(SrlibError):
+    pass
+
+
+class ConfigError(SrlibError):
+    pass
+
+
+class TrainingError(SrlibError):
+    pass
+
+
+class CacheError(SrlibError):
+    pass
+
+
+class LockError(SrlibError):
+    pass

@@ -1,0 +1,93 @@
+"""Shared fixtures: generated datasets, and the real offline data/weights when configured."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _image(rng: np.random.Generator, label: int) -> np.ndarray:
+    """A 32x32 image whose colour depends on its class, so a tiny model can learn something."""
+    base = np.zeros((32, 32, 3), dtype=np.float64)
+    base[..., label % 3] = 60 + 18 * label
+    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def make_imagefolder(root: Path, train_per_class: int = 6, test_per_class: int = 3, suffix: str = ".png") -> Path:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(_image(rng, label)).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+def make_canonical(root: Path, per_batch: int = 20, test: int = 20) -> Path:
+    """torchvision's cifar-10-batches-py layout with generated pixels."""
+    rng = np.random.default_rng(1)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(n: int) -> dict:
+        labels = [i % 10 for i in range(n)]
+        data = np.stack([_image(rng, y).transpose(2, 0, 1).reshape(-1) for y in labels])
+        return {"data": data, "labels": labels}
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(test)))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CLASSES}))
+    return root
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    return make_imagefolder(tmp_path / "imagefolder")
+
+
+@pytest.fixture
+def canonical(tmp_path: Path) -> Path:
+    return make_canonical(tmp_path / "datadir")
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own cache and data directory, so none reads another's files."""
+    monkeypatch.setenv("SRLIB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SRLIB_DATA_DIR", str(tmp_path / "no-data-here"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> str:
+    """The real CIFAR-10 (canonical or ImageFolder copy) named by SRLIB_DATA; skip when absent."""
+    path = os.environ.get("SRLIB_DATA")
+    if not path or not Path(path).is_dir():
+        if os.environ.get("SRLIB_REQUIRE_REAL"):
+            pytest.fail("SRLIB_REQUIRE_REAL is set but SRLIB_DATA does not name a data directory")
+        pytest.skip("set SRLIB_DATA to run tests on real CIFAR-10")
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    path = Path(os.environ.get("SRLIB_WEIGHTS_DIR", "weights"))
+    if not (path / "dctlsa_x2.safetensors").is_file():
+        if os.environ.get("SRLIB_REQUIRE_REAL"):
+            pytest.fail("SRLIB_REQUIRE_REAL is set but SRLIB_WEIGHTS_DIR holds no DCTLSA weights")
+        pytest.skip("set SRLIB_WEIGHTS_DIR to a folder with dctlsa_x{2,3,4}.safetensors")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the tests on real data, so the JPEG copy is decoded once per session."""
+    return tmp_path_factory.mktemp("real-cache")
