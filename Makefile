@@ -4,7 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?=
 SEEDS ?= 1
-BOOK_OUT ?= _build
 
 .PHONY: setup report preview book test lint bench clean
 
@@ -25,7 +24,7 @@ preview: setup
 	$(PY) -m srlib sweep --profile preview --seeds $(SEEDS)
 
 book: setup
-	$(PY) -m srlib book --out $(BOOK_OUT)
+	$(PY) -m srlib book
 
 test: setup
 	$(PY) -m ruff check srlib tests
@@ -35,4 +34,4 @@ bench: setup
 	$(PY) -m srlib bench --json results/bench_cpu.json
 
 clean:
-	rm -rf $(BOOK_OUT) book/executed
+	rm -rf _build book/executed

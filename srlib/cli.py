@@ -94,6 +94,13 @@ def cmd_sr_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_book(args: argparse.Namespace) -> int:
+    from .book import build_book
+
+    print(f"report: {build_book(path_output=args.path_output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srlib", description="Does super-resolving CIFAR-10 beat resizing?")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-analysis", action="store_true")
     _add_data_options(p)
     p.set_defaults(func=lambda a: __import__("srlib.sweep", fromlist=["cmd_sweep"]).cmd_sweep(a))
+
+    p = sub.add_parser("book", help="build the HTML report from the executed notebooks (never trains)")
+    p.add_argument("--path-output", help="the book goes to PATH_OUTPUT/_build/html (default: the project root)")
+    p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("bench", help="training and upscaling speed: reference-style baseline vs srlib")
     p.add_argument("--json", help="write the results here")

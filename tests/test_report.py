@@ -1,0 +1,95 @@
+"""The report: the training notebook through papermill, and a smoke study built into a book that
+a real headless browser opens offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from srlib.config import STUDY_VARIANTS
+from srlib.sweep import NOTEBOOKS, ROOT, sweep
+
+
+def test_train_notebook_runs_through_papermill(tmp_path, imagefolder):
+    import papermill as pm
+
+    out = tmp_path / "runs"
+    executed = tmp_path / "train.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS / "train.ipynb"), str(executed), kernel_name="python3", progress_bar=False,
+                        parameters={"variant": "resize_x2", "profile": "smoke", "seed": 0, "out": str(out),
+                                    "data": str(imagefolder), "cache_dir": str(tmp_path / "cache"),
+                                    "overrides": {"epochs": 1, "width": 8, "train_size": 20, "test_size": 10}})
+    record = json.loads((out / "smoke" / "resize_x2" / "seed0" / "record.json").read_text())
+    assert record["config"]["epochs"] == 1 and record["input_px"] == 64
+    text = executed.read_text()
+    assert "Max test accuracy" in text and "image/png" in text
+
+
+def test_sweep_collects_failures_and_goes_on(tmp_path, imagefolder, monkeypatch):
+    import srlib.sweep as sweep_mod
+
+    calls = []
+
+    def fake_execute(template, output, parameters, log_output):
+        calls.append(parameters.get("variant", template))
+        if parameters.get("variant") == "resize_x2":
+            raise RuntimeError("ValueError: boom")
+
+    monkeypatch.setattr(sweep_mod, "_execute", fake_execute)
+    result = sweep("smoke", 1, ["original", "resize_x2", "sr_x2"], out=tmp_path / "runs",
+                   notebooks_out=tmp_path / "nb", log=lambda *_: None)
+    assert calls == ["original", "resize_x2", "sr_x2", "sr_quality.ipynb", "compare.ipynb"]
+    assert list(result.failed) == ["smoke-resize_x2-seed0"] and "boom" in result.failed["smoke-resize_x2-seed0"]
+    summary = json.loads((tmp_path / "runs" / "smoke" / "sweep.json").read_text())
+    assert summary["failed"] == result.failed
+
+
+def test_book_build_refuses_without_executed_notebooks(tmp_path):
+    from srlib.book import build_book
+    from srlib.errors import SrlibError
+
+    with pytest.raises(SrlibError, match="srlib sweep"):
+        build_book(root=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory, real_data, weights_dir) -> Path:
+    """A copy of the book sources, a smoke sweep of the five variants into it, then a build."""
+    from srlib.book import build_book
+
+    root = tmp_path_factory.mktemp("report")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("executed"))
+    os.environ["SRLIB_WEIGHTS_DIR"] = str(weights_dir)
+    result = sweep("smoke", 1, STUDY_VARIANTS, out=root / "runs", notebooks_out=root / "book" / "executed",
+                   data=real_data, cache_dir=str(tmp_path_factory.mktemp("cache")), log_output=False)
+    assert not result.failed, result.failed
+    return build_book(root=root).parent
+
+
+@pytest.mark.slow
+def test_report_opens_offline_in_a_browser(smoke_book):
+    from browser import chromium_path, inspect_pages
+
+    if chromium_path() is None:
+        if os.environ.get("SRLIB_REQUIRE_BROWSER"):
+            pytest.fail("SRLIB_REQUIRE_BROWSER is set but no chromium was found")
+        pytest.skip("install Debian's chromium to run the browser check")
+    pages = ["index.html"] + sorted(str(p.relative_to(smoke_book)) for p in smoke_book.rglob("book/**/*.html"))
+    seen = inspect_pages(smoke_book, pages)
+    assert seen["index.html"]["url"].endswith("book/intro.html")
+    for page, s in seen.items():
+        assert s["status"] == 200, page
+        assert s["outside"] == [], f"{page} requested {s['outside']}"
+        assert s["errors"] == [], f"{page} console errors {s['errors']}"
+        assert all(i["complete"] and i["width"] > 0 for i in s["images"]), f"{page}: broken image {s['images']}"
+    compare = seen["book/executed/compare.html"]
+    assert len([i for i in compare["images"] if "_images" in i["src"]]) >= 2  # curves and per-class heatmap
+    assert any(all(v in table for v in STUDY_VARIANTS) for table in compare["tables"])
+    assert len(seen["book/executed/sr_quality.html"]["images"]) >= 1
+    assert len([p for p in seen if "/train/" in p]) == len(STUDY_VARIANTS)
