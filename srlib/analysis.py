@@ -114,7 +114,7 @@ def _by_seed(records: list[dict]) -> dict[tuple[str, int], dict]:
 
 
 def differences_table(records: list[dict], comparisons: list[tuple[str, str]] = COMPARISONS) -> pd.DataFrame:
-    """A - B per comparison: paired over seeds (mean ± 95% CI), and McNemar on final predictions.
+    """A − B per comparison ("A − B" rows): paired over seeds (mean ± 95% CI), and McNemar on final predictions.
 
     McNemar counts are pooled over seeds (each seed's final predictions on the same test images);
     the per-seed p-values are listed too, since pooled counts are not independent across seeds.
@@ -133,7 +133,7 @@ def differences_table(records: list[dict], comparisons: list[tuple[str, str]] = 
         tests = [t for t in tests if t is not None]
         if tests:
             pooled = mcnemar_counts(sum(t["only_a_right"] for t in tests), sum(t["only_b_right"] for t in tests))
-            row.update({f"only {a} right": pooled["only_a_right"], f"only {b} right": pooled["only_b_right"],
+            row.update({"only A right": pooled["only_a_right"], "only B right": pooled["only_b_right"],
                         "McNemar p (pooled)": pooled["p_value"],
                         "McNemar p (per seed)": ", ".join(f"{t['p_value']:.3g}" for t in tests)})
         rows.append(row)

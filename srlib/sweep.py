@@ -43,7 +43,23 @@ def _execute(template: str, output: Path, parameters: dict, log_output: bool) ->
     partial = output.with_name(output.stem + ".partial.ipynb")
     pm.execute_notebook(str(NOTEBOOKS / template), str(partial), parameters=parameters, kernel_name=KERNEL,
                         cwd=str(ROOT), log_output=log_output, progress_bar=False)
+    _tag_for_the_book(partial)
     os.replace(partial, output)  # an executed notebook only appears once it ran to the end
+
+
+def _tag_for_the_book(path: Path) -> None:
+    """Readers see results first: parameter cells are dropped, code is folded (one click shows it)."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        extra = "remove-cell" if {"parameters", "injected-parameters"} & set(tags) else "hide-input"
+        if extra not in tags:
+            tags.append(extra)
+    nbformat.write(notebook, path)
 
 
 def _failure(exc: Exception) -> str:
