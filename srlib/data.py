@@ -59,14 +59,28 @@ def locate(data: str | os.PathLike | None = None, data_dir: str | os.PathLike | 
             return {"kind": "canonical", "path": path}
         if path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
             return {"kind": "imagefolder", "path": path}
-        raise DataError(
-            f"data path {path} is neither an ImageFolder tree (train/<class>/*, test/<class>/*) nor a "
-            f"directory holding {CANONICAL_DIR}; check --data / SRLIB_DATA"
-        )
+        raise DataError(f"{_not_a_dataset(path)}; check --data / SRLIB_DATA")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if (root / CANONICAL_DIR).is_dir():
         return {"kind": "canonical", "path": root / CANONICAL_DIR}
     return {"kind": "download", "path": root / CANONICAL_DIR}
+
+
+def _not_a_dataset(path: Path) -> str:
+    """What is wrong with an explicit data path, as precisely as the path allows."""
+    expected = f"an ImageFolder tree (train/<class>/*, test/<class>/*) or a folder holding {CANONICAL_DIR}"
+    if not path.exists():
+        return f"data path {path} does not exist; it should be {expected}"
+    if not path.is_dir():
+        return f"data path {path} is a file, not a directory; it should be {expected}"
+    if not any(path.iterdir()):
+        return f"data directory {path} is empty; put {expected} there"
+    splits = [s for s in ("train", "test") if (path / s).is_dir()]
+    if len(splits) == 1:
+        missing = "test" if splits == ["train"] else "train"
+        return f"data directory {path} has {splits[0]}/ but no {missing}/; an ImageFolder tree needs both splits"
+    return (f"data path {path} is neither an ImageFolder tree (train/<class>/*, test/<class>/*) nor a folder "
+            f"holding {CANONICAL_DIR}")
 
 
 def download_canonical(root: Path) -> Path:
@@ -163,16 +177,32 @@ def _decode_canonical(path: Path) -> tuple[dict, dict]:
 
 def _list_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     split_dir = root / split
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in _listdir(split_dir) if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir} holds no class folders; expected {split}/<class>/<image>")
     files = []
     for label, name in enumerate(classes):
-        images = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in _listdir(split_dir / name) if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise DataError(f"class folder {split_dir / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise DataError(f"class folder {split_dir / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                            "add its images or remove the folder from both splits")
         files += [(str(p.relative_to(root)), label) for p in images]
     return classes, files
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot list {folder} ({exc}); fix its permissions") from exc
+
+
+def _read_image_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); "
+                        "fix its permissions, or replace or delete that file") from exc
 
 
 def _imagefolder_files(root: Path) -> tuple[dict, str]:
@@ -181,19 +211,19 @@ def _imagefolder_files(root: Path) -> tuple[dict, str]:
     if train_classes != test_classes:
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))
-        raise DataError(
-            f"train and test classes differ in {root}: only in train {only_train}, only in test {only_test}; "
-            "every class needs a folder in both splits"
-        )
+        differ = "; ".join(f"{names} only in {split}/" for split, names in (("train", only_train), ("test", only_test))
+                           if names)
+        raise DataError(f"train and test classes differ in {root}: {differ}; every class needs a folder in both "
+                        "splits: add the missing folder or remove the class from the other split")
     digest = hashlib.sha256()
     for rel, label in train_files + test_files:
         digest.update(f"{rel}\0{label}\0".encode())
-        digest.update((root / rel).read_bytes())
+        digest.update(_read_image_bytes(root / rel))
     return {"classes": train_classes, "train": train_files, "test": test_files}, digest.hexdigest()
 
 
 def _decode_imagefolder(root: Path, files: dict) -> tuple[dict, dict]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     from tqdm.auto import tqdm
 
     arrays, size = {}, None
@@ -203,12 +233,13 @@ def _decode_imagefolder(root: Path, files: dict) -> tuple[dict, dict]:
             try:
                 with Image.open(root / rel) as im:
                     array = np.asarray(im.convert("RGB"))
-            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                raise DataError(f"cannot decode image {root / rel} ({exc}); replace or delete that file") from exc
+            except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files
+                raise DataError(f"cannot decode image {root / rel} ({type(exc).__name__}: {exc}); "
+                                "replace or delete that file") from exc
             size = size or array.shape
             if array.shape != size:
                 raise DataError(f"image {root / rel} is {array.shape[1]}x{array.shape[0]}, the others "
-                                f"{size[1]}x{size[0]}; all images must share one size")
+                                f"{size[1]}x{size[0]}; all images must share one size: resize or delete it")
             images.append(array)
         arrays[f"{split}_x"] = np.stack(images).transpose(0, 3, 1, 2).copy()
         arrays[f"{split}_y"] = np.array([label for _, label in files[split]], dtype=np.int64)
@@ -227,7 +258,8 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int = 0) -> np
     for c, k in zip(classes, per_class, strict=True):
         members = np.flatnonzero(labels == c)
         if k > len(members):
-            raise DataError(f"subset of {size} needs {k} images of class {c}, only {len(members)} exist")
+            raise DataError(f"a stratified subset of {size} needs {k} images of class {c}, only {len(members)} "
+                            "exist; ask for a smaller subset (--train-size / --test-size) or add images")
         chosen.append(rng.permutation(members)[:k])
     return np.sort(np.concatenate(chosen))
 

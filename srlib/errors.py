@@ -4,6 +4,10 @@
 class SrlibError(Exception):
     """Base class: the message names the problem and the fix."""
 
+    def __str__(self) -> str:
+        # Messages often quote another library's exception, which may span lines; the CLI promises one.
+        return " ".join(super().__str__().split())
+
 
 class DataError(SrlibError):
     pass
@@ -26,4 +30,8 @@ class CacheError(SrlibError):
 
 
 class LockError(SrlibError):
+    pass
+
+
+class DiskFullError(SrlibError):
     pass

@@ -1,7 +1,7 @@
-"""Atomic files, hash-verified array caches and a directory lock.
+"""Atomic files, hash-sealed array caches and checkpoints, and a directory lock.
 
 Everything the study writes goes through here, so a kill or a full disk never leaves a
-half-written file where a finished one is expected.
+half-written file where a finished one is expected, and a damaged file is never used.
 """
 
 from __future__ import annotations
@@ -9,16 +9,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
+import socket
+import struct
 import tempfile
-import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import CacheError, LockError, SrlibError
+from .errors import CacheError, DiskFullError, LockError
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_ZIP_END = b"PK\x05\x06"  # signature of a zip's end-of-central-directory record (22 bytes + comment)
+_ZIP_END_SIZE = 22
+_SEAL = b"srlib-sha256:"
+_SEAL_SIZE = len(_SEAL) + 64
+_TORCH_SEAL = b"srlib-torch-sha256:"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -36,26 +47,72 @@ def sha256_array(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, write: callable) -> None:
-    """Call `write(fileobj)` on a temporary file beside `path`, fsync, then rename over it."""
+def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call `write(fileobj)` on a temporary file beside `path`, fsync, then rename it over `path`.
+
+    Readers see the old file or the new one, never a mix. On an error the temporary file is
+    removed; after a kill it stays behind and the next write to `path` removes it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{_HOST}-{os.getpid()}.", suffix=".tmp",
+                                   dir=path.parent)
+        with os.fdopen(fd, "w+b") as f:  # readable too: save_arrays hashes what it wrote
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
+        _fsync_directory(path.parent)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise SrlibError(
-                f"disk full while writing {path}; nothing was left half-written. "
-                "Free some space (or point SRLIB_CACHE_DIR / --out elsewhere) and rerun."
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise DiskFullError(
+                f"disk full while writing {path}; nothing was left half-written (an existing file there is "
+                "unchanged). Free some space (or point SRLIB_CACHE_DIR / --cache-dir / --out elsewhere) and rerun"
             ) from exc
         raise
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files of `path` left by killed writers on this machine (live ones are kept)."""
+    prefix = f"{_temp_prefix(path)}{_HOST}-"
+    for name in os.listdir(path.parent):
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; some filesystems refuse fsync on directories, which is harmless.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_json(path: str | Path, obj: dict) -> None:
@@ -68,43 +125,141 @@ def read_json(path: str | Path) -> dict:
         return json.load(f)
 
 
+# --- array caches: .npz files sealed with the sha256 of all their bytes ---------------------------------
+
 def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], meta: dict | None = None) -> None:
-    """Save arrays as .npz with each array's sha256 inside, so a damaged file is detectable."""
+    """Save arrays as .npz with each array's sha256 inside and the whole file's sha256 in its zip comment.
+
+    The file stays a plain .npz (np.load reads it); `load_arrays` refuses it if any byte changed.
+    """
     hashes = {name: sha256_array(a) for name, a in arrays.items()}
     header = json.dumps({"meta": meta or {}, "sha256": hashes})
     payload = {**arrays, "__header__": np.frombuffer(header.encode(), dtype=np.uint8)}
 
-    atomic_write_bytes(path, lambda f: np.savez(f, **payload))
+    def write(f: BinaryIO) -> None:
+        np.savez(f, **payload)
+        _seal_zip(f)
+
+    atomic_write_bytes(path, write)
+
+
+def _seal_zip(f: BinaryIO) -> None:
+    """Hash the zip as written (empty comment), then store that hash as its comment."""
+    end = f.seek(0, os.SEEK_END)
+    f.seek(end - _ZIP_END_SIZE)
+    record = f.read(_ZIP_END_SIZE)
+    if record[:4] != _ZIP_END or record[-2:] != b"\0\0":
+        raise RuntimeError("np.savez wrote an unexpected zip layout; cannot seal it")
+    f.seek(0)
+    digest = _hash_prefix(f, end).hexdigest()
+    f.seek(end - 2)
+    f.write(struct.pack("<H", _SEAL_SIZE) + _SEAL + digest.encode())
+
+
+def _hash_prefix(f: BinaryIO, size: int, chunk: int = 1 << 20) -> hashlib._Hash:
+    """sha256 of the next `size` bytes of `f`."""
+    digest = hashlib.sha256()
+    while size > 0:
+        block = f.read(min(chunk, size))
+        if not block:
+            raise EOFError("file ended early")
+        digest.update(block)
+        size -= len(block)
+    return digest
+
+
+def _check_seal(path: Path) -> bool:
+    """True if `path` carries a seal that matches; False for an unsealed (older srlib) file; else CacheError."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size >= _ZIP_END_SIZE:
+            f.seek(size - _ZIP_END_SIZE)
+            record = f.read(_ZIP_END_SIZE)
+            if record[:4] == _ZIP_END and record[-2:] == b"\0\0":
+                return False
+        body = size - _SEAL_SIZE - 2  # everything before the comment length
+        if body < _ZIP_END_SIZE - 2:
+            raise CacheError(f"cache file {path} is truncated ({size} bytes)")
+        f.seek(body - (_ZIP_END_SIZE - 2))
+        record, seal = f.read(_ZIP_END_SIZE), f.read()
+        if record[:4] != _ZIP_END or record[-2:] != struct.pack("<H", _SEAL_SIZE) or not seal.startswith(_SEAL):
+            raise CacheError(f"cache file {path} has no valid sha256 seal (truncated or altered)")
+        f.seek(0)
+        digest = _hash_prefix(f, body)
+        digest.update(b"\0\0")  # the comment length as it was when the hash was taken
+    if digest.hexdigest().encode() != seal[len(_SEAL):]:
+        raise CacheError(f"cache file {path} does not match its sha256 (altered or damaged)")
+    return True
 
 
 def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Load and verify a file written by `save_arrays`; raise CacheError if it is damaged."""
+    """Load and verify a file written by `save_arrays`; raise CacheError if it is damaged in any way."""
+    path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(bytes(z["__header__"]).decode())
-            arrays = {name: z[name] for name in z.files if name != "__header__"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        return _load_verified(path)
+    except CacheError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged zip makes numpy raise, the file is unusable
         raise CacheError(f"cache file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
-    expected = header.get("sha256", {})
+
+
+def _load_verified(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    sealed = _check_seal(path)
+    with np.load(path, allow_pickle=False) as z:
+        header = json.loads(bytes(z["__header__"]).decode())
+        arrays = {name: z[name] for name in z.files if name != "__header__"}
+    expected = header["sha256"]
     if set(expected) != set(arrays):
         raise CacheError(f"cache file {path} holds {sorted(arrays)}, its header lists {sorted(expected)}")
-    for name, array in arrays.items():
-        if sha256_array(array) != expected[name]:
-            raise CacheError(f"cache file {path}: array {name!r} does not match its sha256 (altered or damaged)")
+    if not sealed:  # files from before the seal: check what they carry, each array's hash
+        for name, array in arrays.items():
+            if sha256_array(array) != expected[name]:
+                raise CacheError(f"cache file {path}: array {name!r} does not match its sha256 (altered or damaged)")
     return arrays, header.get("meta", {})
 
 
-def load_or_build(path: Path, build: callable, log: callable = print) -> tuple[dict[str, np.ndarray], dict]:
+def load_or_build(path: Path, build: Callable[[], tuple[dict, dict]],
+                  log: Callable[[str], Any] = print) -> tuple[dict[str, np.ndarray], dict]:
     """Return the verified cache at `path`, or build it (and save it) when missing or damaged."""
     if path.exists():
         try:
             return load_arrays(path)
         except CacheError as exc:
-            log(f"[srlib] {exc}; rebuilding it")
+            log(f"[srlib] {exc}; not using it, rebuilding it")
             path.unlink(missing_ok=True)
     arrays, meta = build()
     save_arrays(path, arrays, meta)
     return arrays, meta
+
+
+# --- checkpoints: torch.save bytes behind a sha256 line ---------------------------------------------------
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """torch.save `obj` atomically, prefixed by the sha256 of its bytes."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getbuffer()
+    line = _TORCH_SEAL + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    atomic_write_bytes(path, lambda f: (f.write(line), f.write(payload)))
+
+
+def load_torch(path: str | Path) -> Any:
+    """Load a file written by `save_torch` (tensors, containers and numbers only); CacheError if damaged."""
+    import torch
+
+    data = Path(path).read_bytes()
+    head = len(_TORCH_SEAL) + 65
+    if len(data) < head or not data.startswith(_TORCH_SEAL) or data[head - 1:head] != b"\n":
+        raise CacheError(f"{path} has no valid sha256 line (truncated, altered or not an srlib checkpoint)")
+    payload = memoryview(data)[head:]
+    if hashlib.sha256(payload).hexdigest().encode() != data[len(_TORCH_SEAL):head - 1]:
+        raise CacheError(f"{path} does not match its sha256 (altered or damaged)")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - intact bytes that torch cannot read are as unusable
+        raise CacheError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from exc
 
 
 @contextlib.contextmanager

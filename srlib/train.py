@@ -3,12 +3,16 @@
 Data order and flips come from generators seeded by (seed, epoch), and the model is built
 right after seeding, so the same seed gives the same initial weights and the same batches in
 every variant (paired comparisons), and a resumed run replays exactly what it would have done.
+Training itself draws nothing from the global RNGs; checkpoints still carry their states, so a
+resumed run stays exact if that ever changes.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +23,14 @@ import torch.nn.functional as F
 
 from .config import VARIANTS, TrainConfig
 from .data import Dataset, default_cache_dir, load_dataset, locate, stratified_subset
-from .errors import TrainingError
+from .errors import CacheError, ConfigError, TrainingError
 from .model import count_parameters, resnet18
 from .provenance import now, provenance
-from .store import atomic_write_bytes, read_json, save_arrays, sha256_array, write_json
+from .store import directory_lock, load_torch, read_json, save_arrays, save_torch, sha256_array, write_json
 from .upscale import default_device, upscale_cached
 
 RECORD_SCHEMA = 1
+CHECKPOINT_SCHEMA = 2
 EVAL_BATCH = 500  # images per evaluation step (memory only; does not change results)
 
 
@@ -160,12 +165,6 @@ def summarise(epochs: list[dict]) -> dict:
     }
 
 
-def _checkpoint(path: Path, model, optimizer, scheduler, epochs: list[dict], config: TrainConfig) -> None:
-    state = {"config": config.to_dict(), "epoch": len(epochs), "epochs": epochs, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
-
-
 def find_finished(out: str | os.PathLike, config: TrainConfig) -> dict | None:
     """The finished record for exactly this config, if one exists."""
     path = run_dir(out, config) / "record.json"
@@ -178,16 +177,39 @@ def find_finished(out: str | os.PathLike, config: TrainConfig) -> dict | None:
     return record if record.get("config") == config.to_dict() and record.get("status") == "complete" else None
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use --device cpu or --device cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu (or leave "
+                          "--device out to pick the GPU when there is one)")
+    return device
+
+
 def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None = None,
           cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
           progress: bool = True, force: bool = False, log=print) -> dict:
-    """Run (or resume, or reuse) one training run and return its record."""
+    """Run (or resume, or reuse) one training run and return its record.
+
+    The run directory stays locked meanwhile, so a second `train` of the same run stops with a
+    LockError instead of writing checkpoints over the first one's.
+    """
     directory = run_dir(out, config)
-    finished = None if force else find_finished(out, config)
-    if finished is not None and finished["data"]["dataset"]["path"] == str(Path(locate(data)["path"]).resolve()):
-        log(f"[srlib] reusing finished run {directory} (same config and data; --force to retrain)")
-        return finished
-    device = torch.device(device) if device is not None else default_device()
+    holder = f"srlib train --variant {config.variant} --profile {config.profile} --seed {config.seed}"
+    with directory_lock(directory, holder):
+        finished = None if force else find_finished(out, config)
+        if finished is not None and finished["data"]["dataset"]["path"] == str(Path(locate(data)["path"]).resolve()):
+            log(f"[srlib] reusing finished run {directory} (same config and data; --force to retrain)")
+            return finished
+        return _train(config, directory, data, cache_dir, resolve_device(device), progress, force, log)
+
+
+def _train(config: TrainConfig, directory: Path, data: str | None, cache_dir: str | os.PathLike | None,
+           device: torch.device, progress: bool, force: bool, log) -> dict:
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
     started_at, started = now(), time.perf_counter()
     dataset = load_dataset(data, cache_dir=cache_dir)
@@ -202,9 +224,10 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     epochs: list[dict] = []
+    resumes: list[dict] = []
     checkpoint = directory / "checkpoint.pt"
     if checkpoint.is_file() and not force:
-        epochs = _resume(checkpoint, model, optimizer, scheduler, config, log)
+        epochs, resumes = _resume(checkpoint, model, optimizer, scheduler, config, variant_data.identity, log)
     step_model = torch.compile(model) if config.compile else model
     preds = None
 
@@ -212,20 +235,18 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         train_loss, train_acc, n = train_epoch(step_model, optimizer, variant_data, config, epoch, bf16,
-                                                   channels_last, progress)
+                                               channels_last, progress)
         seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            where = f"kept the checkpoint of epoch {len(epochs)} in {checkpoint}" if epochs else "no epoch finished"
-            raise TrainingError(f"loss became {train_loss} in epoch {epoch + 1} ({where}); "
-                                "lower the learning rate (--lr) or use --precision fp32, then rerun")
         scheduler.step()
         test_loss, test_acc, preds = evaluate(step_model, variant_data.test_x, variant_data.test_y, bf16, channels_last)
+        _stop_if_diverged(epoch, train_loss, test_loss, model, checkpoint, len(epochs))
         epochs.append(dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                            test_acc=test_acc, seconds=seconds, train_images_per_s=n / seconds))
         log(f"[srlib] {config.variant} seed {config.seed} epoch {epoch + 1}/{config.epochs}: "
             f"loss {train_loss:.4f} train {train_acc:.2f}% test {test_acc:.2f}% "
             f"({seconds:.1f}s, {n / seconds:.0f} img/s)")
-        _checkpoint(checkpoint, model, optimizer, scheduler, epochs, config)
+        save_torch(checkpoint, _checkpoint_state(model, optimizer, scheduler, epochs, resumes, config,
+                                                 variant_data.identity))
 
     if preds is None:  # nothing trained in this process (resumed after the last epoch, or 0 epochs)
         _, _, preds = evaluate(step_model, variant_data.test_x, variant_data.test_y, bf16, channels_last)
@@ -242,6 +263,8 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None
         "data": variant_data.identity,
         "upscale_seconds": variant_data.upscale_seconds,
         "predictions": "predictions.npz",
+        "resumed_from_epoch": resumes[-1]["from_epoch"] if resumes else None,
+        "resumes": resumes,  # every interruption this run recovered from; the metrics are as if there was none
         "started": started_at,
         "finished": now(),
         "wall_seconds": time.perf_counter() - started,
@@ -255,17 +278,82 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None
     return record
 
 
-def _resume(path: Path, model, optimizer, scheduler, config: TrainConfig, log) -> list[dict]:
+def _stop_if_diverged(epoch: int, train_loss: float, test_loss: float, model: torch.nn.Module, checkpoint: Path,
+                      last_good: int) -> None:
+    """Raise before a diverged model can overwrite the last good checkpoint."""
+    bad = [f"{name} loss {value}" for name, value in (("train", train_loss), ("test", test_loss))
+           if not math.isfinite(value)]
+    if not _weights_finite(model):
+        bad.append("non-finite weights")
+    if not bad:
+        return
+    kept = (f"the last good checkpoint (epoch {last_good}) is kept in {checkpoint}, and rerunning the same "
+            "command resumes from it" if last_good else "no epoch had finished, so there is no checkpoint")
+    raise TrainingError(f"loss became non-finite in epoch {epoch + 1} ({', '.join(bad)}); stopped without saving "
+                        f"that epoch: {kept}. Fix: lower the learning rate (--lr) or use --precision fp32, then rerun "
+                        "(a changed setting starts the run afresh)")
+
+
+def _weights_finite(model: torch.nn.Module) -> bool:
+    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def rng_states() -> dict:
+    """The global RNG states (torch CPU and CUDA, numpy, random), in a form torch.load(weights_only) accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "python": list(random.getstate())}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _checkpoint_state(model, optimizer, scheduler, epochs: list[dict], resumes: list[dict], config: TrainConfig,
+                      identity: dict) -> dict:
+    return {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(), "data": _data_key(identity),
+            "epoch": len(epochs), "epochs": epochs, "resumes": resumes, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()}
+
+
+def _data_key(identity: dict) -> str:
+    """What the data is (content hashes, subset, upscaler), not where it lies: a moved folder still resumes."""
+    key = json.loads(json.dumps(identity))
+    key["dataset"].pop("path", None)
+    key["upscaler"].pop("weights_path", None)
+    return json.dumps(key, sort_keys=True)
+
+
+def _resume(path: Path, model, optimizer, scheduler, config: TrainConfig, identity: dict,
+            log) -> tuple[list[dict], list[dict]]:
+    """Load the checkpoint into model, optimizer, scheduler and RNGs; ([], []) when it cannot be used."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        log(f"[srlib] checkpoint {path} is unreadable ({exc}); starting this run from scratch")
-        return []
-    if state.get("config") != config.to_dict():
-        log(f"[srlib] checkpoint {path} was made with another config; starting this run from scratch")
-        return []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    log(f"[srlib] resuming {path.parent} after epoch {state['epoch']}")
-    return state["epochs"]
+        state = load_torch(path)
+    except CacheError as exc:
+        log(f"[srlib] {exc}; not using it, starting this run from scratch")
+        return [], []
+    why = ("it is from an older srlib" if state.get("schema") != CHECKPOINT_SCHEMA else
+           "it was made with another config" if state.get("config") != config.to_dict() else
+           "it was made from other data" if state.get("data") != _data_key(identity) else None)
+    if why:
+        log(f"[srlib] checkpoint {path}: {why}; starting this run from scratch")
+        return [], []
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise TrainingError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {exc}); delete it "
+                            "or rerun with --force to start afresh") from exc
+    log(f"[srlib] resuming {path.parent} after epoch {state['epoch']} of {config.epochs}")
+    return state["epochs"], [*state["resumes"], {"from_epoch": state["epoch"], "at": now()}]

@@ -133,6 +133,8 @@ def resolve_sr_weights(scale: int, weights: str | os.PathLike | None = None,
     """Path of the checkpoint to use (and its expected sha256, for the defaults)."""
     if weights is not None:
         path = Path(weights)
+        if path.is_dir():
+            raise WeightsError(f"SR weights path {path} is a directory; pass the checkpoint file to --sr-weights")
         if not path.is_file():
             raise WeightsError(f"SR weights file {path} does not exist; check --sr-weights")
         return path, None

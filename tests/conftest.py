@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -91,3 +92,12 @@ def weights_dir() -> Path:
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache for the tests on real data, so the JPEG copy is decoded once per session."""
     return tmp_path_factory.mktemp("real-cache")
+
+
+@pytest.fixture
+def one_thread():
+    """In-process training on one thread: reproducible, and no stalls when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -80,5 +80,6 @@ def test_no_data_gives_one_clear_error(monkeypatch, tmp_path):
 
 
 def test_path_that_is_not_a_dataset_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not images")  # an empty folder gets its own message (test_reliability)
     with pytest.raises(DataError, match="neither an ImageFolder"):
         load_dataset(tmp_path)
