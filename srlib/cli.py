@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except SrlibError as exc:
         print(f"srlib: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a read-only or vanished output folder: one line, not a traceback
+        print(f"srlib: error: {exc}; check that path, its permissions and the free disk space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("srlib: interrupted; finished epochs are checkpointed, rerun the same command to resume",
               file=sys.stderr)

@@ -2,7 +2,9 @@
 analysis notebooks, writing executed notebooks where the book picks them up.
 
 One failed run does not stop the others; the summary says which failed, and the exit code is
-non-zero. A rerun executes only what is missing (finished runs are reused by `train`).
+non-zero. A rerun executes only what is missing: a run whose executed notebook ran with the same
+parameters after its record was finished is skipped without starting a kernel, and the analysis
+notebooks are skipped when no record is newer than them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ KERNEL = "python3"  # the kernel of the interpreter running the sweep (ipykernel
 @dataclass
 class SweepResult:
     done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -62,6 +65,27 @@ def _tag_for_the_book(path: Path) -> None:
     nbformat.write(notebook, path)
 
 
+def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
+    """True when `output` was executed with `parameters` to the end, after every file in `inputs`."""
+    import nbformat
+
+    if not output.is_file() or not inputs or not all(p.is_file() for p in inputs):
+        return False
+    try:
+        ran_with = nbformat.read(output, as_version=4).metadata.get("papermill", {}).get("parameters")
+    except (OSError, ValueError):
+        return False
+    return ran_with == parameters and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
+
+
+def _finished_record(out: Path, variant: str, profile: str, seed: int, overrides: dict) -> list[Path]:
+    """[record.json] when that run is complete with exactly this config, else []."""
+    from .train import find_finished, run_dir
+
+    config = make_config(variant, profile, seed, **overrides)
+    return [run_dir(out, config) / "record.json"] if find_finished(out, config) is not None else []
+
+
 def _failure(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return next((line for line in reversed(text) if "Error" in line), text[-1] if text else type(exc).__name__)
@@ -85,18 +109,28 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
         for seed in range(seeds):
             for variant in variants:
                 name = f"{profile}-{variant}-seed{seed}"
-                log(f"[sweep] {name}: running notebooks/train.ipynb")
                 params = {**common, "variant": variant, "seed": seed, "overrides": overrides or {}}
+                output = notebooks_out / "train" / f"{name}.ipynb"
+                if _is_current(output, params, _finished_record(out, variant, profile, seed, overrides or {})):
+                    log(f"[sweep] {name}: finished earlier (record and executed notebook exist), skipped")
+                    result.skipped.append(name)
+                    continue
+                log(f"[sweep] {name}: running notebooks/train.ipynb")
                 try:
-                    _execute("train.ipynb", notebooks_out / "train" / f"{name}.ipynb", params, log_output)
+                    _execute("train.ipynb", output, params, log_output)
                     result.done.append(name)
                 except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
                     result.failed[name] = _failure(exc)
                     log(f"[sweep] {name} FAILED: {result.failed[name]}")
         if analysis:
+            records = sorted((out / profile).glob("*/seed*/record.json"))
             for template in ("sr_quality.ipynb", "compare.ipynb"):
-                log(f"[sweep] running notebooks/{template}")
                 params = {**common, "n": 1000 if profile != "smoke" else 100}
+                if not result.done and not result.failed and _is_current(notebooks_out / template, params, records):
+                    log(f"[sweep] notebooks/{template}: up to date with every record, skipped")
+                    result.skipped.append(template)
+                    continue
+                log(f"[sweep] running notebooks/{template}")
                 try:
                     _execute(template, notebooks_out / template, params, log_output)
                     result.done.append(template)
@@ -105,7 +139,8 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
                     log(f"[sweep] {template} FAILED: {result.failed[template]}")
         result.seconds = time.perf_counter() - started
         write_json(out / profile / "sweep.json", {"profile": profile, "seeds": seeds, "variants": list(variants),
-                                                  "done": result.done, "failed": result.failed,
+                                                  "done": result.done, "skipped": result.skipped,
+                                                  "failed": result.failed,
                                                   "seconds": result.seconds})
     return result
 
@@ -116,8 +151,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     profile = args.profile or default_profile()
     result = sweep(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data, args.cache_dir,
                    analysis=not args.no_analysis)
-    print(f"[sweep] {len(result.done)} notebook(s) done in {result.seconds / 60:.1f} min; "
-          f"{len(result.failed)} failed")
+    print(f"[sweep] {len(result.done)} notebook(s) done in {result.seconds / 60:.1f} min, "
+          f"{len(result.skipped)} already up to date, {len(result.failed)} failed")
     for name, why in result.failed.items():
         print(f"[sweep]   FAILED {name}: {why}")
     if result.failed:

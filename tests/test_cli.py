@@ -37,3 +37,12 @@ def test_data_command_reports_source(imagefolder):
     done = subprocess.run([sys.executable, "-m", "srlib", "data", "--data", str(imagefolder)],
                           capture_output=True, text=True)
     assert done.returncode == 0 and "imagefolder" in done.stdout
+
+
+def test_unwritable_output_is_one_clear_line(tmp_path, imagefolder, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code = main(["train", "--variant", "original", "--profile", "smoke", "--data", str(imagefolder),
+                 "--out", str(blocker / "runs"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("srlib: error: ") and "a_file" in err and "\n" not in err

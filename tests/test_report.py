@@ -57,19 +57,43 @@ def test_book_build_refuses_without_executed_notebooks(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory, real_data, weights_dir) -> Path:
-    """A copy of the book sources, a smoke sweep of the five variants into it, then a build."""
-    from srlib.book import build_book
-
+def smoke_study(tmp_path_factory, real_data, weights_dir) -> tuple[Path, dict]:
+    """A copy of the book sources and a smoke sweep of the five variants into it: (root, sweep kwargs)."""
     root = tmp_path_factory.mktemp("report")
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("executed"))
     os.environ["SRLIB_WEIGHTS_DIR"] = str(weights_dir)
-    result = sweep("smoke", 1, STUDY_VARIANTS, out=root / "runs", notebooks_out=root / "book" / "executed",
-                   data=real_data, cache_dir=str(tmp_path_factory.mktemp("cache")), log_output=False)
+    kwargs = dict(out=root / "runs", notebooks_out=root / "book" / "executed", data=real_data,
+                  cache_dir=str(tmp_path_factory.mktemp("cache")), log_output=False)
+    result = sweep("smoke", 1, STUDY_VARIANTS, **kwargs)
     assert not result.failed, result.failed
-    return build_book(root=root).parent
+    assert not result.skipped
+    return root, kwargs
+
+
+@pytest.fixture(scope="module")
+def smoke_book(smoke_study) -> Path:
+    from srlib.book import build_book
+
+    return build_book(root=smoke_study[0]).parent
+
+
+def test_sweep_rerun_does_only_what_is_missing(smoke_study):
+    root, kwargs = smoke_study
+    executed = sorted((root / "book" / "executed").rglob("*.ipynb"))
+    before = {p: p.stat().st_mtime_ns for p in executed}
+    result = sweep("smoke", 1, STUDY_VARIANTS, **kwargs)
+    assert result.done == [] and result.failed == {}
+    assert sorted(result.skipped) == sorted([f"smoke-{v}-seed0" for v in STUDY_VARIANTS]
+                                            + ["sr_quality.ipynb", "compare.ipynb"])
+    assert {p: p.stat().st_mtime_ns for p in executed} == before
+
+    # A run whose record went missing is redone, and only it; then the analysis sees the new record.
+    (root / "runs" / "smoke" / "original" / "seed0" / "record.json").unlink()
+    result = sweep("smoke", 1, STUDY_VARIANTS, **kwargs)
+    assert result.done == ["smoke-original-seed0", "sr_quality.ipynb", "compare.ipynb"], result
+    assert len(result.skipped) == len(STUDY_VARIANTS) - 1 and not result.failed
 
 
 @pytest.mark.slow
