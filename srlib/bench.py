@@ -536,7 +536,10 @@ def format_table(result: dict) -> str:
 
 
 def cmd_bench(args) -> int:
-    result = run_bench(px=list(args.px), steps=args.steps, images=args.images)
+    from .train import resolve_device
+
+    result = run_bench(px=list(args.px), steps=args.steps, images=args.images,
+                       device=resolve_device(args.device), accuracy=not args.no_accuracy)
     print(format_table(result))
     if args.json:
         from .store import write_json

@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--px", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
     p.add_argument("--images", type=int, default=64, help="images per upscaling measurement")
+    p.add_argument("--device", help="cpu or cuda (default: the GPU when there is one)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the fp32 vs fast-path accuracy check")
     p.set_defaults(func=lambda a: __import__("srlib.bench", fromlist=["cmd_bench"]).cmd_bench(a))
     return parser
 

@@ -55,6 +55,21 @@ def test_tiny_bench_writes_the_documented_json(tmp_path, imagefolder, weights_di
 def test_bench_rejects_nonsense_settings(capsys):
     assert main(["bench", "--steps", "0"]) == 2
     assert "--steps >= 1" in capsys.readouterr().err
+    assert main(["bench", "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_bench_cli_passes_device_and_accuracy_switch(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run_bench(**kwargs):
+        seen.update(kwargs)
+        return {"fake": True}
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench, "format_table", lambda result: "table")
+    assert main(["bench", "--device", "cpu", "--no-accuracy", "--px", "32"]) == 0
+    assert seen["device"].type == "cpu" and seen["accuracy"] is False and seen["px"] == [32]
 
 
 def test_without_data_the_bench_uses_seeded_noise(monkeypatch):
