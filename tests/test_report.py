@@ -48,6 +48,18 @@ def test_sweep_collects_failures_and_goes_on(tmp_path, imagefolder, monkeypatch)
     assert summary["failed"] == result.failed
 
 
+def test_a_second_sweep_on_the_same_output_stops_with_a_clear_message(tmp_path, monkeypatch):
+    import srlib.sweep as sweep_mod
+    from srlib.errors import LockError
+    from srlib.store import directory_lock
+
+    monkeypatch.setattr(sweep_mod, "_execute", lambda *a: pytest.fail("the second sweep must not run anything"))
+    with directory_lock(tmp_path / "runs", "srlib sweep --profile smoke"):
+        with pytest.raises(LockError, match=r"runs is in use by srlib sweep --profile smoke \(pid \d+\); wait"):
+            sweep("smoke", 1, ["original"], out=tmp_path / "runs", notebooks_out=tmp_path / "nb", log=lambda *_: None)
+    assert not (tmp_path / "nb").exists()
+
+
 def test_book_build_refuses_without_executed_notebooks(tmp_path):
     from srlib.book import build_book
     from srlib.errors import SrlibError
