@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .progress import progress_bar
 from .store import load_or_build
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -224,12 +225,11 @@ def _imagefolder_files(root: Path) -> tuple[dict, str]:
 
 def _decode_imagefolder(root: Path, files: dict) -> tuple[dict, dict]:
     from PIL import Image
-    from tqdm.auto import tqdm
 
     arrays, size = {}, None
     for split in ("train", "test"):
         images = []
-        for rel, _ in tqdm(files[split], desc=f"decode {split}", unit="img", mininterval=2, leave=False):
+        for rel, _ in progress_bar(files[split], desc=f"decode {split}", unit="img", mininterval=2, leave=False):
             try:
                 with Image.open(root / rel) as im:
                     array = np.asarray(im.convert("RGB"))

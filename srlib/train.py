@@ -25,6 +25,7 @@ from .config import VARIANTS, TrainConfig
 from .data import Dataset, default_cache_dir, load_dataset, locate, stratified_subset
 from .errors import CacheError, ConfigError, TrainingError
 from .model import count_parameters, resnet18
+from .progress import progress_bar
 from .provenance import now, provenance
 from .store import directory_lock, load_torch, read_json, save_arrays, save_torch, sha256_array, write_json
 from .upscale import default_device, upscale_cached
@@ -107,7 +108,6 @@ def use_channels_last(config: TrainConfig, device: torch.device) -> bool:
 
 def train_epoch(model, optimizer, data: VariantData, config: TrainConfig, epoch: int, bf16: bool,
                 channels_last: bool, progress: bool) -> tuple[float, float, int]:
-    from tqdm import tqdm
 
     model.train()
     n = len(data.train_y)
@@ -116,7 +116,7 @@ def train_epoch(model, optimizer, data: VariantData, config: TrainConfig, epoch:
     loss_sum = torch.zeros((), device=data.train_x.device)
     correct = torch.zeros((), dtype=torch.long, device=data.train_x.device)
     steps = range(0, n, config.batch_size)
-    for start in tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress,
+    for start in progress_bar(steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress,
                       mininterval=1, unit="batch"):
         idx = order[start:start + config.batch_size]
         x = data.train_x[idx]

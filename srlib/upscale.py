@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import WeightsError
+from .progress import progress_bar
 from .store import load_or_build, sha256_array, sha256_file
 
 
@@ -210,13 +211,12 @@ def build_upscaler(method: str, scale: int, **kwargs) -> Upscaler:
 
 def upscale(images: np.ndarray, upscaler: Upscaler, progress: bool = True, desc: str = "") -> np.ndarray:
     """Upscale uint8 images in chunks; returns a new uint8 array (N, 3, sH, sW)."""
-    from tqdm.auto import tqdm
 
     n, c, h, w = images.shape
     s = upscaler.scale
     out = np.empty((n, c, h * s, w * s), dtype=np.uint8)
     step = upscaler.chunk_size
-    bar = tqdm(total=n, desc=desc or f"{upscaler.method} x{s}", unit="img", disable=not progress, mininterval=1)
+    bar = progress_bar(total=n, desc=desc or f"{upscaler.method} x{s}", unit="img", disable=not progress, mininterval=1)
     for start in range(0, n, step):
         chunk = torch.from_numpy(images[start:start + step]).to(upscaler.device)
         out[start:start + step] = upscaler.run(chunk).cpu().numpy()

@@ -129,3 +129,11 @@ def test_report_opens_offline_in_a_browser(smoke_book):
     assert any(all(v in table for v in STUDY_VARIANTS) for table in compare["tables"])
     assert len(seen["book/executed/sr_quality.html"]["images"]) >= 1
     assert len([p for p in seen if "/train/" in p]) == len(STUDY_VARIANTS)
+
+
+def test_pages_show_results_not_stderr(smoke_study, smoke_book):
+    root, _ = smoke_study
+    executed = (root / "book" / "executed" / "train" / "smoke-sr_x2-seed0.ipynb").read_text()
+    assert '"name": "stderr"' in executed  # the upscaling progress bar is kept in the executed notebook ...
+    for page in smoke_book.rglob("book/executed/**/*.html"):
+        assert "output stderr" not in page.read_text(), page  # ... and kept off the pages
