@@ -97,11 +97,11 @@ def _remove_stale_temps(path: Path) -> None:
 
 def _process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError means it exists under another user: alive
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
