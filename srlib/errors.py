@@ -1,5 +1,9 @@
 """Exceptions that say what went wrong and how to fix it; the CLI prints them as one line."""
 
+# `srlib train` / `srlib sweep` exit code when a run stopped cleanly at its deadline (resumable), distinct from
+# failure (2) and success (0).
+PARTIAL_EXIT_CODE = 3
+
 
 class SrlibError(Exception):
     """Base class: the message names the problem and the fix."""

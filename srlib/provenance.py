@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -15,7 +16,15 @@ import torch
 PACKAGES = ("torch", "torchvision", "numpy", "spandrel", "safetensors", "pillow", "papermill")
 
 
+DIFF_FILE = "code.diff"
+
+
 def git_info(cwd: str | Path | None = None) -> dict:
+    """Commit and dirtiness of the code; when dirty, the diff against the commit (`_diff`, not for the record).
+
+    Without a git checkout (e.g. a copy sent to a GPU machine) SRLIB_SOURCE_COMMIT and SRLIB_SOURCE_DIFF (a file
+    holding `git diff HEAD` made where the copy came from) stand in for it.
+    """
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -23,11 +32,35 @@ def git_info(cwd: str | Path | None = None) -> dict:
             done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return done.stdout.strip() if done.returncode == 0 else None
+        return done.stdout if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get("SRLIB_SOURCE_COMMIT"):
+        diff_file = os.environ.get("SRLIB_SOURCE_DIFF")
+        diff = Path(diff_file).read_text() if diff_file and Path(diff_file).is_file() else ""
+        return _with_diff({"commit": os.environ["SRLIB_SOURCE_COMMIT"], "dirty": bool(diff)}, diff)
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    info = {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
+    return _with_diff(info, (git("diff", "HEAD", "--binary") or "") if info["dirty"] else "")
+
+
+def _with_diff(info: dict, diff: str) -> dict:
+    if diff:
+        info["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+        info["diff_file"] = DIFF_FILE
+        info["_diff"] = diff
+    return info
+
+
+def save_code_diff(info: dict, directory: str | Path) -> dict:
+    """Write a dirty tree's diff beside a result (so its code can be recovered); return `info` fit for JSON."""
+    from .store import atomic_write_bytes
+
+    info = dict(info)
+    diff = info.pop("_diff", None)
+    if diff:
+        atomic_write_bytes(Path(directory) / DIFF_FILE, lambda f: f.write(diff.encode()))
+    return info
 
 
 def versions() -> dict:
@@ -63,9 +96,12 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def provenance(device: torch.device) -> dict:
+def provenance(device: torch.device, directory: str | Path | None = None) -> dict:
+    """Where a result came from; with `directory`, a dirty tree's diff is saved there as code.diff."""
+    git = git_info()
     return {
-        "git": git_info(),
+        "git": save_code_diff(git, directory) if directory is not None else {k: v for k, v in git.items()
+                                                                              if k != "_diff"},
         "versions": versions(),
         "device": device_info(device),
         "host": platform.node(),

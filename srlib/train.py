@@ -9,10 +9,8 @@ resumed run stays exact if that ever changes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +19,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VARIANTS, TrainConfig
-from .data import Dataset, default_cache_dir, load_dataset, locate, stratified_subset
-from .errors import CacheError, ConfigError, TrainingError
+from .data import Dataset, default_cache_dir, load_dataset, stratified_subset
+from .errors import ConfigError, TrainingError
 from .model import count_parameters, resnet18
+from .numerics import Numerics, deterministic_algorithms, resolve_device, resolve_numerics
 from .progress import progress_bar
 from .provenance import now, provenance
-from .store import directory_lock, load_torch, read_json, save_arrays, save_torch, sha256_array, write_json
-from .upscale import default_device, upscale_cached
+from .runs import CHECKPOINT, PREDICTIONS, RECORD, config_dir, find_finished
+from .store import directory_lock, save_arrays, sha256_array, write_json
+from .upscale import upscale_cached
 
-RECORD_SCHEMA = 1
-CHECKPOINT_SCHEMA = 2
+RECORD_SCHEMA = 2
 EVAL_BATCH = 500  # images per evaluation step (memory only; does not change results)
 
 
@@ -43,10 +43,6 @@ class VariantData:
     test_y: torch.Tensor
     identity: dict  # data and upscaler identity, for the record
     upscale_seconds: float
-
-
-def run_dir(out: str | os.PathLike, config: TrainConfig) -> Path:
-    return Path(out) / config.profile / config.variant / f"seed{config.seed}"
 
 
 def prepare_data(config: TrainConfig, dataset: Dataset, device: torch.device,
@@ -78,17 +74,6 @@ def prepare_data(config: TrainConfig, dataset: Dataset, device: torch.device,
                        identity, time.perf_counter() - started)
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # Without native bf16 (AVX-512 BF16 / AMX) CPU autocast emulates it and runs slower than fp32.
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 def normalise(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1] (mean 0.5, std 0.5, as the reference's ToTensor+Normalize)."""
     x = x.float().div_(127.5).sub_(1.0)
@@ -101,53 +86,59 @@ def epoch_order(seed: int, epoch: int, n: int) -> tuple[torch.Tensor, torch.Tens
     return torch.randperm(n, generator=g), torch.rand(n, generator=g) < 0.5
 
 
-def use_channels_last(config: TrainConfig, device: torch.device) -> bool:
-    # oneDNN's channels_last backward stalls for minutes at width 4 on AVX2 CPUs (some batch sizes).
-    return config.channels_last and (device.type != "cpu" or config.width >= 8)
+def make_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, flips: torch.Tensor,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch: gather, flip the images whose `flips` entry is set, normalise."""
+    x = x_all[idx]
+    x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(3), x)
+    return normalise(x, channels_last), y_all[idx]
 
 
-def train_epoch(model, optimizer, data: VariantData, config: TrainConfig, epoch: int, bf16: bool,
-                channels_last: bool, progress: bool) -> tuple[float, float, int]:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on one batch; returns the (detached) loss and the logits, without a host sync."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
 
+
+def train_epoch(model, optimizer, data: VariantData, config: TrainConfig, epoch: int, numerics: Numerics,
+                progress: bool) -> tuple[float, float, int]:
+    """One epoch of the protocol; (mean train loss, train accuracy %, images)."""
     model.train()
     n = len(data.train_y)
-    order, flips = epoch_order(config.seed, epoch, n)
-    order, flips = order.to(data.train_x.device), flips.to(data.train_x.device)
+    order, flips = (t.to(data.train_x.device) for t in epoch_order(config.seed, epoch, n))
     loss_sum = torch.zeros((), device=data.train_x.device)
     correct = torch.zeros((), dtype=torch.long, device=data.train_x.device)
     steps = range(0, n, config.batch_size)
     for start in progress_bar(steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress,
-                      mininterval=1, unit="batch"):
-        idx = order[start:start + config.batch_size]
-        x = data.train_x[idx]
-        x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(3), x)
-        x, y = normalise(x, channels_last), data.train_y[idx]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().float() * len(y)
+                              mininterval=1, unit="batch"):
+        x, y = make_batch(data.train_x, data.train_y, order[start:start + config.batch_size], flips,
+                          numerics.channels_last)
+        loss, logits = train_step(model, optimizer, x, y, numerics.bf16)
+        loss_sum += loss.float() * len(y)
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / n, 100.0 * correct.item() / n, n
 
 
-def evaluate(model, x_all: torch.Tensor, y_all: torch.Tensor, bf16: bool,
-             channels_last: bool) -> tuple[float, float, np.ndarray]:
+def evaluate(model, x_all: torch.Tensor, y_all: torch.Tensor, numerics: Numerics) -> tuple[float, float, np.ndarray]:
     """Test loss, accuracy (%) and per-image predictions."""
     model.eval()
-    preds, loss_sum = [], 0.0
+    preds, loss_sum = [], torch.zeros((), device=x_all.device)
     with torch.inference_mode():
         for start in range(0, len(y_all), EVAL_BATCH):
-            x, y = normalise(x_all[start:start + EVAL_BATCH], channels_last), y_all[start:start + EVAL_BATCH]
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            x, y = normalise(x_all[start:start + EVAL_BATCH], numerics.channels_last), y_all[start:start + EVAL_BATCH]
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=numerics.bf16):
                 logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             preds.append(logits.argmax(1))
-    preds_np = torch.cat(preds).cpu().numpy()
+    preds_np = torch.cat(preds).cpu().numpy()  # the one host sync of an evaluation
     accuracy = 100.0 * float((preds_np == y_all.cpu().numpy()).mean())
-    return loss_sum / len(y_all), accuracy, preds_np
+    return loss_sum.item() / len(y_all), accuracy, preds_np
 
 
 def summarise(epochs: list[dict]) -> dict:
@@ -165,117 +156,146 @@ def summarise(epochs: list[dict]) -> dict:
     }
 
 
-def find_finished(out: str | os.PathLike, config: TrainConfig) -> dict | None:
-    """The finished record for exactly this config, if one exists."""
-    path = run_dir(out, config) / "record.json"
-    if not path.is_file():
-        return None
-    try:
-        record = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return record if record.get("config") == config.to_dict() and record.get("status") == "complete" else None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return default_device()
-    try:
-        device = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {device!r}; use --device cpu or --device cuda") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu (or leave "
-                          "--device out to pick the GPU when there is one)")
-    return device
-
-
 def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None = None,
           cache_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
-          progress: bool = True, force: bool = False, log=print) -> dict:
+          progress: bool = True, force: bool = False, log=print, deadline: float | None = None,
+          allow_cpu_paper: bool = False) -> dict:
     """Run (or resume, or reuse) one training run and return its record.
 
-    The run directory stays locked meanwhile, so a second `train` of the same run stops with a
-    LockError instead of writing checkpoints over the first one's.
+    `deadline` (a `time.time()` value): stop cleanly after the last epoch that finishes before it, keep the
+    checkpoint and return a record with status "partial"; the same call later resumes. The run directory
+    stays locked meanwhile, so a second `train` of the same run stops with a LockError.
     """
-    directory = run_dir(out, config)
+    device = resolve_device(device)
+    if config.profile == "paper" and device.type == "cpu" and not allow_cpu_paper:
+        raise ConfigError("the paper profile (width 64, all 60,000 images, 45 epochs) takes weeks on a CPU; run it "
+                          "on a GPU, use --profile preview, or pass --allow-cpu-paper if you really mean it")
+    directory = config_dir(out, config)
     holder = f"srlib train --variant {config.variant} --profile {config.profile} --seed {config.seed}"
-    with directory_lock(directory, holder):
-        finished = None if force else find_finished(out, config)
-        if finished is not None and finished["data"]["dataset"]["path"] == str(Path(locate(data)["path"]).resolve()):
-            log(f"[srlib] reusing finished run {directory} (same config and data; --force to retrain)")
-            return finished
-        return _train(config, directory, data, cache_dir, resolve_device(device), progress, force, log)
+    with directory_lock(directory, holder), deterministic_algorithms(config.deterministic):
+        dataset = load_dataset(data, cache_dir=cache_dir)
+        finished = None if force else find_finished(out, config, dataset.identity["content_sha256"])
+        if finished is not None:
+            log(f"[srlib] reusing finished run {directory} (same protocol and data; --force to retrain)")
+            return {k: v for k, v in finished.items() if not k.startswith("_")}
+        return _train(config, directory, dataset, cache_dir, device, progress, force, log, deadline)
 
 
-def _train(config: TrainConfig, directory: Path, data: str | None, cache_dir: str | os.PathLike | None,
-           device: torch.device, progress: bool, force: bool, log) -> dict:
-    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
-    started_at, started = now(), time.perf_counter()
-    dataset = load_dataset(data, cache_dir=cache_dir)
-    variant_data = prepare_data(config, dataset, device, cache_dir, progress)
-    bf16 = use_bf16(config.precision, device)
-    channels_last = use_channels_last(config, device)
+@dataclass
+class _Run:
+    """What one run trains: model, optimizer and schedule, and the epochs done so far."""
 
-    torch.manual_seed(config.seed)
-    model = resnet18(num_classes=len(dataset.classes), width=config.width)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epochs: list[dict]
+    resumes: list[dict]
+
+
+def _start(config: TrainConfig, n_classes: int, device: torch.device, numerics: Numerics, checkpoint: Path,
+           identity: dict, force: bool, log) -> _Run:
+    torch.manual_seed(config.seed)  # the same initial weights for every variant of a seed
+    model = resnet18(num_classes=n_classes, width=config.width)
+    memory_format = torch.channels_last if numerics.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     epochs: list[dict] = []
     resumes: list[dict] = []
-    checkpoint = directory / "checkpoint.pt"
     if checkpoint.is_file() and not force:
-        epochs, resumes = _resume(checkpoint, model, optimizer, scheduler, config, variant_data.identity, log)
-    step_model = torch.compile(model) if config.compile else model
-    preds = None
+        epochs, resumes = load_checkpoint(checkpoint, model, optimizer, scheduler, config, identity, log)
+    return _Run(model, optimizer, scheduler, epochs, resumes)
 
-    for epoch in range(len(epochs), config.epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        train_loss, train_acc, n = train_epoch(step_model, optimizer, variant_data, config, epoch, bf16,
-                                               channels_last, progress)
-        seconds = time.perf_counter() - t0
-        scheduler.step()
-        test_loss, test_acc, preds = evaluate(step_model, variant_data.test_x, variant_data.test_y, bf16, channels_last)
-        _stop_if_diverged(epoch, train_loss, test_loss, model, checkpoint, len(epochs))
-        epochs.append(dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                           test_acc=test_acc, seconds=seconds, train_images_per_s=n / seconds))
-        log(f"[srlib] {config.variant} seed {config.seed} epoch {epoch + 1}/{config.epochs}: "
-            f"loss {train_loss:.4f} train {train_acc:.2f}% test {test_acc:.2f}% "
-            f"({seconds:.1f}s, {n / seconds:.0f} img/s)")
-        save_torch(checkpoint, _checkpoint_state(model, optimizer, scheduler, epochs, resumes, config,
-                                                 variant_data.identity))
 
-    if preds is None:  # nothing trained in this process (resumed after the last epoch, or 0 epochs)
-        _, _, preds = evaluate(step_model, variant_data.test_x, variant_data.test_y, bf16, channels_last)
-    record = {
-        "schema": RECORD_SCHEMA,
-        "status": "complete",
-        "config": config.to_dict(),
-        "model": {"name": "resnet18", "width": config.width, "parameters": count_parameters(model)},
-        "input_px": int(variant_data.train_x.shape[-1]),
-        "precision": "bf16-autocast" if bf16 else "fp32",
-        "memory_format": "channels_last" if channels_last else "contiguous",
-        "epochs": epochs,
-        "summary": summarise(epochs),
-        "data": variant_data.identity,
-        "upscale_seconds": variant_data.upscale_seconds,
-        "predictions": "predictions.npz",
-        "resumed_from_epoch": resumes[-1]["from_epoch"] if resumes else None,
-        "resumes": resumes,  # every interruption this run recovered from; the metrics are as if there was none
-        "started": started_at,
-        "finished": now(),
-        "wall_seconds": time.perf_counter() - started,
-        "provenance": provenance(device),
-    }
-    save_arrays(directory / "predictions.npz",
+def _train(config: TrainConfig, directory: Path, dataset: Dataset, cache_dir: str | os.PathLike | None,
+           device: torch.device, progress: bool, force: bool, log, deadline: float | None) -> dict:
+    started_at, started = now(), time.perf_counter()
+    variant_data = prepare_data(config, dataset, device, cache_dir, progress)
+    numerics = resolve_numerics(config, device)
+    checkpoint = directory / CHECKPOINT
+    run = _start(config, len(dataset.classes), device, numerics, checkpoint, variant_data.identity, force, log)
+    step_model = torch.compile(run.model) if numerics.compile else run.model
+    preds, stopped_early = None, False
+    for epoch in range(len(run.epochs), config.epochs):
+        if _past_deadline(deadline, run.epochs):
+            stopped_early = True
+            log(f"[srlib] {config.variant} seed {config.seed}: stopping after epoch {epoch} of {config.epochs}; the "
+                "next would not finish before the deadline. The checkpoint is kept: rerun the same command to resume")
+            break
+        preds = _epoch(config, epoch, run, step_model, variant_data, numerics, checkpoint, progress, log)
+    if preds is None and not stopped_early:  # nothing trained in this process (resumed after the last epoch)
+        _, _, preds = evaluate(step_model, variant_data.test_x, variant_data.test_y, numerics)
+    record = _record(config, run, variant_data, numerics, started_at, time.perf_counter() - started,
+                     "partial" if stopped_early else "complete", provenance(device, directory))
+    if stopped_early:
+        record["predictions"] = None
+        write_json(directory / RECORD, record)
+        return record
+    save_arrays(directory / PREDICTIONS,
                 {"predictions": preds.astype(np.int64), "labels": variant_data.test_y.cpu().numpy()},
-                {"epoch": len(epochs), "classes": list(dataset.classes)})
-    write_json(directory / "record.json", record)
+                {"epoch": len(run.epochs), "classes": list(dataset.classes)})
+    write_json(directory / RECORD, record)
     checkpoint.unlink(missing_ok=True)
     return record
+
+
+def _past_deadline(deadline: float | None, epochs: list[dict]) -> bool:
+    """True when the next epoch would likely end after `deadline` (judged by the slowest epoch so far)."""
+    if deadline is None:
+        return False
+    if not epochs:
+        return time.time() >= deadline
+    slowest = max(e["seconds"] + e.get("eval_seconds", 0.0) for e in epochs)
+    return time.time() + slowest > deadline
+
+
+def _epoch(config: TrainConfig, epoch: int, run: _Run, step_model, data: VariantData, numerics: Numerics,
+           checkpoint: Path, progress: bool, log) -> np.ndarray:
+    """Train and evaluate one epoch, append its metrics, checkpoint; returns the per-image test predictions."""
+    lr = run.optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    train_loss, train_acc, n = train_epoch(step_model, run.optimizer, data, config, epoch, numerics, progress)
+    seconds = time.perf_counter() - t0
+    run.scheduler.step()
+    test_loss, test_acc, preds = evaluate(step_model, data.test_x, data.test_y, numerics)
+    eval_seconds = time.perf_counter() - t0 - seconds
+    _stop_if_diverged(epoch, train_loss, test_loss, run.model, checkpoint, len(run.epochs))
+    run.epochs.append(dict(epoch=epoch + 1, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                           test_acc=test_acc, seconds=seconds, eval_seconds=eval_seconds,
+                           train_images_per_s=n / seconds))
+    log(f"[srlib] {config.variant} seed {config.seed} epoch {epoch + 1}/{config.epochs}: "
+        f"loss {train_loss:.4f} train {train_acc:.2f}% test {test_acc:.2f}% "
+        f"({seconds:.1f}s, {n / seconds:.0f} img/s)")
+    save_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler, run.epochs, run.resumes, config,
+                    data.identity)
+    return preds
+
+
+def _record(config: TrainConfig, run: _Run, data: VariantData, numerics: Numerics, started_at: str,
+            wall_seconds: float, status: str, provenance_: dict) -> dict:
+    return {
+        "schema": RECORD_SCHEMA,
+        "status": status,
+        "config": config.to_dict(),
+        "model": {"name": "resnet18", "width": config.width, "parameters": count_parameters(run.model)},
+        "input_px": int(data.train_x.shape[-1]),
+        "precision": "bf16-autocast" if numerics.bf16 else "fp32",
+        "memory_format": "channels_last" if numerics.channels_last else "contiguous",
+        "numerics": numerics.describe(),
+        "threads": torch.get_num_threads(),
+        "epochs": run.epochs,
+        "summary": summarise(run.epochs),
+        "data": data.identity,
+        "upscale_seconds": data.upscale_seconds,
+        "predictions": PREDICTIONS,
+        "resumed_from_epoch": run.resumes[-1]["from_epoch"] if run.resumes else None,
+        "resumes": run.resumes,  # every interruption this run recovered from; the metrics are as if there was none
+        "started": started_at,
+        "finished": now(),
+        "wall_seconds": wall_seconds,
+        "provenance": provenance_,
+    }
 
 
 def _stop_if_diverged(epoch: int, train_loss: float, test_loss: float, model: torch.nn.Module, checkpoint: Path,
@@ -297,63 +317,3 @@ def _stop_if_diverged(epoch: int, train_loss: float, test_loss: float, model: to
 def _weights_finite(model: torch.nn.Module) -> bool:
     checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
     return bool(torch.stack(checks).all()) if checks else True
-
-
-def rng_states() -> dict:
-    """The global RNG states (torch CPU and CUDA, numpy, random), in a form torch.load(weights_only) accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-            "python": list(random.getstate())}
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    version, internal, gauss_next = states["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def _checkpoint_state(model, optimizer, scheduler, epochs: list[dict], resumes: list[dict], config: TrainConfig,
-                      identity: dict) -> dict:
-    return {"schema": CHECKPOINT_SCHEMA, "config": config.to_dict(), "data": _data_key(identity),
-            "epoch": len(epochs), "epochs": epochs, "resumes": resumes, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()}
-
-
-def _data_key(identity: dict) -> str:
-    """What the data is (content hashes, subset, upscaler), not where it lies: a moved folder still resumes."""
-    key = json.loads(json.dumps(identity))
-    key["dataset"].pop("path", None)
-    key["upscaler"].pop("weights_path", None)
-    return json.dumps(key, sort_keys=True)
-
-
-def _resume(path: Path, model, optimizer, scheduler, config: TrainConfig, identity: dict,
-            log) -> tuple[list[dict], list[dict]]:
-    """Load the checkpoint into model, optimizer, scheduler and RNGs; ([], []) when it cannot be used."""
-    try:
-        state = load_torch(path)
-    except CacheError as exc:
-        log(f"[srlib] {exc}; not using it, starting this run from scratch")
-        return [], []
-    why = ("it is from an older srlib" if state.get("schema") != CHECKPOINT_SCHEMA else
-           "it was made with another config" if state.get("config") != config.to_dict() else
-           "it was made from other data" if state.get("data") != _data_key(identity) else None)
-    if why:
-        log(f"[srlib] checkpoint {path}: {why}; starting this run from scratch")
-        return [], []
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_states(state["rng"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise TrainingError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {exc}); delete it "
-                            "or rerun with --force to start afresh") from exc
-    log(f"[srlib] resuming {path.parent} after epoch {state['epoch']} of {config.epochs}")
-    return state["epochs"], [*state["resumes"], {"from_epoch": state["epoch"], "at": now()}]

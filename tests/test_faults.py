@@ -29,15 +29,16 @@ from srlib.cli import main
 from srlib.config import make_config
 from srlib.data import load_dataset
 from srlib.errors import CacheError, DiskFullError, TrainingError
+from srlib.runs import config_dir as run_dir
 from srlib.store import load_arrays, load_torch, save_arrays
-from srlib.train import run_dir, train
+from srlib.train import train
 from srlib.upscale import upscale_cached
 
 # 120 training images in batches of 16: 8 steps per epoch, long enough to kill a process mid-run.
 SETTINGS = ["--profile", "smoke", "--epochs", "3", "--lr-step", "2", "--width", "8", "--train-size", "120",
             "--test-size", "30", "--batch-size", "16", "--device", "cpu"]
 STEPS_PER_EPOCH = 8
-TIMING = {"seconds", "train_images_per_s", "train_seconds", "mean_train_images_per_s"}
+TIMING = {"seconds", "eval_seconds", "train_images_per_s", "train_seconds", "mean_train_images_per_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 # Runs the real CLI in a child process after installing one fault (SRLIB_FAULT); the parent checks the wreckage.

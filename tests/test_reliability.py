@@ -20,8 +20,10 @@ from srlib.cli import main
 from srlib.config import make_config
 from srlib.data import load_dataset, stratified_subset
 from srlib.errors import ConfigError, DataError, SrlibError, WeightsError
+from srlib.numerics import Numerics
+from srlib.runs import config_dir as run_dir
 from srlib.store import atomic_write_bytes, load_arrays, load_torch, save_arrays, sha256_array
-from srlib.train import evaluate, prepare_data, run_dir, train, train_epoch
+from srlib.train import evaluate, prepare_data, train, train_epoch
 from srlib.upscale import load_sr_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -256,8 +258,9 @@ def test_training_leaves_the_global_rngs_alone(imagefolder):
     model = resnet18(width=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
-    train_epoch(model, optimizer, data, config, 0, False, False, False)
-    evaluate(model, data.test_x, data.test_y, False, False)
+    numerics = Numerics(bf16=False, channels_last=False, deterministic=True, compile=False)
+    train_epoch(model, optimizer, data, config, 0, numerics, False)
+    evaluate(model, data.test_x, data.test_y, numerics)
     assert torch.equal(torch.get_rng_state(), before[0])
     assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
 

@@ -42,7 +42,7 @@ def test_record_is_complete(tmp_path, imagefolder):
 def test_same_seed_same_record(tmp_path, imagefolder):
     a = _run(tmp_path, imagefolder, out="a")
     b = _run(tmp_path, imagefolder, out="b")
-    strip = ("seconds", "train_images_per_s")
+    strip = ("seconds", "eval_seconds", "train_images_per_s")
     assert [{k: v for k, v in e.items() if k not in strip} for e in a["epochs"]] == [
         {k: v for k, v in e.items() if k not in strip} for e in b["epochs"]]
     c = _run(tmp_path, imagefolder, seed=1, out="c")

@@ -1,0 +1,122 @@
+"""Runs on disk: the folder layout, finding and loading records, and what makes two runs the same.
+
+Layout: `<out>/<profile>/<variant>/seed<k>/` holds `record.json` (config, per-epoch metrics, summary,
+provenance), `predictions.npz` (the final epoch's per-image test predictions) and, while a run is
+unfinished, `checkpoint.pt`. Everything else (training, the sweep, the report, the GPU kit) finds runs
+through the functions here.
+
+A run's identity is its protocol and its data: the `TrainConfig` fields in `IDENTITY_FIELDS` plus the
+dataset's content hash. Numerics (precision, channels_last, deterministic, compile), deadlines, thread and
+job counts are recorded but do not make a different run, so a record made on a GPU with bf16 is found and
+reused on a CPU, and a checkpoint resumes under other numerics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig
+from .store import load_arrays, read_json
+
+RECORD = "record.json"
+PREDICTIONS = "predictions.npz"
+CHECKPOINT = "checkpoint.pt"
+NUMERICS_FIELDS = ("precision", "channels_last", "compile", "deterministic")
+IDENTITY_FIELDS = tuple(name for name in TrainConfig.__dataclass_fields__ if name not in NUMERICS_FIELDS)
+
+
+def run_dir(out: str | os.PathLike, profile: str, variant: str, seed: int) -> Path:
+    return Path(out) / profile / variant / f"seed{seed}"
+
+
+def config_dir(out: str | os.PathLike, config: TrainConfig) -> Path:
+    return run_dir(out, config.profile, config.variant, config.seed)
+
+
+def record_paths(out: str | os.PathLike, profile: str | None = None) -> list[Path]:
+    """Every record.json under `out` (one profile, or all), sorted."""
+    pattern = f"{profile or '*'}/*/seed*/{RECORD}"
+    return sorted(Path(out).glob(pattern))
+
+
+def load_records(out: str | os.PathLike, profile: str | None = None, complete_only: bool = True,
+                 predictions: bool = True) -> list[dict]:
+    """The records under `out`, with `_path` and (when present) `_predictions` / `_labels` attached.
+
+    Partial records (a run stopped at a deadline) are left out unless `complete_only` is False.
+    """
+    records = []
+    for path in record_paths(out, profile):
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            continue  # a record being written or damaged is not a result
+        if complete_only and record.get("status") != "complete":
+            continue
+        record["_path"] = str(path)
+        file = path.parent / (record.get("predictions") or PREDICTIONS)
+        if predictions and file.is_file():
+            arrays, _ = load_arrays(file)
+            record["_predictions"], record["_labels"] = arrays["predictions"], arrays["labels"]
+        records.append(record)
+    return records
+
+
+def load_record(out: str | os.PathLike, profile: str, variant: str, seed: int) -> dict | None:
+    path = run_dir(out, profile, variant, seed) / RECORD
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    record["_path"] = str(path)
+    return record
+
+
+def run_identity(config: TrainConfig | dict) -> dict:
+    """The protocol part of a config: what must match for a record or checkpoint to count as this run."""
+    values = config if isinstance(config, dict) else config.to_dict()
+    return {name: values.get(name) for name in IDENTITY_FIELDS}
+
+
+def dataset_sha256(record_or_state: dict) -> str | None:
+    return record_or_state.get("data", {}).get("dataset", {}).get("content_sha256")
+
+
+def find_finished(out: str | os.PathLike, config: TrainConfig, dataset_sha256_: str | None = None) -> dict | None:
+    """The complete record of this run (same identity; same data when `dataset_sha256_` is given), or None."""
+    record = load_record(out, config.profile, config.variant, config.seed)
+    if record is None or record.get("status") != "complete":
+        return None
+    if run_identity(record.get("config", {})) != run_identity(config):
+        return None
+    if dataset_sha256_ is not None and dataset_sha256(record) != dataset_sha256_:
+        return None
+    return record
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The fields of a record the report reads, typed."""
+
+    variant: str
+    seed: int
+    profile: str
+    input_px: int
+    max_test_acc: float
+    top5_mean_test_acc: float
+    final_test_acc: float
+    train_seconds: float
+    directory: Path
+
+    @classmethod
+    def of(cls, record: dict) -> RunSummary:
+        config, summary = record["config"], record["summary"]
+        return cls(config["variant"], int(config["seed"]), config["profile"], int(record["input_px"]),
+                   float(summary["max_test_acc"]), float(summary["top5_mean_test_acc"]),
+                   float(summary["final_test_acc"]), float(summary["train_seconds"]),
+                   Path(record.get("_path", "./record.json")).parent)
+
+    def predictions_path(self) -> Path:
+        return self.directory / PREDICTIONS
