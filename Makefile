@@ -5,19 +5,25 @@ PY := $(VENV)/bin/python
 PROFILE ?=
 SEEDS ?= 1
 
-.PHONY: setup report preview book test lint bench clean
+.PHONY: setup report preview book test lint bench lab clean
 
+# Quiet: pip's progress is hidden (errors still show), and so is setuptools' "Editable installation" notice,
+# which asks nothing of us. Measured here: 80 s with pip's cache warm (torch's CUDA wheels dominate a first download).
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[report,dev]'
-	touch $@
+	@echo "setup: installing srlib with torch, Jupyter Book, JupyterLab and the test tools into $(VENV)" \
+	  "(about 6.6 GB; 1-2 min from pip's cache, several more on a first download) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e '.[report,dev]'
+	@touch $@
+	@echo "setup: done"
 
 setup: $(VENV)/.installed
 
 # Runs the study (default profile: paper with CUDA, else preview), then builds _build/html/index.html.
+# RECORDS=DIR (e.g. results/paper): trains nothing; the book shows the records in DIR and names missing runs.
 report: setup
-	$(PY) -m srlib sweep $(if $(PROFILE),--profile $(PROFILE)) --seeds $(SEEDS)
+	$(PY) -m srlib sweep $(if $(PROFILE),--profile $(PROFILE)) $(if $(RECORDS),--records $(RECORDS)) --seeds $(SEEDS)
 	$(MAKE) book
 
 preview: setup
@@ -32,6 +38,13 @@ test: setup
 
 bench: setup
 	$(PY) -m srlib bench --json results/bench_cpu.json
+
+# JupyterLab on notebooks/ with this environment's python3 kernel. Kernels start in the project root, as in
+# `srlib sweep`, so a notebook's `out = "runs"` reads the existing records (nothing retrains). Offline: no news
+# feed, no update check, no extension manager. tests/test_lab.py starts the lab with these options.
+LAB_OPTIONS := --ServerApp.root_dir=notebooks --MappingKernelManager.root_dir=$(CURDIR) --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.extension_manager=readonly
+lab: setup
+	$(PY) -m jupyter lab $(LAB_OPTIONS) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf _build book/executed

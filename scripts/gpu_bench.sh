@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark, then as much of the paper protocol as fits, in about 8 minutes on one H100.
+# GPU benchmark, then as much of the paper protocol as fits, in about 8 minutes on one GPU.
 #
 #   bash scripts/gpu_bench.sh             # on the GPU machine, from the repository root
 #   bash scripts/gpu_bench.sh --dry-run   # anywhere: CPU only, tiny settings, the same steps end to end
@@ -9,9 +9,13 @@
 #   2. use carried data / weights when present: SRLIB_DATA from cache/gpu/cifar10-jpeg.tar.gz,
 #      SRLIB_WEIGHTS_DIR=cache/gpu/weights (otherwise the bench uses synthetic images and skips SR);
 #   3. python -m srlib bench --json $OUT/bench_gpu.json (baseline vs srlib, training and SR upscaling);
-#   4. srlib train --variant original --profile paper --compile, stopped (SIGINT) when the time budget
-#      is spent; finished epochs are checkpointed, their numbers are written to $OUT/paper_original_epochs.json
-#      (and the full record.json + predictions.npz are copied if all 45 epochs finish).
+#   4. with data: benchmarks/accuracy_check.py --json $OUT/accuracy_gpu.json (fp32 vs bf16 on short runs);
+#   5. with data: srlib train --variant original --profile paper --compile --deadline <what is left>: it stops
+#      after the last epoch that fits and writes its record (status "partial", or "complete" after 45 epochs),
+#      kept as $OUT/paper_original_record.json (+ paper_original_predictions.npz when complete).
+#
+# Records name their code by git commit; a copy without .git can say where it came from with
+# SRLIB_SOURCE_COMMIT=<commit> and SRLIB_SOURCE_DIFF=<file holding `git diff HEAD`> (see srlib.provenance).
 #
 # Prepare on a machine with internet (cache/ is git-ignored; pass it with the device tool's carry ["cache/gpu"]):
 #   mkdir -p cache/gpu/weights
@@ -44,11 +48,13 @@ left() { local s=$(( BUDGET_S - ($(date +%s) - STARTED) )); echo $(( s < 1 ? 1 :
 
 if [ "$DRY_RUN" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=""  # the dry run checks the script, not the GPU
-  BENCH_ARGS="${BENCH_ARGS:---px 16 --steps 1 --images 2}"
+  BENCH_ARGS="${BENCH_ARGS:---px 32 --steps 1 --images 2}"
+  ACCURACY_ARGS=(--width 8 --train-size 20 --test-size 10 --epochs 1 --device cpu)
   TRAIN_ARGS=(--profile smoke --epochs 1 --width 4 --train-size 20 --test-size 10 --device cpu)
   PROFILE=smoke
 else
   BENCH_ARGS="${BENCH_ARGS:---steps 50 --images 256}"
+  ACCURACY_ARGS=(--device cuda)
   TRAIN_ARGS=(--profile paper --compile --device cuda)
   PROFILE=paper
 fi
@@ -81,42 +87,38 @@ log "srlib bench $BENCH_ARGS (versions and device: see provenance in bench_gpu.j
 timeout --signal=INT "$(left)" "$PYTHON" -m srlib bench --json "$OUT/bench_gpu.json" $BENCH_ARGS 2>&1 \
   | tee "$OUT/bench.log" || log "bench stopped early (exit ${PIPESTATUS[0]})"
 
-# 4. the paper protocol, as far as the remaining budget goes
-if [ -z "${SRLIB_DATA:-}" ] && [ "$DRY_RUN" = 0 ]; then
-  log "no CIFAR-10 carried; skipping the paper run"; exit 0
+if [ -z "${SRLIB_DATA:-}" ]; then
+  log "no CIFAR-10 carried; skipping the accuracy check and the $PROFILE run"; exit 0
 fi
-SECONDS_LEFT=$(( $(left) - 15 ))  # leave time to copy the results
+
+# 4. does the fast path (bf16 autocast, channels_last) change accuracy? A few short trainings.
+log "benchmarks/accuracy_check.py ${ACCURACY_ARGS[*]}"
+timeout --signal=INT "$(left)" "$PYTHON" "$ROOT/benchmarks/accuracy_check.py" --json "$OUT/accuracy_gpu.json" \
+  "${ACCURACY_ARGS[@]}" 2>&1 | tee "$OUT/accuracy.log" || log "accuracy check stopped (exit ${PIPESTATUS[0]})"
+
+# 5. the paper protocol, as far as the remaining budget goes: --deadline stops it after the last epoch that
+# fits and still writes record.json (status "partial"); timeout is only the backstop for an epoch that overruns.
+SECONDS_LEFT=$(( $(left) - 20 ))  # leave time to copy the results
 if [ "$SECONDS_LEFT" -lt 30 ]; then log "no time left for the $PROFILE run"; exit 0; fi
-log "srlib train --variant original ${TRAIN_ARGS[*]} for at most ${SECONDS_LEFT}s"
-timeout --signal=INT "$SECONDS_LEFT" "$PYTHON" -m srlib train --variant original "${TRAIN_ARGS[@]}" \
-  --out "$WORK/runs" 2>&1 | tee "$OUT/train_original.log" || log "training stopped (exit ${PIPESTATUS[0]})"
-RUN="$WORK/runs/$PROFILE/original/seed0"
-if [ -f "$RUN/record.json" ]; then
-  cp "$RUN/record.json" "$OUT/paper_original_record.json"
-  cp "$RUN/predictions.npz" "$OUT/paper_original_predictions.npz"
-fi
-if [ -f "$RUN/checkpoint.pt" ] || [ -f "$RUN/record.json" ]; then
-  # The per-epoch numbers of an unfinished run live in its checkpoint; keep those, not the 90 MB weights.
-  "$PYTHON" - "$RUN" "$OUT/paper_original_epochs.json" <<'EOF'
-import json, sys
+log "srlib train --variant original ${TRAIN_ARGS[*]} --deadline $SECONDS_LEFT"
+timeout --signal=INT "$(( SECONDS_LEFT + 10 ))" "$PYTHON" -m srlib train --variant original "${TRAIN_ARGS[@]}" \
+  --deadline "$SECONDS_LEFT" --out "$WORK/runs" 2>&1 | tee "$OUT/train_original.log" \
+  || log "training stopped (exit ${PIPESTATUS[0]}; 3 = partial: stopped at the deadline)"
+"$PYTHON" - "$WORK/runs" "$PROFILE" "$OUT" <<'EOF' 2>&1 | tee -a "$OUT/gpu_bench.log"
+import shutil, sys
 from pathlib import Path
 
-run, target = Path(sys.argv[1]), sys.argv[2]
-if (run / "record.json").is_file():
-    record = json.loads((run / "record.json").read_text())
-    state = {"config": record["config"], "epochs": record["epochs"], "complete": True}
-else:
-    import torch  # only here: importing it takes seconds
+from srlib.runs import PREDICTIONS, RECORD, load_record, run_dir
 
-    try:  # newer checkpoints carry a sha256 line that srlib.store.load_torch checks and strips
-        from srlib.store import load_torch
-    except ImportError:
-        load_torch = None
-    path = run / "checkpoint.pt"
-    saved = load_torch(path) if load_torch else torch.load(path, map_location="cpu", weights_only=False)
-    state = {"config": saved["config"], "epochs": saved["epochs"], "complete": False}
-Path(target).write_text(json.dumps(state, indent=2) + "\n")
-print(f"{len(state['epochs'])} epoch(s) kept in {target}")
+runs, profile, out = sys.argv[1:4]
+record = load_record(runs, profile, "original", 0)
+if record is None:
+    print("no record.json: the first epoch did not finish in time")
+else:
+    print(f"record: {record['status']}, {len(record['epochs'])} of {record['config']['epochs']} epochs")
+    run = run_dir(runs, profile, "original", 0)
+    for name, kept in ((RECORD, "paper_original_record.json"), (PREDICTIONS, "paper_original_predictions.npz")):
+        if (run / name).is_file():  # a partial run has no predictions
+            shutil.copy(run / name, Path(out) / kept)
 EOF
-fi
 log "done; results in $OUT"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 import sys
+import time
 
-from .config import PRECISIONS, PROFILES, STUDY_VARIANTS, VARIANTS, make_config
-from .errors import SrlibError
+from .config import PRECISIONS, PROFILES, STUDY_VARIANTS, VARIANTS, TrainConfig, make_config
+from .errors import PARTIAL_EXIT_CODE, SrlibError
+from .upscale import sr_models
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -16,41 +20,70 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="where decoded and upscaled arrays are cached ($SRLIB_CACHE_DIR, ./cache)")
 
 
+_NOT_OPTIONS = ("variant", "profile", "seed")  # given by their own arguments
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with the field's help (and unit); unset = the profile's value."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_OPTIONS:
+            continue
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "precision":
+            p.add_argument(flag, choices=PRECISIONS, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            p.add_argument(flag, type=kind, help=help_text)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="preview", choices=list(PROFILES), help="protocol defaults (default: preview)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lr-step", type=int, help="epochs between learning-rate decays")
-    p.add_argument("--lr-gamma", type=float)
-    p.add_argument("--train-size", type=int, help="stratified training subset size")
-    p.add_argument("--test-size", type=int, help="stratified test subset size")
-    p.add_argument("--width", type=int, help="ResNet-18 first-stage width (64 = reference)")
-    p.add_argument("--precision", choices=PRECISIONS, help="auto = bf16 autocast where the hardware has it")
-    p.add_argument("--sr-weights", help="any spandrel SR checkpoint (default: official DCTLSA weights)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--profile", choices=list(PROFILES),
+                   help="protocol defaults (default: paper with CUDA, else preview)")
+    _add_config_options(p)
     p.add_argument("--out", default="runs", help="records go to OUT/<profile>/<variant>/seed<k>/ (default: runs)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--deadline", type=_deadline, help="stop cleanly after the last epoch that ends before this: "
+                   "seconds from now, or an ISO time (2026-11-28T23:00); exit code 3, rerun to resume")
+    p.add_argument("--allow-cpu-paper", action="store_true", help="allow the paper profile on a CPU (weeks)")
     _add_data_options(p)
 
 
-OVERRIDES = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "train_size",
-             "test_size", "width", "precision", "sr_weights", "compile")
+def _deadline(text: str) -> float:
+    """A deadline as a time.time() value: seconds from now, or an ISO date-time (local time unless it says)."""
+    try:
+        return time.time() + float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither seconds nor an ISO date-time") from exc
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields the command line set (None = not set: the profile decides)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in _NOT_OPTIONS and getattr(args, f.name, None) is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .preflight import check_train
     from .train import train
 
-    overrides = {k: getattr(args, k) for k in OVERRIDES}
-    config = make_config(args.variant, args.profile, args.seed, **overrides)
+    config = make_config(args.variant, args.profile, args.seed, **config_overrides(args))
+    check_train(config, args.out, args.data, args.cache_dir, args.device, args.force)  # refuse in seconds
     record = train(config, out=args.out, data=args.data, cache_dir=args.cache_dir, device=args.device,
-                   force=args.force)
+                   force=args.force, deadline=args.deadline, allow_cpu_paper=args.allow_cpu_paper)
     s = record["summary"]
     if s:
         print(f"max {s['max_test_acc']:.2f}%  top-5 mean {s['top5_mean_test_acc']:.2f}%  "
               f"final {s['final_test_acc']:.2f}%  ({s['train_seconds']:.0f}s training)")
+    if record["status"] == "partial":
+        print(f"partial: {len(record['epochs'])} of {config.epochs} epochs before the deadline; rerun the same "
+              "command to resume")
+        return PARTIAL_EXIT_CODE
     return 0
 
 
@@ -87,10 +120,12 @@ def cmd_sr_quality(args: argparse.Namespace) -> int:
     from .quality import sr_quality
 
     record = sr_quality(scales=args.scales, n=args.n, data=args.data, cache_dir=args.cache_dir,
-                        out=args.out, weights=None)
+                        out=args.out, weights=args.sr_weights, models=args.models)
     for row in record["results"]:
-        print(f"x{row['scale']}: PSNR bicubic {row['psnr_bicubic']:.2f} dB, SR {row['psnr_sr']:.2f} dB "
-              f"({row['psnr_gain']:+.2f}); SSIM bicubic {row['ssim_bicubic']:.4f}, SR {row['ssim_sr']:.4f}")
+        print(f"x{row['scale']} {row['model']}: PSNR bicubic {row['psnr_bicubic']:.2f} dB, SR {row['psnr_sr']:.2f} "
+              f"dB ({row['psnr_gain']:+.2f}); SSIM bicubic {row['ssim_bicubic']:.4f}, SR {row['ssim_sr']:.4f} "
+              f"({row['images_per_s']:.0f} img/s)")
+    print(f"record: {args.out}")
     return 0
 
 
@@ -99,6 +134,29 @@ def cmd_book(args: argparse.Namespace) -> int:
 
     print(f"report: {build_book(path_output=args.path_output)}")
     return 0
+
+
+def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
+    """Where the sweep's runs execute (srlib.executors); none of this changes a run's results or identity."""
+    p.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: worker processes on this machine; slurm: a job array through submitit")
+    p.add_argument("--jobs", type=int, help="local: runs at once (default: GPUs x --runs-per-gpu; on a CPU 2)")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="local: runs sharing one GPU (default: 1)")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: local cores / jobs, slurm "
+                   "--slurm-cpus); pin it to compare results across machines")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return; a dependent job builds the "
+                   "report (or rerun the same command)")
+    p.add_argument("--no-book", action="store_true", help="do not build the book at the end")
+    g = p.add_argument_group("slurm (with --executor slurm; --profile is then required)")
+    g.add_argument("--slurm-partition")
+    g.add_argument("--slurm-time", default="4:00:00", help="per run: minutes, H:MM:SS or D-HH:MM:SS "
+                   "(default 4:00:00); a run that hits it is requeued and resumes from its last epoch")
+    g.add_argument("--slurm-gres", help="e.g. gpu:1")
+    g.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per run (default 4)")
+    g.add_argument("--slurm-mem", help="memory per run, e.g. 16G")
+    g.add_argument("--slurm-array-parallelism", type=int, default=64, help="runs at once (default 64)")
+    g.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
+                   help="any other sbatch option, repeatable: --slurm-option account=proj --slurm-option qos=high")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sr-quality", help="PSNR/SSIM of SR vs bicubic on CIFAR test images")
     p.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     p.add_argument("--n", type=int, default=1000, help="test images to use (stratified)")
+    p.add_argument("--models", nargs="*", metavar="MODEL", help="registered SR models to measure (default: all of "
+                   f"{', '.join(sr_models())}; none named: only --sr-weights)")
+    p.add_argument("--sr-weights", nargs="+", metavar="PATH", help="spandrel SR checkpoint(s), each measured at "
+                   "its own scale, standing for sr_x2/sr_x4 as trained with --sr-weights")
     p.add_argument("--out", default="runs/sr_quality.json")
     _add_data_options(p)
     p.set_defaults(func=cmd_sr_quality)
@@ -139,8 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs")
     p.add_argument("--notebooks-out", default="book/executed")
     p.add_argument("--no-analysis", action="store_true")
+    _add_config_options(p)  # e.g. --epochs 1 --train-size 20: the same overrides for every run
+    _add_scaleout_options(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan (runs, what is done, caches to build, "
+                   "disk, estimated time) and the checks' verdict; start nothing")
+    p.add_argument("--records", help="build the book from the records in RECORDS (e.g. results/paper) instead of "
+                   "training: sets --out to it; a missing variant is named in the book, never trained")
     _add_data_options(p)
     p.set_defaults(func=lambda a: __import__("srlib.sweep", fromlist=["cmd_sweep"]).cmd_sweep(a))
+
+    p = sub.add_parser("status", help="each run of a sweep: done, running (where, since, epoch), queued, failed")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--profile", choices=list(PROFILES), help="default: every profile under --out")
+    p.set_defaults(func=lambda a: __import__("srlib.sweep", fromlist=["cmd_status"]).cmd_status(a))
 
     p = sub.add_parser("book", help="build the HTML report from the executed notebooks (never trains)")
     p.add_argument("--path-output", help="the book goes to PATH_OUTPUT/_build/html (default: the project root)")
@@ -148,12 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training and upscaling speed: reference-style baseline vs srlib")
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--px", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
+    p.add_argument("--px", type=int, nargs="+", default=[32, 64, 128],
+                   help="training input sizes in px, multiples of 32 (default: 32 64 128)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement (at 32 px)")
     p.add_argument("--images", type=int, default=64, help="images per upscaling measurement")
     p.add_argument("--device", help="cpu or cuda (default: the GPU when there is one)")
-    p.add_argument("--no-accuracy", action="store_true", help="skip the fp32 vs fast-path accuracy check")
+    p.add_argument("--no-accuracy", action="store_true", help="no effect, kept for old command lines: the "
+                   "accuracy check is now benchmarks/accuracy_check.py")
     p.set_defaults(func=lambda a: __import__("srlib.bench", fromlist=["cmd_bench"]).cmd_bench(a))
+
+    from .kit import add_parser as add_kit_parser  # light: imports torch only when a kit command runs
+
+    add_kit_parser(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import ConfigError
+from .upscale import DEFAULT_SR_MODEL, SR_CHECKPOINTS, sr_method
 
 
 @dataclass(frozen=True)
@@ -28,28 +29,61 @@ VARIANTS: dict[str, Variant] = {
     "nearest_x4": Variant("nearest", 4),
 }
 STUDY_VARIANTS = ("original", "resize_x2", "sr_x2", "resize_x4", "sr_x4")
+STUDY_SCALES = (2, 4)
+# One variant per other registered SR model and study scale, e.g. `sr_x4@swift-srgan` (sr_x2/sr_x4 = DCTLSA).
+SR_MODEL_VARIANTS: dict[str, Variant] = {
+    f"sr_x{c.scale}@{c.model}": Variant(sr_method(c.model), c.scale)
+    for c in SR_CHECKPOINTS if c.model != DEFAULT_SR_MODEL and c.scale in STUDY_SCALES
+}
+VARIANTS.update(SR_MODEL_VARIANTS)
+# Named sets for `--variants`: the study, the "more pixels" controls, the SR models, everything.
+VARIANT_SETS: dict[str, tuple[str, ...]] = {
+    "study": STUDY_VARIANTS,
+    "controls": (*STUDY_VARIANTS, "nearest_x2", "nearest_x4"),
+    "sr-models": (*STUDY_VARIANTS, *SR_MODEL_VARIANTS),
+    "all": tuple(VARIANTS),
+}
+
+
+def expand_variants(names: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Variant and set names (mixed, comma- or list-separated) -> variant names, in order, each once."""
+    items = [names] if isinstance(names, str) else list(names)
+    words = [w.strip() for item in items for w in item.split(",") if w.strip()]
+    unknown = [w for w in words if w not in VARIANT_SETS and w not in VARIANTS]
+    if unknown or not words:
+        raise ConfigError(f"unknown variant or set {', '.join(map(repr, unknown)) or '(none given)'}; choose "
+                          f"sets ({', '.join(VARIANT_SETS)}) or variants ({', '.join(VARIANTS)})")
+    return list(dict.fromkeys(v for w in words for v in VARIANT_SETS.get(w, (w,))))
+
+
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    variant: str = "original"
-    profile: str = "paper"
-    seed: int = 0
-    epochs: int = 45
-    batch_size: int = 32  # images per SGD step
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_step: int = 15  # epochs between StepLR decays
-    lr_gamma: float = 0.1
-    width: int = 64  # channels of the first stage; 64 = reference ResNet-18
-    train_size: int | None = None  # stratified subset size; None = all 50,000
-    test_size: int | None = None  # stratified subset size; None = all 10,000
-    precision: str = "auto"  # "auto" (bf16 autocast where supported), "bf16" or "fp32"
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model (pays off on GPU only)
-    sr_weights: str | None = None  # path of another spandrel SR checkpoint; None = DCTLSA
-    deterministic: bool = True  # torch deterministic algorithms (CPU resume is bit-identical)
+    """One run's settings. The `help` of each field (with its unit) is what `srlib train --help` shows."""
+
+    variant: str = _field("original", "which data: original, resize_x2, sr_x2, resize_x4, sr_x4, nearest_x2/x4")
+    profile: str = _field("paper", "protocol defaults: paper, preview or smoke")
+    seed: int = _field(0, "seed of the initial weights, batch order and flips")
+    epochs: int = _field(45, "training epochs (passes over the training subset)")
+    batch_size: int = _field(32, "images per SGD step")
+    lr: float = _field(0.01, "initial SGD learning rate")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(0.0, "SGD weight decay")
+    lr_step: int = _field(15, "epochs between StepLR decays")
+    lr_gamma: float = _field(0.1, "StepLR decay factor")
+    width: int = _field(64, "channels of the first ResNet-18 stage (64 = reference)")
+    train_size: int | None = _field(None, "images in the stratified training subset (default: all 50,000)")
+    test_size: int | None = _field(None, "images in the stratified test subset (default: all 10,000)")
+    precision: str = _field("auto", "auto (bf16 autocast where the hardware has it), bf16 or fp32")
+    channels_last: bool = _field(True, "channels_last memory format")
+    compile: bool = _field(False, "torch.compile the model (pays off on a GPU only)")
+    sr_weights: str | None = _field(None, "path of another spandrel SR checkpoint (default: DCTLSA)")
+    deterministic: bool = _field(True, "torch deterministic algorithms (bit-identical resume on CPU)")
+    cuda_graphs: bool = _field(True, "replay the training step as a CUDA graph (GPU only; the same kernels, "
+                               "without the per-kernel launch cost that dominates batch-32 steps)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,8 +104,16 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def make_config(variant: str, profile: str = "paper", seed: int = 0, **overrides) -> TrainConfig:
-    """Build and validate a config; `None` overrides mean "use the profile's value"."""
+def default_profile() -> str:
+    """The one rule for the default profile (CLI, sweep, notebooks): the protocol on a GPU, else the preview."""
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "preview"
+
+
+def make_config(variant: str, profile: str | None = None, seed: int = 0, **overrides) -> TrainConfig:
+    """Build and validate a config; `profile=None` means `default_profile()`, `None` overrides the profile's value."""
+    profile = profile or default_profile()
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     if profile not in PROFILES:
@@ -96,6 +138,9 @@ def validate(config: TrainConfig) -> None:
         (config.train_size is None or config.train_size >= 10, "train size must be >= 10 (one per class)"),
         (config.test_size is None or config.test_size >= 10, "test size must be >= 10 (one per class)"),
         (config.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {config.precision!r}"),
+        (config.sr_weights is None or "@" not in VARIANTS[config.variant].method,
+         f"--sr-weights replaces DCTLSA in sr_x2/sr_x4; {config.variant} uses its registered weights: drop "
+         "--sr-weights or train sr_x2/sr_x4"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,48 +1,150 @@
-"""Figures for the report (matplotlib + seaborn, static images only: the book must build offline)."""
+"""Figures and tables for the report (matplotlib + seaborn, static images only: the book must build offline).
+
+Sized for the book's text column: a figure is `PAGE_WIDTH` inches wide, which the inline backend
+saves at 100 dpi (~700 px), about the column's width, so text set at `FONT` points is shown at
+roughly that size. At most two panels share a row. Every function sets its font sizes explicitly
+instead of changing matplotlib's global settings.
+"""
 
 from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .analysis import order_variants
+from .analysis import ComparisonStats, order_variants
+
+PAGE_WIDTH = 7.0  # inches: the book's text column at 100 dpi
+FONT = 11  # points, labels and ticks (>= 10 pt as displayed)
+SMALL = 10  # points, annotations and legends
+
+
+def palette(variants: Sequence[str]) -> dict[str, tuple]:
+    """One colour per variant, the same in every figure of a report (ordered as `order_variants`)."""
+    order = order_variants(variants)
+    colours = sns.color_palette("tab10" if len(order) <= 10 else "tab20", len(order))
+    return dict(zip(order, colours, strict=True))
+
+
+def _readable(ax: plt.Axes, title: str | None = None) -> None:
+    ax.xaxis.label.set_size(FONT)
+    ax.yaxis.label.set_size(FONT)
+    ax.tick_params(labelsize=FONT)
+    if title is not None:
+        ax.set_title(title, fontsize=FONT)
 
 
 def curves(epochs: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Test accuracy and losses per epoch; with several seeds, the mean line and its 95% CI band."""
+    """Test accuracy per epoch across the page, test and train loss side by side below it; with several
+    seeds, the mean line and its 95% CI band. One legend for all three, under the figure."""
     order = order_variants(epochs["variant"].unique())
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (column, label) in zip(axes, [("test_acc", "test accuracy (%)"), ("test_loss", "test loss"),
-                                          ("train_loss", "train loss")], strict=True):
-        sns.lineplot(data=epochs, x="epoch", y=column, hue="variant", hue_order=order, errorbar=("ci", 95),
-                     marker="o", ax=ax)
+    colours = palette(order)
+    fig = plt.figure(figsize=(PAGE_WIDTH, 7.2))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.15, 1])
+    panels = [(fig.add_subplot(grid[0, :]), "test_acc", "test accuracy (%)"),
+              (fig.add_subplot(grid[1, 0]), "test_loss", "test loss"),
+              (fig.add_subplot(grid[1, 1]), "train_loss", "train loss")]
+    for ax, column, label in panels:
+        sns.lineplot(data=epochs, x="epoch", y=column, hue="variant", hue_order=order, palette=colours,
+                     errorbar=("ci", 95), marker="o", ax=ax, legend=ax is panels[0][0])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        if epochs["epoch"].nunique() <= 12:
+            ax.set_xticks(sorted(epochs["epoch"].unique()))
+        _readable(ax)
+    handles, labels = panels[0][0].get_legend_handles_labels()
+    panels[0][0].get_legend().remove()
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=FONT + 1)
+    fig.tight_layout(rect=(0, 0.01 + 0.03 * math.ceil(len(order) / 4), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(order)), fontsize=SMALL, frameon=False)
     return fig
 
 
 def heatmap(table: pd.DataFrame, title: str, center: float | None = 0.0, fmt: str = ".1f") -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 3, 0.5 * table.shape[0] + 1.5))
+    """A rows x columns table of numbers, annotated, at the page's width. The numbers are written in the
+    cells, so there is no colour bar: its room goes to the cells (the unit belongs in `title`)."""
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.42 * table.shape[0] + 1.6))
     sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap="RdBu" if center is not None else "viridis",
-                center=center, ax=ax, cbar_kws={"label": "pp" if center is not None else "%"})
-    ax.set_title(title)
+                center=center, ax=ax, cbar=False, annot_kws={"fontsize": SMALL})
     ax.set_xlabel("")
     ax.set_ylabel("")
+    _readable(ax, title)
+    if table.columns.astype(str).str.len().max() > 4:
+        ax.tick_params(axis="x", labelrotation=40)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     fig.tight_layout()
+    return fig
+
+
+def differences(found: Sequence[ComparisonStats], title: str = "") -> plt.Figure:
+    """Each comparison's final-epoch difference (pp) with its interval: the crossed bootstrap interval,
+    or the t-interval over seeds when there are no per-image predictions; a line at 0."""
+    labels, means, lows, highs = [], [], [], []
+    for st in found:
+        if st.bootstrap is not None:
+            low, high = st.bootstrap
+        elif st.t_half is not None:
+            low, high = st.mean - st.t_half, st.mean + st.t_half
+        else:
+            low = high = st.mean
+        labels.append(f"{st.comparison.label} ({len(st.seeds)} seed{'s' if len(st.seeds) > 1 else ''})")
+        means.append(st.mean)
+        lows.append(low)
+        highs.append(high)
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.45 * len(labels) + 1.4))
+    y = np.arange(len(labels))[::-1]
+    means_, lows_, highs_ = np.array(means), np.array(lows), np.array(highs)
+    ax.errorbar(means_, y, xerr=[means_ - lows_, highs_ - means_], fmt="o", color="black", capsize=3)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("A − B, final-epoch accuracy (pp), 95% CI")
+    ax.grid(axis="x", alpha=0.3)
+    _readable(ax, title or None)
+    fig.tight_layout()
+    return fig
+
+
+def gain_vs_quality(frame: pd.DataFrame) -> plt.Figure:
+    """Is it the pixels or the model? Each SR model and scale (one point, from
+    `analysis.pixels_or_model`): its accuracy gain over bicubic (pp, 95% interval) against its PSNR gain
+    (left) and SSIM gain (right) over bicubic, with their 95% intervals where known."""
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.8), sharey=True)
+    colours = dict(zip(sorted(frame["model"].unique()), sns.color_palette("tab10"), strict=False))
+    for ax, (column, label) in zip(axes, [("psnr", "PSNR gain over bicubic (dB)"),
+                                          ("ssim", "SSIM gain over bicubic")], strict=True):
+        for _, row in frame.iterrows():
+            ci = row.get(f"{column}_ci95")
+            xerr = None if ci is None or not isinstance(ci, (list, tuple)) else [
+                [row[f"{column}_gain"] - ci[0]], [ci[1] - row[f"{column}_gain"]]]
+            yerr = [[row["accuracy_gain"] - row["accuracy_low"]], [row["accuracy_high"] - row["accuracy_gain"]]]
+            ax.errorbar(row[f"{column}_gain"], row["accuracy_gain"], xerr=xerr, yerr=yerr, fmt="o" if row["scale"] == 2
+                        else "s", color=colours[row["model"]], capsize=3, label=f"{row['model']} x{row['scale']}")
+        ax.axhline(0, color="grey", linewidth=1)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        _readable(ax)
+    axes[0].set_ylabel("accuracy gain over bicubic (pp)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.01 + 0.06 * math.ceil(len(labels) / 3), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(len(labels), 1)), fontsize=SMALL,
+               frameon=False)
     return fig
 
 
 def image_grid(columns: dict[str, np.ndarray], size_px: int = 128) -> plt.Figure:
     """Rows = images, columns = versions (uint8 NCHW), all shown at the same size with nearest
-    interpolation so each pixel stays a visible square."""
+    interpolation so each pixel stays a visible square; as many columns as fit the page's width."""
     names = list(columns)
     n = len(next(iter(columns.values())))
-    fig, axes = plt.subplots(n, len(names), figsize=(1.6 * len(names), 1.6 * n), squeeze=False)
+    cell = min(1.6, PAGE_WIDTH / len(names))  # inches per image
+    fig, axes = plt.subplots(n, len(names), figsize=(cell * len(names), cell * n + 0.6), squeeze=False)
     for j, name in enumerate(names):
         for i in range(n):
             ax = axes[i][j]
@@ -50,6 +152,37 @@ def image_grid(columns: dict[str, np.ndarray], size_px: int = 128) -> plt.Figure
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"{name}\n{columns[name].shape[-1]} px", fontsize=9)
+                # "sr_x4@swift-srgan" breaks at the "@" so that narrow columns keep their titles apart
+                ax.set_title(f"{name.replace('@', chr(10) + '@')}\n{columns[name].shape[-1]} px", fontsize=SMALL)
     fig.tight_layout()
     return fig
+
+
+class ScrollTable:
+    """A DataFrame shown as an HTML table that scrolls sideways inside the page when it is wider than
+    the text column (instead of being cut off), every float to `digits` decimals; plain text elsewhere."""
+
+    def __init__(self, frame: pd.DataFrame, caption: str | None = None, digits: int = 2,
+                 empty: str = "Nothing to show for these runs."):
+        self.frame, self.caption, self.digits, self.empty = frame, caption, digits, empty
+
+    def _float(self, x: float) -> str:
+        return f"{x:.{self.digits}f}"
+
+    def _repr_html_(self) -> str:
+        caption = f"<p><em>{html.escape(self.caption)}</em></p>" if self.caption else ""
+        if self.frame.empty:
+            return f"{caption}<p>{html.escape(self.empty)}</p>"
+        body = self.frame.to_html(float_format=self._float, na_rep="—")
+        return f'{caption}<div style="overflow-x: auto; max-width: 100%;">{body}</div>'
+
+    def __repr__(self) -> str:
+        text = self.empty if self.frame.empty else self.frame.to_string(float_format=self._float, na_rep="—")
+        return (f"{self.caption}\n" if self.caption else "") + text
+
+
+def table(frame: pd.DataFrame, caption: str | None = None, digits: int = 2,
+          empty: str = "Nothing to show for these runs.") -> ScrollTable:
+    """`frame` for the page: sideways scrolling when wide, one number format (`digits` decimals), and a
+    sentence instead of an empty table."""
+    return ScrollTable(frame, caption, digits, empty)

@@ -24,6 +24,7 @@ class Numerics:
     channels_last: bool
     deterministic: bool  # torch.use_deterministic_algorithms during the run
     compile: bool  # torch.compile the model
+    cuda_graphs: bool = False  # capture the training step as a CUDA graph and replay it
 
     def describe(self) -> dict:
         return {**asdict(self), "precision": "bf16-autocast" if self.bf16 else "fp32",
@@ -60,7 +61,8 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def resolve_numerics(config: TrainConfig, device: torch.device) -> Numerics:
     channels_last = config.channels_last and (device.type != "cpu" or config.width >= MIN_CPU_CHANNELS_LAST_WIDTH)
-    return Numerics(use_bf16(config.precision, device), channels_last, config.deterministic, config.compile)
+    graphs = config.cuda_graphs and device.type == "cuda" and not config.compile
+    return Numerics(use_bf16(config.precision, device), channels_last, config.deterministic, config.compile, graphs)
 
 
 @contextlib.contextmanager

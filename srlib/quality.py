@@ -1,23 +1,46 @@
 """SR quality on CIFAR itself: downscale test images by s, restore them to 32 px, compare.
 
-PSNR on 8-bit RGB; SSIM as scikit-image computes it (Gaussian window sigma 1.5, 11x11,
-per channel, K1=0.01, K2=0.03, population covariance), averaged over channels.
+Every registered SR model (and any `--sr-weights` checkpoint) is measured against bicubic on the
+same images. PSNR on 8-bit RGB; SSIM as scikit-image computes it (Gaussian window sigma 1.5,
+11x11, per channel, K1=0.01, K2=0.03, population covariance), averaged over channels.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import VARIANTS, Variant
 from .data import load_dataset, stratified_subset
+from .errors import WeightsError
 from .provenance import now, provenance
 from .store import write_json
-from .upscale import build_upscaler, default_device, upscale
+from .upscale import (
+    DEFAULT_SR_MODEL,
+    SR_CHECKPOINTS,
+    build_upscaler,
+    checkpoint_scale,
+    default_device,
+    sr_method,
+    sr_models,
+    upscale,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SMOKE_IMAGES = 100  # test images measured for the smoke profile (CI), where every second counts
+STUDY_IMAGES = 1000  # and for the others: +-0.1 dB intervals on the PSNR gain
+PROTOCOL = ("HR = CIFAR test images (32 px); LR = antialiased bicubic downscale by s; restored to 32 px by "
+            "bicubic and by each SR model; PSNR on 8-bit RGB, SSIM (Gaussian, per channel); gains are SR minus "
+            "bicubic per image, with 95% t-intervals over images")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -59,53 +82,171 @@ def downscale(images: np.ndarray, scale: int) -> np.ndarray:
     return y.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def restore(images: np.ndarray, scale: int, weights: str | None = None,
-            device: torch.device | None = None, progress: bool = False) -> dict[str, np.ndarray]:
-    """Downscale by `scale`, then bring back to full size by bicubic and by SR."""
-    device = device or default_device()
-    low = downscale(images, scale)
+@dataclass(frozen=True)
+class SRCandidate:
+    """One SR model at one scale, as measured here: a registered model or a `--sr-weights` file."""
+
+    model: str  # registry name, or the file name of a user checkpoint
+    scale: int
+    method: str  # "sr" or "sr@<model>" (srlib.upscale.build_upscaler)
+    weights: str | None  # the user checkpoint, None for registered models
+    kind: str | None  # "psnr", "gan", ... (None: unknown, a user checkpoint)
+    variant: str | None  # the training variant that sees these models' pixels, if any
+
+    def upscaler_kwargs(self) -> dict:
+        return {"weights": self.weights} if self.weights else {}
+
+
+def _variant_of(method: str, scale: int) -> str | None:
+    return next((name for name, v in VARIANTS.items() if v == Variant(method, scale)), None)
+
+
+def sr_candidates(scales: tuple[int, ...] | list[int] = (2, 4), models: list[str] | tuple[str, ...] | None = None,
+                  weights: str | os.PathLike | list | tuple | None = None) -> list[SRCandidate]:
+    """What `sr_quality` measures, scale by scale: `models` (default: every registered one) at each of
+    `scales` they have, and each `weights` file at its own scale (it then stands for sr_x<s>)."""
+    models = sr_models() if models is None else list(models)
+    unknown = sorted(set(models) - set(sr_models()))
+    if unknown:
+        raise WeightsError(f"unknown SR model(s) {unknown}; registered: {', '.join(sr_models())}")
+    files = [] if weights is None else [weights] if isinstance(weights, (str, os.PathLike)) else list(weights)
+    user = {}
+    for path in files:
+        scale = checkpoint_scale(path)
+        if scale not in scales:
+            raise WeightsError(f"{path} is a x{scale} SR model, but only x{', x'.join(map(str, scales))} are "
+                               f"measured; add {scale} to --scales")
+        user[scale] = path
+    candidates = []
+    for scale in scales:
+        for c in SR_CHECKPOINTS:
+            if c.model in models and c.scale == scale:
+                trained = not (c.model == DEFAULT_SR_MODEL and scale in user)  # --sr-weights replaces DCTLSA
+                variant = _variant_of(sr_method(c.model), scale) if trained else None
+                candidates.append(SRCandidate(c.model, scale, sr_method(c.model), None, c.kind, variant))
+        if scale in user:
+            name = Path(user[scale]).name
+            candidates.append(SRCandidate(name, scale, "sr", str(user[scale]), None, _variant_of("sr", scale)))
+    if not candidates:
+        raise WeightsError(f"no SR model to measure at x{', x'.join(map(str, scales))} (models {models}); "
+                           f"registered: {', '.join(f'{c.model} x{c.scale}' for c in SR_CHECKPOINTS)}")
+    return candidates
+
+
+def _mean_ci(x: np.ndarray) -> tuple[float, list[float] | None]:
+    from scipy import stats
+
+    mean = float(np.mean(x))
+    if len(x) < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
+    return mean, [mean - half, mean + half]
+
+
+def compare(hr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray) -> dict:
+    """PSNR/SSIM of bicubic and SR restorations of `hr`, and the per-image gains with their 95% CI."""
+    p_bic, p_sr = psnr(hr, bicubic), psnr(hr, sr)
+    s_bic, s_sr = ssim(hr, bicubic), ssim(hr, sr)
+    psnr_gain, psnr_ci = _mean_ci(p_sr - p_bic)
+    ssim_gain, ssim_ci = _mean_ci(s_sr - s_bic)
     return {
-        "low": low,
-        "bicubic": upscale(low, build_upscaler("bicubic", scale, device=device), progress=False),
-        "sr": upscale(low, build_upscaler("sr", scale, device=device, weights=weights), progress=progress,
-                      desc=f"SR x{scale}"),
+        "psnr_bicubic": float(p_bic.mean()), "psnr_sr": float(p_sr.mean()),
+        "psnr_gain": psnr_gain, "psnr_gain_ci95": psnr_ci,
+        "ssim_bicubic": float(s_bic.mean()), "ssim_sr": float(s_sr.mean()),
+        "ssim_gain": ssim_gain, "ssim_gain_ci95": ssim_ci,
+        "sr_better_psnr_fraction": float((p_sr > p_bic).mean()),
     }
 
 
 def sr_quality(scales: tuple[int, ...] | list[int] = (2, 4), n: int = 1000, data: str | None = None,
                cache_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-               weights: str | None = None, progress: bool = True) -> dict:
-    """PSNR/SSIM of SR vs bicubic on `n` stratified CIFAR test images; written as a record to `out`."""
+               weights: str | os.PathLike | list | tuple | None = None,
+               models: list[str] | tuple[str, ...] | None = None, progress: bool = True,
+               device: torch.device | None = None) -> dict:
+    """PSNR/SSIM of each SR model vs bicubic on `n` stratified CIFAR test images; written as a record to `out`.
+
+    `models`: registered SR models (default: all); `weights`: `--sr-weights` checkpoint(s), measured at
+    their own scale in place of DCTLSA there (they are what sr_x2/sr_x4 train on)."""
+    device = device or default_device()
+    candidates = sr_candidates(scales, models, weights)
     dataset = load_dataset(data, cache_dir=cache_dir)
     idx = stratified_subset(dataset.test_y, n)
     hr = dataset.test_x[idx]
     results, identities = [], {}
     for scale in scales:
-        started = time.perf_counter()
-        restored = restore(hr, scale, weights, progress=progress)
-        seconds = time.perf_counter() - started
-        p_bic, p_sr = psnr(hr, restored["bicubic"]), psnr(hr, restored["sr"])
-        s_bic, s_sr = ssim(hr, restored["bicubic"]), ssim(hr, restored["sr"])
-        results.append({
-            "scale": scale, "images": int(len(hr)), "low_px": int(restored["low"].shape[-1]),
-            "psnr_bicubic": float(p_bic.mean()), "psnr_sr": float(p_sr.mean()),
-            "psnr_gain": float((p_sr - p_bic).mean()),
-            "ssim_bicubic": float(s_bic.mean()), "ssim_sr": float(s_sr.mean()),
-            "ssim_gain": float((s_sr - s_bic).mean()),
-            "sr_better_psnr_fraction": float((p_sr > p_bic).mean()),
-            "seconds": seconds,
-        })
-        identities[f"x{scale}"] = build_upscaler("sr", scale, device=torch.device("cpu"), weights=weights).identity
+        low = downscale(hr, scale)
+        bicubic = upscale(low, build_upscaler("bicubic", scale, device=device), progress=False)
+        for c in (c for c in candidates if c.scale == scale):
+            upscaler = build_upscaler(c.method, scale, device=device, **c.upscaler_kwargs())
+            started = time.perf_counter()
+            sr = upscale(low, upscaler, progress=progress, desc=f"{c.model} x{scale}")
+            seconds = time.perf_counter() - started
+            results.append({"model": c.model, "kind": c.kind, "variant": c.variant, "scale": scale,
+                            "images": int(len(hr)), "low_px": int(low.shape[-1]), **compare(hr, bicubic, sr),
+                            "seconds": seconds, "images_per_s": len(hr) / seconds})
+            identities[f"{c.model} x{scale}"] = upscaler.identity
     record = {
         "kind": "sr_quality",
-        "protocol": "HR = CIFAR test images (32 px); LR = antialiased bicubic downscale by s; "
-                    "restored to 32 px by bicubic and by SR; PSNR on 8-bit RGB, SSIM (Gaussian, per channel)",
+        "protocol": PROTOCOL,
         "results": results,
         "data": {**dataset.identity, "test_subset": int(len(idx))},
         "upscalers": identities,
         "finished": now(),
-        "provenance": provenance(default_device()),
+        "provenance": provenance(device),
     }
     if out is not None:
         write_json(Path(out), record)
     return record
+
+
+def default_images(profile: str) -> int:
+    """How many test images the report's SR-quality page measures for `profile`."""
+    return SMOKE_IMAGES if profile == "smoke" else STUDY_IMAGES
+
+
+def quality_table(record: dict) -> pd.DataFrame:
+    """The record's results for reading: one row per model and scale, one number format per column."""
+    import pandas as pd
+
+    def gain(value: float, bounds: list[float] | None, digits: int) -> str:
+        text = f"{value:+.{digits}f}"
+        return text if bounds is None else f"{text} [{bounds[0]:+.{digits}f}, {bounds[1]:+.{digits}f}]"
+
+    rows = [{
+        "scale": f"x{r['scale']} (from {r['low_px']} px)", "model": r["model"], "kind": r["kind"] or "",
+        "PSNR bicubic (dB)": f"{r['psnr_bicubic']:.2f}", "PSNR SR (dB)": f"{r['psnr_sr']:.2f}",
+        "PSNR gain (dB) [95% CI]": gain(r["psnr_gain"], r["psnr_gain_ci95"], 2),
+        "SSIM bicubic": f"{r['ssim_bicubic']:.3f}", "SSIM SR": f"{r['ssim_sr']:.3f}",
+        "SSIM gain [95% CI]": gain(r["ssim_gain"], r["ssim_gain_ci95"], 3),
+        "SR better (%)": f"{100 * r['sr_better_psnr_fraction']:.0f}",
+    } for r in record["results"]]
+    return pd.DataFrame(rows).set_index(["scale", "model"])
+
+
+def summary_lines(record: dict) -> list[str]:
+    """One sentence per model and scale, for the report."""
+    return [f"- x{r['scale']} (from {r['low_px']} px), {r['model']}: {r['psnr_gain']:+.2f} dB PSNR and "
+            f"{r['ssim_gain']:+.3f} SSIM over bicubic; better than bicubic on "
+            f"{100 * r['sr_better_psnr_fraction']:.0f}% of {r['images']} images" for r in record["results"]]
+
+
+def grid_columns(images: np.ndarray, scale: int, candidates: list[SRCandidate],
+                 device: torch.device | None = None) -> dict[str, np.ndarray]:
+    """What the classifier sees at x`scale`: the original, bicubic and one column per SR model."""
+    device = device or torch.device("cpu")
+    columns = {"original": images, f"bicubic x{scale}": upscale(images, build_upscaler("bicubic", scale,
+                                                                                       device=device), False)}
+    for c in (c for c in candidates if c.scale == scale):
+        upscaler = build_upscaler(c.method, scale, device=device, **c.upscaler_kwargs())
+        columns[f"{c.model} x{scale}"] = upscale(images, upscaler, progress=False)
+    return columns
+
+
+def upscalers_table(record: dict) -> pd.DataFrame:
+    """Which weights each row measured: architecture, size, kind, license, sha256 and source."""
+    import pandas as pd
+
+    rows = [{"model": name, "architecture": u["architecture"], "parameters": f"{u['parameters']:,}",
+             "kind": u.get("kind") or "", "license": u.get("license") or "", "sha256": u["weights_sha256"][:16],
+             "source": u["source"]} for name, u in record["upscalers"].items()]
+    return pd.DataFrame(rows).set_index("model")

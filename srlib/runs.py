@@ -23,7 +23,7 @@ from .store import load_arrays, read_json
 RECORD = "record.json"
 PREDICTIONS = "predictions.npz"
 CHECKPOINT = "checkpoint.pt"
-NUMERICS_FIELDS = ("precision", "channels_last", "compile", "deterministic")
+NUMERICS_FIELDS = ("precision", "channels_last", "compile", "deterministic", "cuda_graphs")
 IDENTITY_FIELDS = tuple(name for name in TrainConfig.__dataclass_fields__ if name not in NUMERICS_FIELDS)
 
 

@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -220,16 +221,120 @@ def _load_verified(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def load_or_build(path: Path, build: Callable[[], tuple[dict, dict]],
                   log: Callable[[str], Any] = print) -> tuple[dict[str, np.ndarray], dict]:
-    """Return the verified cache at `path`, or build it (and save it) when missing or damaged."""
-    if path.exists():
+    """Return the verified cache at `path`, or build it (and save it) when missing or damaged.
+
+    Builders take `path`'s `file_lock`, so parallel workers (on one machine or many sharing the
+    folder) build each cache once; the others wait and then load it.
+    """
+    with contextlib.suppress(OSError, CacheError):
+        return load_arrays(path)  # the common case: built earlier, no lock needed
+    with file_lock(path, f"building {path.name}", log=log):
+        if path.exists():  # built by another worker while this one waited, or damaged
+            try:
+                return load_arrays(path)
+            except CacheError as exc:
+                log(f"[srlib] {exc}; not using it, rebuilding it")
+                path.unlink(missing_ok=True)
+        arrays, meta = build()
+        save_arrays(path, arrays, meta)
+        return arrays, meta
+
+
+# --- a lock file that works across machines sharing a (network) filesystem -----------------------------
+
+LOCK_SUFFIX = ".lock"
+LOCK_HEARTBEAT_S = 20.0  # the holder touches its lock file this often ...
+LOCK_STALE_S = 300.0  # ... so one untouched this long belongs to a dead holder on another machine
+
+
+def lock_holder(lock: Path) -> dict | None:
+    """Who holds `lock` ({host, pid, since, what, age_s}), or None when it is free."""
+    try:
+        text = lock.read_text()
+        age = max(0.0, time.time() - lock.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+    try:
+        info = json.loads(text or "{}")  # empty: its holder is writing it (or died doing so: the age tells)
+    except ValueError:
+        info = {}
+    return {**info, "age_s": age}
+
+
+def lock_is_stale(info: dict, stale_after: float = LOCK_STALE_S) -> bool:
+    """A holder on this machine whose process is gone, or one anywhere whose heartbeat stopped."""
+    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+        return not _process_alive(info["pid"])
+    return info.get("age_s", 0.0) > stale_after
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, what: str = "", log: Callable[[str], Any] = print, poll: float = 0.5,
+              stale_after: float = LOCK_STALE_S, timeout: float | None = None) -> Iterator[Path]:
+    """Hold `<path>.lock`, created with O_CREAT|O_EXCL (atomic on local disks and NFSv3+).
+
+    The file records the holder's host and pid, and a thread refreshes its mtime while it is held.
+    A waiter removes a stale lock: same host and the pid is dead, or (other hosts, whose pids it
+    cannot check) no heartbeat for `stale_after` seconds. Unlike flock this works on network
+    filesystems, and a killed holder blocks the others for at most `stale_after`.
+    """
+    import threading
+
+    lock = Path(str(path) + LOCK_SUFFIX)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "what": what}
+    started, told = time.monotonic(), False
+    while True:
         try:
-            return load_arrays(path)
-        except CacheError as exc:
-            log(f"[srlib] {exc}; not using it, rebuilding it")
-            path.unlink(missing_ok=True)
-    arrays, meta = build()
-    save_arrays(path, arrays, meta)
-    return arrays, meta
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(lock)
+            if holder is not None and lock_is_stale(holder, stale_after):
+                log(f"[srlib] removing the stale lock {lock} (holder {holder.get('host')} pid {holder.get('pid')} "
+                    "is gone)")
+                _remove_if_same(lock, holder)
+                continue
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise LockError(f"{lock} is held by {_describe(holder)} for more than {timeout:.0f} s; if that "
+                                f"process is gone, delete {lock} and rerun") from None
+            if not told and holder is not None:
+                log(f"[srlib] waiting for {_describe(holder)} ({lock.name})")
+                told = True
+            time.sleep(poll)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        break
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(LOCK_HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(lock)
+
+    beat = threading.Thread(target=heartbeat, daemon=True, name=f"lock {lock.name}")
+    beat.start()
+    try:
+        yield lock
+    finally:
+        done.set()
+        beat.join()
+        _remove_if_same(lock, me)
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder or "host" not in holder:
+        return "another process"
+    since = time.strftime("%H:%M:%S", time.localtime(holder.get("since", 0)))
+    return f"{holder.get('what') or 'another process'} (host {holder['host']}, pid {holder['pid']}, since {since})"
+
+
+def _remove_if_same(lock: Path, holder: dict) -> None:
+    """Unlink `lock` only if it still names `holder` (another waiter may have replaced it meanwhile)."""
+    current = lock_holder(lock)
+    if current is not None and all(current.get(k) == holder.get(k) for k in ("host", "pid", "since")):
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
 
 
 # --- checkpoints: torch.save bytes behind a sha256 line ---------------------------------------------------

@@ -1,28 +1,38 @@
-"""`srlib sweep`: run notebooks/train.ipynb once per variant and seed with papermill, then the
-analysis notebooks, writing executed notebooks where the book picks them up.
+"""`srlib sweep`: run notebooks/train.ipynb once per variant and seed with papermill -- in parallel
+worker processes on this machine or as a Slurm job array -- then the analysis notebooks and the book.
 
-One failed run does not stop the others; the summary says which failed, and the exit code is
-non-zero. A rerun executes only what is missing: a run whose executed notebook ran with the same
-parameters after its record was finished is skipped without starting a kernel, and the analysis
-notebooks are skipped when no record is newer than them.
+One failed run does not stop the others; the summary names it, its log file and its last error line,
+and the exit code is non-zero. A rerun executes only what is missing or failed: a run whose executed
+notebook ran with the same parameters after its record was finished is skipped without starting a
+kernel, a Slurm task of an earlier `--no-wait` sweep that is still queued or running is waited for
+rather than submitted again, and the analysis notebooks are skipped when no record is newer than them.
+
+The terminal gets one line per run start and end and one live progress line; everything papermill and
+the kernels print goes to a log file beside each executed notebook (`<notebook>.log`).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
+import subprocess
+import sys
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import PROFILES, STUDY_VARIANTS, VARIANTS, make_config
+from . import executors as ex
+from .config import PROFILES, STUDY_VARIANTS, VARIANTS, default_profile, make_config
 from .errors import ConfigError, SrlibError
+from .executors import NOTEBOOKS, ROOT, RunState, SlurmOptions, Task
 from .store import directory_lock, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
-KERNEL = "python3"  # the kernel of the interpreter running the sweep (ipykernel's native spec)
+__all__ = ["NOTEBOOKS", "ROOT", "SweepResult", "cmd_status", "cmd_sweep", "finish", "status", "sweep"]
+ANALYSIS = ("sr_quality.ipynb", "compare.ipynb")
+BOOK_NOTEBOOKS = ROOT / "book" / "executed"  # where the book (_toc.yml) looks for executed notebooks
+SLURM_POLL_S = 3.0
 
 
 @dataclass
@@ -30,39 +40,16 @@ class SweepResult:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)  # failed name -> its log file
+    submitted: list[str] = field(default_factory=list)  # Slurm job ids
     seconds: float = 0.0
-
-
-def default_profile() -> str:
-    import torch
-
-    return "paper" if torch.cuda.is_available() else "preview"
+    index: Path | None = None  # the book's index.html, when this sweep built it
+    missing: list[str] = field(default_factory=list)  # records mode: runs with no complete record
 
 
 def _execute(template: str, output: Path, parameters: dict, log_output: bool) -> None:
-    import papermill as pm
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.stem + ".partial.ipynb")
-    pm.execute_notebook(str(NOTEBOOKS / template), str(partial), parameters=parameters, kernel_name=KERNEL,
-                        cwd=str(ROOT), log_output=log_output, progress_bar=False)
-    _tag_for_the_book(partial)
-    os.replace(partial, output)  # an executed notebook only appears once it ran to the end
-
-
-def _tag_for_the_book(path: Path) -> None:
-    """Readers see results first: parameter cells are dropped, code is folded (one click shows it)."""
-    import nbformat
-
-    notebook = nbformat.read(path, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        tags = cell.metadata.setdefault("tags", [])
-        extra = "remove-cell" if {"parameters", "injected-parameters"} & set(tags) else "hide-input"
-        if extra not in tags:
-            tags.append(extra)
-    nbformat.write(notebook, path)
+    """Execute one notebook in this process (the workers call `executors.run_task`)."""
+    ex.execute_notebook(template, output, parameters, log_output)
 
 
 def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
@@ -80,82 +67,532 @@ def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
 
 def _finished_record(out: Path, variant: str, profile: str, seed: int, overrides: dict) -> list[Path]:
     """[record.json] when that run is complete with exactly this config, else []."""
-    from .train import find_finished, run_dir
+    from .runs import RECORD, config_dir, find_finished
 
     config = make_config(variant, profile, seed, **overrides)
-    return [run_dir(out, config) / "record.json"] if find_finished(out, config) is not None else []
+    return [config_dir(out, config) / RECORD] if find_finished(out, config) is not None else []
 
 
 def _failure(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return next((line for line in reversed(text) if "Error" in line), text[-1] if text else type(exc).__name__)
+    return ex.failure_line(exc)
 
+
+def train_tasks(profile: str, seeds: int, variants, out: Path, notebooks_out: Path, common: dict,
+                overrides: dict) -> list[Task]:
+    from .runs import run_dir
+
+    tasks = []
+    for seed in range(seeds):
+        for variant in variants:
+            name = f"{profile}-{variant}-seed{seed}"
+            params = {**common, "variant": variant, "seed": seed, "overrides": overrides}
+            tasks.append(Task(name, "train.ipynb", str(notebooks_out / "train" / f"{name}.ipynb"), params,
+                              str(run_dir(out, profile, variant, seed)), variant, seed))
+    return tasks
+
+
+# --- the terminal ---------------------------------------------------------------------------------------
+
+class Reporter:
+    """One line per run start and end, and one progress line: redrawn in place on a terminal, else printed
+    once a minute (so a CI log or `make report` stays short)."""
+
+    PLAIN_EVERY_S = 60.0
+
+    def __init__(self, log=print, live: bool | None = None, slots: int = 1) -> None:
+        self.log, self.slots = log, slots
+        self.live = sys.stdout.isatty() if live is None else live
+        self.started_at = time.time()
+        self.starts: dict[str, float] = {}
+        self.durations: list[float] = []
+        self._shown = ""
+        self._last_plain = time.time()
+
+    def line(self, text: str) -> None:
+        self._clear()
+        self.log(text)
+
+    def _clear(self) -> None:
+        if self._shown and self.live and self.log is print:
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+            self._shown = ""
+
+    def started(self, task: Task, where: str, again: bool = False) -> None:
+        self.starts[task.name] = time.time()
+        self.line(f"[sweep] {'again' if again else 'start'}  {task.label} ({where})")
+
+    def finished(self, task: Task, record: dict | None) -> None:
+        minutes = self._minutes(task)
+        summary = (record or {}).get("summary") or {}
+        accuracy = f"{summary['max_test_acc']:.2f}% max test accuracy, " if "max_test_acc" in summary else ""
+        self.line(f"[sweep] done   {task.label}: {accuracy}{minutes:.1f} min")
+
+    def failed(self, task: Task, why: str) -> None:
+        minutes = self._minutes(task)
+        self.line(f"[sweep] FAILED {task.label} after {minutes:.1f} min: {why}; log: {task.log}")
+
+    def _minutes(self, task: Task) -> float:
+        seconds = time.time() - self.starts.get(task.name, time.time())
+        self.durations.append(seconds)
+        return seconds / 60
+
+    def progress(self, states: dict[str, RunState], tasks: dict[str, Task]) -> None:
+        counts = {s: sum(st.state == s for st in states.values()) for s in ("done", "running", "queued", "failed")}
+        running = [n for n, st in states.items() if st.state == "running"]
+        epochs = []
+        for name in running[:4]:
+            found = ex.epoch_progress(tasks[name].log)
+            epochs.append(f"{tasks[name].label} {found[0]}/{found[1]}" if found else f"{tasks[name].label} starting")
+        more = f" +{len(running) - 4}" if len(running) > 4 else ""
+        eta = self._eta(running, counts["queued"])
+        text = (f"[sweep] {counts['done']}/{len(states)} done, {counts['running']} running"
+                f"{' (' + ', '.join(epochs) + more + ')' if epochs else ''}, {counts['queued']} queued, "
+                f"{counts['failed']} failed | {(time.time() - self.started_at) / 60:.1f} min{eta}")
+        if self.live and self.log is print:
+            if text != self._shown:
+                sys.stdout.write("\r\x1b[K" + text[:max(20, _columns() - 1)])
+                sys.stdout.flush()
+                self._shown = text
+        elif time.time() - self._last_plain >= self.PLAIN_EVERY_S:
+            self._last_plain = time.time()
+            self.log(text)
+
+    def _eta(self, running: list[str], queued: int) -> str:
+        """From the mean duration of the runs that ended: what the running ones have left, plus the queue."""
+        if not self.durations or not running and not queued:
+            return ""
+        mean = sum(self.durations) / len(self.durations)
+        left = sum(max(0.0, mean - (time.time() - self.starts.get(n, time.time()))) for n in running)
+        seconds = (left + queued * mean) / max(1, min(self.slots, len(running) + queued))
+        return f", ETA ~{max(1, round(seconds / 60))} min"
+
+    def close(self) -> None:
+        self._clear()
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 20)).columns
+
+
+# --- the sweep -------------------------------------------------------------------------------------------
 
 def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = STUDY_VARIANTS,
           out: str | os.PathLike = "runs", notebooks_out: str | os.PathLike = "book/executed",
           data: str | None = None, cache_dir: str | None = None, overrides: dict | None = None,
-          analysis: bool = True, log_output: bool = True, log=print) -> SweepResult:
-    """Train every (variant, seed) through the notebook, then run the analysis notebooks."""
+          analysis: bool = True, log_output: bool = True, log=print, *, executor: str = "local",
+          jobs: int | None = None, runs_per_gpu: int = 1, threads: int | None = None,
+          slurm: SlurmOptions | None = None, wait: bool = True, book: bool = False,
+          live: bool | None = None, preflight: bool = True, records_only: bool = False) -> SweepResult:
+    """Train every (variant, seed) through the notebook, then run the analysis notebooks (and the book).
+
+    `executor` "local": up to `jobs` worker processes at once (default: one per GPU x `runs_per_gpu`,
+    or on a CPU two with cores/2 threads each); "slurm": one array job via submitit (`slurm` options),
+    waited for unless `wait` is False (then a dependent job runs the analysis and the book).
+    `threads` pins every run's torch thread count (it is not part of a run's identity).
+    `records_only`: the train notebooks show the records already in `out` (a missing one is named, never
+    trained), executed one after another in this process's workers; nothing is written into `out`.
+    """
+    del log_output  # kept for callers: papermill's output always goes to the per-run log files
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or profile not in PROFILES or seeds < 1:
         raise ConfigError(f"sweep needs known variants ({', '.join(VARIANTS)}), a profile in {list(PROFILES)} "
                           f"and seeds >= 1; got variants {list(variants)}, profile {profile!r}, seeds {seeds}")
+    if executor not in ("local", "slurm"):
+        raise ConfigError(f"unknown executor {executor!r}; use local or slurm")
+    overrides = overrides or {}
     for variant in variants:  # fail fast on bad overrides, before hours of work
-        make_config(variant, profile, 0, **(overrides or {}))
+        make_config(variant, profile, 0, **overrides)
+    # No data, weights, space or writable folder: one error now, not one per kernel or job (records: none needed).
+    if preflight and not records_only:
+        from .preflight import check_sweep
+
+        check_sweep(profile, seeds, variants, out, notebooks_out, data, cache_dir, overrides, analysis)
+    slots = ex.plan_slots(jobs, runs_per_gpu, threads) if executor == "local" else None
     out, notebooks_out = Path(out).resolve(), Path(notebooks_out).resolve()
     result, started = SweepResult(), time.perf_counter()
     common = {"profile": profile, "out": str(out), "data": data, "cache_dir": cache_dir}
-    with directory_lock(out, f"srlib sweep --profile {profile}"):
-        for seed in range(seeds):
-            for variant in variants:
-                name = f"{profile}-{variant}-seed{seed}"
-                params = {**common, "variant": variant, "seed": seed, "overrides": overrides or {}}
-                output = notebooks_out / "train" / f"{name}.ipynb"
-                if _is_current(output, params, _finished_record(out, variant, profile, seed, overrides or {})):
-                    log(f"[sweep] {name}: finished earlier (record and executed notebook exist), skipped")
-                    result.skipped.append(name)
-                    continue
-                log(f"[sweep] {name}: running notebooks/train.ipynb")
-                try:
-                    _execute("train.ipynb", output, params, log_output)
-                    result.done.append(name)
-                except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others
-                    result.failed[name] = _failure(exc)
-                    log(f"[sweep] {name} FAILED: {result.failed[name]}")
+    if records_only:
+        common["records_only"] = True
+    tasks = train_tasks(profile, seeds, variants, out, notebooks_out, common, overrides)
+    reporter = Reporter(log, live, slots.jobs if slots else (slurm or SlurmOptions()).array_parallelism)
+    # A records folder is only read (and may be a committed one): no lock file there.
+    lock = contextlib.nullcontext() if records_only else directory_lock(out, f"srlib sweep --profile {profile}")
+    with lock:
+        todo = []
+        for task in tasks:
+            if _is_current(Path(task.output), task.parameters,
+                           _finished_record(out, task.variant, profile, task.seed, overrides)):
+                result.skipped.append(task.name)
+            else:
+                todo.append(task)
+        if result.skipped:
+            log(f"[sweep] {len(result.skipped)} of {len(tasks)} runs finished earlier (record and executed "
+                "notebook exist), skipped")
+        finish_kwargs = dict(profile=profile, out=out, notebooks_out=notebooks_out, data=data, cache_dir=cache_dir,
+                             book=book, log=log)
+        if records_only:
+            _render_records(todo, reporter, result, out, profile, overrides)
+        elif executor == "local":
+            _run_local(todo, slots, reporter, result, out, profile, overrides)
+        else:
+            slurm = slurm or SlurmOptions()
+            pinned = threads or slurm.cpus
+            if not _run_slurm(todo, slurm, pinned, reporter, result, out, profile, overrides, wait, finish_kwargs,
+                              analysis):
+                result.seconds = time.perf_counter() - started
+                _write_summary(out, profile, seeds, variants, result)
+                return result
+        reporter.close()
         if analysis:
-            records = sorted((out / profile).glob("*/seed*/record.json"))
-            for template in ("sr_quality.ipynb", "compare.ipynb"):
-                params = {**common, "n": 1000 if profile != "smoke" else 100}
-                if not result.done and not result.failed and _is_current(notebooks_out / template, params, records):
-                    log(f"[sweep] notebooks/{template}: up to date with every record, skipped")
-                    result.skipped.append(template)
-                    continue
-                log(f"[sweep] running notebooks/{template}")
-                try:
-                    _execute(template, notebooks_out / template, params, log_output)
-                    result.done.append(template)
-                except Exception as exc:  # noqa: BLE001
-                    result.failed[template] = _failure(exc)
-                    log(f"[sweep] {template} FAILED: {result.failed[template]}")
+            ran = finish(**finish_kwargs, rerun=bool(result.done or result.failed))
+            for name in ("done", "skipped"):
+                getattr(result, name).extend(getattr(ran, name))
+            result.failed.update(ran.failed)
+            result.logs.update(ran.logs)
+            result.index = ran.index
         result.seconds = time.perf_counter() - started
-        write_json(out / profile / "sweep.json", {"profile": profile, "seeds": seeds, "variants": list(variants),
-                                                  "done": result.done, "skipped": result.skipped,
-                                                  "failed": result.failed,
-                                                  "seconds": result.seconds})
+        if not records_only:  # a records folder (e.g. results/paper, committed) is only read
+            _write_summary(out, profile, seeds, variants, result)
     return result
 
 
+def _render_records(todo: list[Task], reporter: Reporter, result: SweepResult, out: Path, profile: str,
+                    overrides: dict) -> None:
+    """Records mode: each train notebook shows its record, or names the run as missing; nothing trains."""
+    for task in todo:
+        reporter.started(task, "records only")
+        try:
+            _run_quietly(replace(task, run_dir=None))  # no job.json: the records folder is only read
+        except Exception as exc:  # noqa: BLE001 - one failed notebook must not stop the others
+            _fail(task, ex.failure_line(exc), reporter, result)
+            continue
+        result.done.append(task.name)
+        record = _record(out, profile, task, overrides)
+        if record is None:
+            result.missing.append(task.name)
+            reporter.line(f"[sweep] no complete record of {task.label} in {out}: the book says it was not run")
+        else:
+            reporter.finished(task, record)
+
+
+def _write_summary(out: Path, profile: str, seeds: int, variants, result: SweepResult) -> None:
+    write_json(out / profile / "sweep.json", {"profile": profile, "seeds": seeds, "variants": list(variants),
+                                              "done": result.done, "skipped": result.skipped,
+                                              "failed": result.failed, "logs": result.logs,
+                                              "submitted": result.submitted, "seconds": result.seconds})
+
+
+def _record(out: Path, profile: str, task: Task, overrides: dict) -> dict | None:
+    from .runs import find_finished
+
+    return find_finished(out, make_config(task.variant, profile, task.seed, **overrides))
+
+
+def _fail(task: Task, why: str, reporter: Reporter, result: SweepResult) -> None:
+    result.failed[task.name] = why
+    result.logs[task.name] = str(task.log)
+    reporter.failed(task, why)
+
+
+def _run_local(todo: list[Task], slots, reporter: Reporter, result: SweepResult, out: Path, profile: str,
+               overrides: dict) -> None:
+    queue, pool = deque(todo), ex.LocalPool(slots)
+    for task in todo:
+        ex.write_job(task, "queued", executor="local")  # the sweep's pid: `srlib status` sees if it is gone
+    try:
+        while queue or pool.workers:
+            while queue and (slot := pool.free_slot()) is not None:
+                task = queue.popleft()
+                pool.start(task, slot)
+                reporter.started(task, slots.where(slot))
+            for worker, code in pool.reap():
+                task = worker.task
+                record = _record(out, profile, task, overrides) if code == 0 else None
+                if record is not None:
+                    result.done.append(task.name)
+                    reporter.finished(task, record)
+                    continue
+                job = ex.read_job(task.run_dir) or {}
+                why = (job.get("why") if job.get("state") == "failed" else None) or (
+                    f"its worker was killed (signal {-code})" if code < 0 else
+                    "the notebook ended without a complete record" if code == 0 else
+                    ex.last_error_line(task.log) or f"its worker exited with code {code}")
+                ex.write_job(task, "failed", executor="local", why=why)
+                _fail(task, why, reporter, result)
+            states = {t.name: RunState("done") for t in todo if t.name in result.done}
+            states.update({t.name: RunState("failed") for t in todo if t.name in result.failed})
+            states.update({w.task.name: RunState("running") for w in pool.workers.values()})
+            states.update({t.name: RunState("queued") for t in queue})
+            reporter.progress(states, {t.name: t for t in todo})
+            time.sleep(0.3)
+    except BaseException:
+        pool.stop_all()
+        reporter.close()
+        raise
+
+
+def _run_slurm(todo: list[Task], options: SlurmOptions, threads: int, reporter: Reporter, result: SweepResult,
+               out: Path, profile: str, overrides: dict, wait: bool, finish_kwargs: dict, analysis: bool) -> bool:
+    """Submit what is missing (waiting for what an earlier sweep still has queued); False with --no-wait."""
+    queue = ex.slurm_queue()
+    alive, submit = [], []
+    for task in todo:
+        state = ex.run_state(Path(task.run_dir), False, queue)
+        (alive if state.state in ("queued", "running") and state.job.get("job_id") else submit).append(task)
+    if alive:
+        reporter.line(f"[sweep] {len(alive)} run(s) already queued or running in Slurm from an earlier sweep; "
+                      "waiting for them instead of submitting them again")
+    folder = out / profile / "slurm"
+    if submit:
+        ids = ex.submit_slurm(submit, folder, options, f"srlib-{profile}", threads)
+        result.submitted = ids
+        reporter.line(f"[sweep] submitted {len(ids)} Slurm task(s) as array job {ids[0].split('_')[0]}; "
+                      f"Slurm logs in {folder}")
+    if not wait and (alive or submit):
+        jobs = sorted({(ex.read_job(t.run_dir) or {}).get("job_id", "").split("_")[0] for t in alive + submit} - {""})
+        if analysis and jobs:
+            finisher = ex.slurm_executor(folder, options, f"srlib-{profile}-report", threads,
+                                      dependency="afterany:" + ":".join(jobs))
+            job = finisher.submit(ex.SlurmFinish({**finish_kwargs, "log": print}))
+            reporter.line(f"[sweep] the analysis notebooks and the book follow as Slurm job {job.job_id} "
+                          "(afterany); or rerun this command later")
+        reporter.line(f"[sweep] not waiting; watch with: srlib status --out {out} --profile {profile}")
+        return False
+    _wait_slurm(alive + submit, reporter, result, out, profile, overrides)
+    return True
+
+
+def _wait_slurm(tasks: list[Task], reporter: Reporter, result: SweepResult, out: Path, profile: str,
+                overrides: dict) -> None:
+    by_name = {t.name: t for t in tasks}
+    seen: dict[str, str] = {}
+    gone_once: set[str] = set()  # ended without a record: trust it on the second look (shared-FS caching)
+    pending = set(by_name)
+    while pending:
+        ids = [(ex.read_job(by_name[n].run_dir) or {}).get("job_id") for n in pending]
+        queue = ex.slurm_queue([i for i in ids if i])
+        states = {}
+        for name in list(by_name):
+            task = by_name[name]
+            if name not in pending:
+                states[name] = RunState("done" if name in result.done else "failed")
+                continue
+            record = _record(out, profile, task, overrides)
+            job = ex.read_job(task.run_dir) or {}
+            # The record is written before the notebook is: done once the worker says so or has left the queue.
+            ended = job.get("state") == "done" or (queue is not None and job.get("job_id") not in queue)
+            state = ex.run_state(Path(task.run_dir), record is not None and ended, queue)
+            if state.state == "missing" or (state.state == "failed" and name not in gone_once
+                                            and "ended without" in state.detail):
+                gone_once.add(name)
+                state = RunState("running", "", state.job)
+            states[name] = state
+            previous = seen.get(name)
+            if state.state == "running" and previous != "running":
+                host = f" on {state.job['host']}" if state.job.get("state") == "running" else ""
+                reporter.started(task, f"Slurm job {state.job.get('job_id')}{host}",
+                                 again=previous == "queued" and name in reporter.starts)
+            if state.state == "done":
+                result.done.append(name)
+                reporter.finished(task, record)
+                pending.discard(name)
+            elif state.state == "failed":
+                why = state.detail
+                log_line = ex.last_error_line(task.log)
+                if log_line and log_line not in why:
+                    why = f"{why} ({log_line})"
+                _fail(task, why, reporter, result)
+                slurm_log = state.job.get("slurm_log")
+                if slurm_log:
+                    result.logs[name] = f"{task.log} (Slurm: {slurm_log})"
+                pending.discard(name)
+            seen[name] = state.state
+        reporter.progress(states, by_name)
+        if pending:
+            time.sleep(SLURM_POLL_S)
+
+
+def finish(profile: str, out: str | os.PathLike, notebooks_out: str | os.PathLike, data: str | None = None,
+           cache_dir: str | None = None, book: bool = False, log=print, rerun: bool = False) -> SweepResult:
+    """The analysis notebooks (skipped when no record is newer than them), then the book if asked for."""
+    out, notebooks_out = Path(out), Path(notebooks_out)
+    result, started = SweepResult(), time.time()
+    common = {"profile": profile, "out": str(out), "data": data, "cache_dir": cache_dir}
+    from .runs import record_paths
+
+    records = record_paths(out, profile)
+    for template in ANALYSIS:
+        params = {**common, "n": 1000 if profile != "smoke" else 100}
+        output = notebooks_out / template
+        if not rerun and _is_current(output, params, records):
+            result.skipped.append(template)
+            continue
+        task = Task(template, template, str(output), params)
+        try:
+            _run_quietly(task)
+            result.done.append(template)
+        except Exception as exc:  # noqa: BLE001 - one failed notebook must not stop the other
+            result.failed[template] = ex.failure_line(exc)
+            result.logs[template] = str(task.log)
+            log(f"[sweep] FAILED {template}: {result.failed[template]}; log: {task.log}")
+    if result.done:
+        log(f"[sweep] analysis: {', '.join(result.done)} ({(time.time() - started) / 60:.1f} min)")
+    elif result.skipped:
+        log("[sweep] analysis notebooks up to date with every record, skipped")
+    for line in headline_verdicts(out, profile):
+        log(f"[sweep] {line}")
+    if book and not result.failed:
+        result.index = _build_book(notebooks_out, log)
+    return result
+
+
+def _run_quietly(task: Task) -> None:
+    """Execute an analysis notebook in a worker process, its output in the notebook's log file."""
+    import json
+    from dataclasses import asdict
+
+    task.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(task.log, "w") as log:
+        done = subprocess.run([sys.executable, "-m", "srlib.executors", json.dumps(asdict(task))], cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise SrlibError(ex.last_error_line(task.log) or f"the worker exited with code {done.returncode}")
+
+
+def headline_verdicts(out: Path, profile: str) -> list[str]:
+    """SR - resize at each scale, one line each, from srlib.analysis (nothing when it cannot say)."""
+    try:
+        from .analysis import comparisons, verdicts
+        from .runs import load_records
+
+        records = load_records(out, profile)
+        variants = {r["config"]["variant"] for r in records}
+        return verdicts(records, [c for c in comparisons(variants) if c.rule == ("sr", "bicubic")])
+    except Exception:  # noqa: BLE001 - the verdicts are a courtesy; the notebooks hold the analysis
+        return []
+
+
+def _build_book(notebooks_out: Path, log) -> Path | None:
+    """`srlib book` in a subprocess (its Sphinx output goes to book.log); only for the book's own folder."""
+    if notebooks_out.resolve() != BOOK_NOTEBOOKS.resolve():
+        log(f"[sweep] book not built: it reads {BOOK_NOTEBOOKS}, these notebooks are in {notebooks_out}")
+        return None
+    book_log = notebooks_out / "book.log"
+    with open(book_log, "w") as f:
+        done = subprocess.run([sys.executable, "-m", "srlib", "book"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+    index = ROOT / "_build" / "html" / "index.html"
+    if done.returncode != 0 or not index.is_file():
+        log(f"[sweep] FAILED building the book: {ex.last_error_line(book_log) or 'see the log'}; log: {book_log}")
+        return None
+    log(f"[sweep] report: {index}")
+    return index
+
+
+# --- status ----------------------------------------------------------------------------------------------
+
+def status(out: str | os.PathLike = "runs", profile: str | None = None) -> list[tuple[str, RunState]]:
+    """(run, state) for every run that has a folder under `out` (one profile, or all)."""
+    from .runs import RECORD
+    from .store import read_json
+
+    out = Path(out)
+    dirs = sorted(p for p in out.glob(f"{profile or '*'}/*/seed*") if p.is_dir())
+    needs_queue = any((ex.read_job(d) or {}).get("job_id") for d in dirs)
+    queue = ex.slurm_queue() if needs_queue else None
+    rows = []
+    for d in dirs:
+        try:
+            finished = read_json(d / RECORD).get("status") == "complete"
+        except (OSError, ValueError):
+            finished = False
+        rows.append((f"{d.parent.parent.name}/{d.parent.name}/{d.name}", ex.run_state(d, finished, queue)))
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = status(args.out, args.profile)
+    if not rows:
+        print(f"no runs under {Path(args.out).resolve()}" + (f" for profile {args.profile}" if args.profile else ""))
+        return 0
+    width = max(len(name) for name, _ in rows)
+    for name, st in rows:
+        detail = st.detail
+        if st.state == "failed" and st.job.get("log"):
+            detail = f"{detail}; log: {st.job['log']}"
+        print(f"{name:<{width}}  {st.state:<8} {detail}".rstrip())
+    counts = {s: sum(st.state == s for _, st in rows) for s in ("done", "running", "queued", "failed", "missing")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    return 0
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    from .executors import parse_sbatch_options
+
+    return SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, gres=args.slurm_gres,
+                        cpus=args.slurm_cpus, mem=args.slurm_mem, array_parallelism=args.slurm_array_parallelism,
+                        extra=parse_sbatch_options(args.slurm_option))
+
+
+def records_profile(records: str | os.PathLike) -> str:
+    """The one profile that has records in a records folder (`--records` without `--profile`)."""
+    from .runs import record_paths
+
+    if not Path(records).is_dir():
+        raise ConfigError(f"--records {records}: no such folder; unpack the GPU results first (srlib kit unpack)")
+    profiles = sorted({p.parents[2].name for p in record_paths(records)})
+    if not profiles:
+        raise ConfigError(f"--records {records} holds no records (<profile>/<variant>/seed<k>/record.json); "
+                          "unpack the GPU results there first (srlib kit unpack), or name the profile with --profile")
+    if len(profiles) != 1:
+        raise ConfigError(f"--records {records} holds records of {len(profiles)} profiles ({', '.join(profiles)}); "
+                          "name one with --profile")
+    return profiles[0]
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("papermill").setLevel(logging.INFO)
-    profile = args.profile or default_profile()
+    executor = getattr(args, "executor", "local")
+    if executor == "slurm" and not args.profile:
+        raise ConfigError("--executor slurm needs --profile (paper, preview or smoke): the login node that submits "
+                          "usually has no GPU, so the default (paper with CUDA, else preview) would guess wrong")
+    records = getattr(args, "records", None)
+    if records:
+        args.out = records
+    profile = args.profile or (records_profile(records) if records else default_profile())
+    overrides = {}
+    if hasattr(args, "epochs"):  # the config options the CLI defines for train and sweep
+        from .cli import config_overrides
+
+        overrides = config_overrides(args)
+    if getattr(args, "dry_run", False):
+        from .preflight import format_plan, sweep_plan
+
+        plan = sweep_plan(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
+                          args.cache_dir, overrides, analysis=not args.no_analysis)
+        print(format_plan(plan) + "\ndry run: nothing was started")
+        plan.raise_problems(listed_above=True)
+        return 0
     result = sweep(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data, args.cache_dir,
-                   analysis=not args.no_analysis)
+                   overrides=overrides, analysis=not args.no_analysis, executor=executor,
+                   jobs=getattr(args, "jobs", None), runs_per_gpu=getattr(args, "runs_per_gpu", 1),
+                   threads=getattr(args, "threads", None),
+                   slurm=slurm_options(args) if executor == "slurm" else None,
+                   wait=not getattr(args, "no_wait", False), book=not getattr(args, "no_book", True),
+                   records_only=bool(records))
+    if result.submitted and getattr(args, "no_wait", False):
+        return 0
     print(f"[sweep] {len(result.done)} notebook(s) done in {result.seconds / 60:.1f} min, "
           f"{len(result.skipped)} already up to date, {len(result.failed)} failed")
     for name, why in result.failed.items():
-        print(f"[sweep]   FAILED {name}: {why}")
+        print(f"[sweep]   FAILED {name}: {why}; log: {result.logs.get(name, '?')}")
+    if result.missing:
+        print(f"[sweep] no record (named in the book as not run): {', '.join(result.missing)}")
     if result.failed:
         raise SrlibError(f"{len(result.failed)} notebook(s) failed: {', '.join(result.failed)}; "
-                         "the others finished (rerun the same command to retry only what is missing)")
+                         "the others finished (rerun the same command to retry only what is missing or failed)")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def make_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, flip
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on one batch; returns the (detached) loss and the logits, without a host sync."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+    # No autocast weight cache: a CUDA graph capture must not keep casts from outside it (and each step
+    # leaves the autocast region anyway, which empties the cache).
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
@@ -106,9 +109,61 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     return loss.detach(), logits.detach()
 
 
+class GraphedStep:
+    """`train_step` captured as CUDA graphs and replayed: the same kernels on the same values, minus the launch
+    cost of a few hundred small kernels per step, which is what limits batch-32 steps on a large GPU.
+
+    One graph per (batch shape, learning rate), because the learning rate is baked into the captured optimizer
+    kernels; StepLR makes three. Capturing needs a few eager warm-up steps (lazy state, library handles); they run
+    on a copy of the state that is put back afterwards, so the protocol sees exactly one step per batch.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16: bool, warmup: int = 3):
+        self.model, self.optimizer, self.bf16, self.warmup = model, optimizer, bf16, warmup
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(x.shape), x.stride(), self.optimizer.param_groups[0]["lr"])
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x, y)
+        graph, static_x, static_y, loss, logits = self.graphs[key]
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        return loss, logits
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """Everything a step changes: parameters, buffers (BN statistics) and momentum."""
+        momentum = [self.optimizer.state[p].get("momentum_buffer") for p in self.model.parameters()]
+        return [*self.model.parameters(), *self.model.buffers(), *(m for m in momentum if m is not None)]
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        saved = [t.detach().clone() for t in self._tensors()]
+        had_momentum = {id(p) for p in self.model.parameters() if "momentum_buffer" in self.optimizer.state[p]}
+        static_x, static_y = x.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                train_step(self.model, self.optimizer, static_x, static_y, self.bf16)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for tensor, value in zip(self._tensors(), saved, strict=False):
+                tensor.copy_(value)
+            for p in self.model.parameters():  # SGD's first step (buffer = grad) equals one from a zero buffer
+                if id(p) not in had_momentum:
+                    self.optimizer.state[p]["momentum_buffer"].zero_()
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            loss, logits = train_step(self.model, self.optimizer, static_x, static_y, self.bf16)
+        return graph, static_x, static_y, loss, logits
+
+
 def train_epoch(model, optimizer, data: VariantData, config: TrainConfig, epoch: int, numerics: Numerics,
-                progress: bool) -> tuple[float, float, int]:
-    """One epoch of the protocol; (mean train loss, train accuracy %, images)."""
+                progress: bool, step: Callable | None = None) -> tuple[float, float, int]:
+    """One epoch of the protocol; (mean train loss, train accuracy %, images). `step(x, y)` defaults to
+    `train_step`; a `GraphedStep` replays it as CUDA graphs (a short last batch runs eagerly)."""
     model.train()
     n = len(data.train_y)
     order, flips = (t.to(data.train_x.device) for t in epoch_order(config.seed, epoch, n))
@@ -119,7 +174,10 @@ def train_epoch(model, optimizer, data: VariantData, config: TrainConfig, epoch:
                               mininterval=1, unit="batch"):
         x, y = make_batch(data.train_x, data.train_y, order[start:start + config.batch_size], flips,
                           numerics.channels_last)
-        loss, logits = train_step(model, optimizer, x, y, numerics.bf16)
+        if step is not None and len(y) == config.batch_size:
+            loss, logits = step(x, y)
+        else:
+            loss, logits = train_step(model, optimizer, x, y, numerics.bf16)
         loss_sum += loss.float() * len(y)
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / n, 100.0 * correct.item() / n, n
@@ -216,6 +274,7 @@ def _train(config: TrainConfig, directory: Path, dataset: Dataset, cache_dir: st
     checkpoint = directory / CHECKPOINT
     run = _start(config, len(dataset.classes), device, numerics, checkpoint, variant_data.identity, force, log)
     step_model = torch.compile(run.model) if numerics.compile else run.model
+    step = GraphedStep(run.model, run.optimizer, numerics.bf16) if numerics.cuda_graphs else None
     preds, stopped_early = None, False
     for epoch in range(len(run.epochs), config.epochs):
         if _past_deadline(deadline, run.epochs):
@@ -223,7 +282,7 @@ def _train(config: TrainConfig, directory: Path, dataset: Dataset, cache_dir: st
             log(f"[srlib] {config.variant} seed {config.seed}: stopping after epoch {epoch} of {config.epochs}; the "
                 "next would not finish before the deadline. The checkpoint is kept: rerun the same command to resume")
             break
-        preds = _epoch(config, epoch, run, step_model, variant_data, numerics, checkpoint, progress, log)
+        preds = _epoch(config, epoch, run, step_model, step, variant_data, numerics, checkpoint, progress, log)
     if preds is None and not stopped_early:  # nothing trained in this process (resumed after the last epoch)
         _, _, preds = evaluate(step_model, variant_data.test_x, variant_data.test_y, numerics)
     record = _record(config, run, variant_data, numerics, started_at, time.perf_counter() - started,
@@ -250,12 +309,12 @@ def _past_deadline(deadline: float | None, epochs: list[dict]) -> bool:
     return time.time() + slowest > deadline
 
 
-def _epoch(config: TrainConfig, epoch: int, run: _Run, step_model, data: VariantData, numerics: Numerics,
-           checkpoint: Path, progress: bool, log) -> np.ndarray:
+def _epoch(config: TrainConfig, epoch: int, run: _Run, step_model, step: Callable | None, data: VariantData,
+           numerics: Numerics, checkpoint: Path, progress: bool, log) -> np.ndarray:
     """Train and evaluate one epoch, append its metrics, checkpoint; returns the per-image test predictions."""
     lr = run.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
-    train_loss, train_acc, n = train_epoch(step_model, run.optimizer, data, config, epoch, numerics, progress)
+    train_loss, train_acc, n = train_epoch(step_model, run.optimizer, data, config, epoch, numerics, progress, step)
     seconds = time.perf_counter() - t0
     run.scheduler.step()
     test_loss, test_acc, preds = evaluate(step_model, data.test_x, data.test_y, numerics)

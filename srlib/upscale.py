@@ -4,46 +4,127 @@ An upscaler maps uint8 images (N, 3, H, W) to uint8 (N, 3, sH, sW). The registry
 methods data, not if-chains; every upscaled array is cached under a key made of the input
 images' hash, the method, the scale and the weights' sha256, so it is computed once and shared
 by every run and seed.
+
+The SR checkpoints we know by hash are data too (`SR_CHECKPOINTS`, one entry per model and scale).
+Method `sr` uses the default model (DCTLSA) or any spandrel checkpoint passed as `weights`
+(`--sr-weights`); method `sr@<model>` uses a registered model, e.g. `sr@swift-srgan`. Registered
+files are looked up in `SRLIB_WEIGHTS_DIR` (default ./weights), and downloaded and verified when
+missing and a URL is known.
+
+torch is imported inside the functions that use it: `srlib.config` reads this registry, and the
+command line should not pay for importing torch just to print its help.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .errors import WeightsError
 from .progress import progress_bar
-from .store import load_or_build, sha256_array, sha256_file
+from .store import atomic_write_bytes, load_or_build, sha256_array, sha256_file
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
-class SRWeights:
-    """A pretrained checkpoint we know by hash; the original file is the download fallback."""
+class SRCheckpoint:
+    """A pretrained SR checkpoint we know by hash (the file as published, or a lossless conversion)."""
 
-    file: str
+    model: str  # registry name, used in method (`sr@<model>`) and variant (`sr_x4@<model>`) names
+    scale: int
+    file: str  # file name in the weights folder
     sha256: str
-    original_file: str
-    original_sha256: str
-    url: str
+    architecture: str  # spandrel's architecture id, checked when the file is loaded
+    kind: str  # "psnr" (pixel loss), "gan" (adversarial + perceptual), "real-world", "real-world-gan"
+    license: str
+    source: str  # who published it, where, trained on what: one line for records and the report
+    url: str | None  # upstream download; None = only an offline copy exists
+    # The download's own name and hash when it is not `file` byte for byte (DCTLSA: the authors'
+    # .pt files, of which `file` is a safetensors conversion); it is saved and used under that name.
+    url_file: str | None = None
+    url_sha256: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} x{self.scale}"
 
 
 _DCTLSA_COMMIT = "0756bc8554e86c62f1ae4355eed0f05a8feaa2bf"
-_DCTLSA_URL = f"https://github.com/zengkun301/DCTLSA/raw/{_DCTLSA_COMMIT}/pretrained/X{{s}}.pt"
-DEFAULT_SR_WEIGHTS: dict[int, SRWeights] = {
-    2: SRWeights("dctlsa_x2.safetensors", "c7542e3e252382041ed00a8dbd5b3340959ff7d09b19d10249a1097a812a62d3",
-                 "X2.pt", "df08c0b6dc0a034c63b6d425586ac3c13ed227db75bb0282b012b4220e943eb9", _DCTLSA_URL.format(s=2)),
-    4: SRWeights("dctlsa_x4.safetensors", "c81d7324efd69eafb5234b5a82a823474eada5792afae88099fee5579f37acf0",
-                 "X4.pt", "58d822beb3a1bf1d3e5dc91371a5686debda6bdbf246a4484805bda37cb18c06", _DCTLSA_URL.format(s=4)),
-}
-SR_SOURCE = ("DCTLSA (Zeng et al., IEEE TIM 2023), official weights from github.com/zengkun301/DCTLSA "
-             f"@ {_DCTLSA_COMMIT}, trained on DIV2K (bicubic), Apache-2.0")
+_DCTLSA_SOURCE = ("DCTLSA (Zeng et al., IEEE TIM 2023), official weights from github.com/zengkun301/DCTLSA "
+                  f"@ {_DCTLSA_COMMIT[:12]}, trained on DIV2K (bicubic)")
+_SWIFT_SOURCE = ("Swift-SRGAN (Krishnan et al. 2021), official release v0.1 of github.com/Koushik0901/Swift-SRGAN, "
+                 "trained on DIV2K + Flickr2K (bicubic)")
+_DITN_COMMIT = "98352a85ab2ac19e97c86c87a2a907021c814a5d"
+_DITN_SOURCE = ("DITN (Liu et al. 2023, 'Unfolding Once is Enough'), the authors' real-world SR model{gan} from "
+                f"github.com/yongliuy/DITN @ {_DITN_COMMIT[:12]}; training data not stated")
+
+
+def _dctlsa(scale: int, sha256: str, pt_sha256: str) -> SRCheckpoint:
+    return SRCheckpoint(
+        "dctlsa", scale, f"dctlsa_x{scale}.safetensors", sha256, "DCTLSA", "psnr", "Apache-2.0", _DCTLSA_SOURCE,
+        f"https://github.com/zengkun301/DCTLSA/raw/{_DCTLSA_COMMIT}/pretrained/X{scale}.pt", f"X{scale}.pt",
+        pt_sha256)
+
+
+def _swift(scale: int, sha256: str) -> SRCheckpoint:
+    return SRCheckpoint(
+        "swift-srgan", scale, f"swift_srgan_x{scale}.pth", sha256, "SwiftSRGAN", "gan", "CC0-1.0", _SWIFT_SOURCE,
+        f"https://github.com/Koushik0901/Swift-SRGAN/releases/download/v0.1/swift_srgan_{scale}x.pth.tar")
+
+
+def _ditn(gan: bool, sha256: str) -> SRCheckpoint:
+    name, upstream = ("ditn-real-gan", "DITN_Real_GAN_x4.pth") if gan else ("ditn-real", "DITN_Real_x4.pth")
+    return SRCheckpoint(
+        name, 4, f"{name.replace('-', '_')}_x4.pth", sha256, "DITN", "real-world-gan" if gan else "real-world",
+        "Apache-2.0", _DITN_SOURCE.format(gan=" (GAN-trained)" if gan else ""),
+        f"https://github.com/yongliuy/DITN/raw/{_DITN_COMMIT}/checkpoints/{upstream}")
+
+
+# Hashes, sources and licenses as recorded in the offline copy's SOURCE.md (../shared/weights).
+SR_CHECKPOINTS: tuple[SRCheckpoint, ...] = (
+    _dctlsa(2, "c7542e3e252382041ed00a8dbd5b3340959ff7d09b19d10249a1097a812a62d3",
+            "df08c0b6dc0a034c63b6d425586ac3c13ed227db75bb0282b012b4220e943eb9"),
+    _dctlsa(3, "66420f08da381edab30db6e59cb2d2b28786bafada499965d0b402d446c96699",
+            "4af9979200d385177ea5284215f144a85cebf5037014af164b1efe5a5beea86d"),
+    _dctlsa(4, "c81d7324efd69eafb5234b5a82a823474eada5792afae88099fee5579f37acf0",
+            "58d822beb3a1bf1d3e5dc91371a5686debda6bdbf246a4484805bda37cb18c06"),
+    _swift(2, "b57a94a2be1e84eded4059aabce31e768a0c1e43887a14d457a586f3b1fcd877"),
+    _swift(4, "f741441dccb163c394afe095f76a5ca4a85732e699032732dc29320a900a609e"),
+    _ditn(False, "989dc21e2379c6924a6bd32696df0f1fa8cfd43dd557e1ae4126b97708695b5a"),
+    _ditn(True, "a103f07b5c605c2e23c23bfe44a880e10e7c019388a516f657fb13b0e7df1097"),
+)
+DEFAULT_SR_MODEL = "dctlsa"
+
+
+def sr_models() -> list[str]:
+    """Registered SR model names, in registry order (the default first)."""
+    return list(dict.fromkeys(c.model for c in SR_CHECKPOINTS))
+
+
+def sr_checkpoint(model: str, scale: int) -> SRCheckpoint:
+    """The registry entry for `model` at x`scale`; WeightsError naming what exists otherwise."""
+    for c in SR_CHECKPOINTS:
+        if c.model == model and c.scale == scale:
+            return c
+    scales = [c.scale for c in SR_CHECKPOINTS if c.model == model]
+    if not scales:
+        raise WeightsError(f"unknown SR model {model!r}; registered: {', '.join(sr_models())}")
+    raise WeightsError(f"SR model {model!r} has no x{scale} checkpoint (it has x{', x'.join(map(str, scales))}); "
+                       "choose another scale or model")
+
+
+def sr_method(model: str) -> str:
+    """The upscaling method name for a registered model: `sr` for the default, `sr@<model>` otherwise."""
+    return "sr" if model == DEFAULT_SR_MODEL else f"sr@{model}"
 
 
 @dataclass
@@ -68,15 +149,21 @@ def register(name: str) -> Callable:
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return x.round().clamp_(0, 255).to(torch.uint8)
 
 
 @register("bicubic")
 def bicubic(scale: int, device: torch.device | None = None, **_) -> Upscaler:
+    import torch.nn.functional as F
+
     def run(x: torch.Tensor) -> torch.Tensor:
         return _to_uint8(F.interpolate(x.float(), scale_factor=scale, mode="bicubic", align_corners=False))
 
@@ -95,93 +182,131 @@ def nearest(scale: int, device: torch.device | None = None, **_) -> Upscaler:
     return Upscaler("nearest", scale, run, device or default_device(), 1024, identity)
 
 
+def _pads(size: int, minimum: int, multiple_of: int) -> tuple[int, int]:
+    """(before, after) padding that brings `size` to the model's minimum and multiple."""
+    target = max(size, minimum)
+    target = -(-target // multiple_of) * multiple_of
+    total = target - size
+    return total // 2, total - total // 2
+
+
 @register("sr")
 def super_resolution(scale: int, device: torch.device | None = None, weights: str | None = None,
-                     chunk_size: int | None = None, **_) -> Upscaler:
+                     chunk_size: int | None = None, model: str | None = None,
+                     weights_dir: str | os.PathLike | None = None, **_) -> Upscaler:
+    """A spandrel SR model: the registered `model` (default DCTLSA), or the checkpoint file `weights`."""
     device = device or default_device()
-    path, expected = resolve_sr_weights(scale, weights)
-    model, descriptor = load_sr_model(path, scale)
-    model = model.to(device)
-    minimum = descriptor.size_requirements.minimum
+    if weights is not None and model is not None:
+        raise WeightsError(f"--sr-weights replaces the default SR model (variants sr_x2/sr_x4); sr@{model} "
+                           "always uses its registered weights: drop --sr-weights or use sr_x2/sr_x4")
+    entry = None if weights is not None else sr_checkpoint(model or DEFAULT_SR_MODEL, scale)
+    path, sha = (_user_weights(weights), None) if entry is None else resolve_checkpoint(entry, weights_dir)
+    net, descriptor = load_sr_model(path, scale)
+    if entry is not None and descriptor.architecture.id != entry.architecture:
+        raise WeightsError(f"{path} is a {descriptor.architecture.id} model, the registry expects "
+                           f"{entry.architecture}; delete it and restore the official file")
+    net = net.to(device)
+    identity = {
+        "method": "sr" if entry is None else sr_method(entry.model), "scale": scale,
+        "sr_model": entry.model if entry else None, "kind": entry.kind if entry else None,
+        "license": entry.license if entry else None,
+        "weights_path": str(Path(path).resolve()), "weights_sha256": sha or sha256_file(path),
+        "architecture": descriptor.architecture.id,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "source": entry.source if entry else "user-supplied checkpoint (--sr-weights)",
+    }
+    run = _padded_forward(net, scale, descriptor.size_requirements)
+    return Upscaler(identity["method"], scale, run, device, chunk_size or (16 if device.type == "cpu" else 512),
+                    identity)
+
+
+def _padded_forward(net: torch.nn.Module, scale: int, req) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 -> uint8 through `net`; inputs below its size requirements (`req`: spandrel's minimum and
+    multiple) are padded by reflection and the output cropped back."""
+    import torch
+    import torch.nn.functional as F
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255)
-        pad = max(0, (minimum - min(x.shape[-2:]) + 1) // 2)
-        if pad:  # inputs below the model's minimum size: reflect-pad, then crop the output back
-            x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        y = model(x)
-        if pad:
-            p = pad * scale
-            y = y[..., p:-p, p:-p]
+        (top, bottom), (left, right) = (_pads(n, req.minimum, req.multiple_of) for n in x.shape[-2:])
+        if top or bottom or left or right:
+            mode = "reflect" if max(top, bottom, left, right) < min(x.shape[-2:]) else "replicate"
+            x = F.pad(x, (left, right, top, bottom), mode=mode)
+        y = net(x)
+        h, w = y.shape[-2:]
+        y = y[..., top * scale:h - bottom * scale, left * scale:w - right * scale]
         return _to_uint8(y.clamp_(0, 1).mul_(255))
 
-    identity = {
-        "method": "sr", "scale": scale, "weights_path": str(Path(path).resolve()),
-        "weights_sha256": sha256_file(path), "architecture": descriptor.architecture.id,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "source": SR_SOURCE if expected else "user-supplied checkpoint (--sr-weights)",
-    }
-    return Upscaler("sr", scale, run, device, chunk_size or (16 if device.type == "cpu" else 512), identity)
+    return run
 
 
 def default_weights_dir() -> Path:
     return Path(os.environ.get("SRLIB_WEIGHTS_DIR", "weights"))
 
 
+def _user_weights(weights: str | os.PathLike) -> Path:
+    path = Path(weights)
+    if path.is_dir():
+        raise WeightsError(f"SR weights path {path} is a directory; pass the checkpoint file to --sr-weights")
+    if not path.is_file():
+        raise WeightsError(f"SR weights file {path} does not exist; check --sr-weights")
+    return path
+
+
 def resolve_sr_weights(scale: int, weights: str | os.PathLike | None = None,
-                       weights_dir: str | os.PathLike | None = None) -> tuple[Path, str | None]:
-    """Path of the checkpoint to use (and its expected sha256, for the defaults)."""
+                       weights_dir: str | os.PathLike | None = None,
+                       model: str = DEFAULT_SR_MODEL) -> tuple[Path, str | None]:
+    """Path of the checkpoint to use, and its verified sha256 (None for a user-supplied file)."""
     if weights is not None:
-        path = Path(weights)
-        if path.is_dir():
-            raise WeightsError(f"SR weights path {path} is a directory; pass the checkpoint file to --sr-weights")
-        if not path.is_file():
-            raise WeightsError(f"SR weights file {path} does not exist; check --sr-weights")
-        return path, None
-    if scale not in DEFAULT_SR_WEIGHTS:
-        raise WeightsError(f"no default SR weights for x{scale} (have x{sorted(DEFAULT_SR_WEIGHTS)}); "
-                           "pass a checkpoint with --sr-weights")
-    spec = DEFAULT_SR_WEIGHTS[scale]
+        return _user_weights(weights), None
+    return resolve_checkpoint(sr_checkpoint(model, scale), weights_dir)
+
+
+def resolve_checkpoint(entry: SRCheckpoint, weights_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The verified file of a registered checkpoint: from the weights folder, else downloaded into it."""
     root = Path(weights_dir) if weights_dir is not None else default_weights_dir()
-    tried = []
-    for name, sha in ((spec.file, spec.sha256), (spec.original_file, spec.original_sha256)):
+    candidates = [(entry.file, entry.sha256)]
+    if entry.url_file:
+        candidates.append((entry.url_file, entry.url_sha256))
+    for name, sha in candidates:
         path = root / name
         if path.is_file():
             actual = sha256_file(path)
             if actual != sha:
                 raise WeightsError(
-                    f"{path} has sha256 {actual[:16]}..., expected {sha[:16]}... (damaged or a different file); "
-                    "delete it and restore the official file")
+                    f"{path} has sha256 {actual[:16]}..., expected {sha[:16]}... for {entry.label} (damaged or a "
+                    "different file); delete it and restore the official file")
             return path, sha
-        tried.append(str(path))
-    return _download_weights(spec, root, tried), spec.original_sha256
+    return _download(entry, root), entry.url_sha256 or entry.sha256
 
 
-def _download_weights(spec: SRWeights, root: Path, tried: list[str]) -> Path:
-    target = root / spec.original_file
+def _download(entry: SRCheckpoint, root: Path) -> Path:
+    fix = (f"Fix: put {entry.file} into {root} or point SRLIB_WEIGHTS_DIR at a folder that holds it "
+           "(offline copy: SRLIB_WEIGHTS_DIR=../shared/weights)")
+    fix += ", or pass --sr-weights PATH" if entry.model == DEFAULT_SR_MODEL else ", or leave this model out"
+    if entry.url is None:
+        raise WeightsError(f"SR weights {entry.file} ({entry.label}) are not in {root} and have no download "
+                           f"URL. {fix}")
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(spec.url, timeout=20) as response:
+        with urllib.request.urlopen(entry.url, timeout=20) as response:
             payload = response.read()
     except (TimeoutError, OSError) as exc:
-        raise WeightsError(
-            f"SR weights not found (tried {', '.join(tried)}) and the download from {spec.url} failed "
-            f"({exc}). Fix: set SRLIB_WEIGHTS_DIR to a folder holding {spec.file} "
-            "(an offline copy: SRLIB_WEIGHTS_DIR=../shared/weights) or pass --sr-weights PATH"
-        ) from exc
-    import hashlib
-
-    from .store import atomic_write_bytes
-
-    if hashlib.sha256(payload).hexdigest() != spec.original_sha256:
-        raise WeightsError(f"downloaded {spec.url} does not match its sha256; not saved. Try again later")
+        raise WeightsError(f"SR weights {entry.file} ({entry.label}) are not in {root} and the download from "
+                           f"{entry.url} failed ({exc}). {fix}") from exc
+    expected = entry.url_sha256 or entry.sha256
+    if hashlib.sha256(payload).hexdigest() != expected:
+        raise WeightsError(f"the download from {entry.url} does not match the sha256 the registry expects for "
+                           f"{entry.label}; not saved. Try again later. {fix}")
+    target = root / (entry.url_file or entry.file)
+    root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, lambda f: f.write(payload))
     return target
 
 
-def load_sr_model(path: str | os.PathLike, scale: int) -> tuple[torch.nn.Module, object]:
-    """Load a spandrel checkpoint and refuse anything that is not a 3-channel x`scale` SR model."""
+def load_sr_model(path: str | os.PathLike, scale: int | None) -> tuple[torch.nn.Module, object]:
+    """Load a spandrel checkpoint and refuse anything that is not a 3-channel SR model (at x`scale`,
+    unless `scale` is None)."""
     import spandrel
 
     try:
@@ -194,7 +319,7 @@ def load_sr_model(path: str | os.PathLike, scale: int) -> tuple[torch.nn.Module,
     if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose != "SR":
         raise WeightsError(f"{path} is a {descriptor.architecture.id} model for {descriptor.purpose!r}, "
                            "not single-image super-resolution; pass an SR checkpoint")
-    if descriptor.scale != scale:
+    if scale is not None and descriptor.scale != scale:
         raise WeightsError(f"{path} is a x{descriptor.scale} SR model, but x{scale} was requested; "
                            f"pass x{scale} weights")
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
@@ -203,14 +328,25 @@ def load_sr_model(path: str | os.PathLike, scale: int) -> tuple[torch.nn.Module,
     return descriptor.model.eval(), descriptor
 
 
+def checkpoint_scale(path: str | os.PathLike) -> int:
+    """The scale of a user-supplied SR checkpoint (validated as an RGB SR model)."""
+    return int(load_sr_model(_user_weights(path), None)[1].scale)
+
+
 def build_upscaler(method: str, scale: int, **kwargs) -> Upscaler:
-    if method not in UPSCALERS:
-        raise WeightsError(f"unknown upscaling method {method!r}; choose one of: {', '.join(UPSCALERS)}")
-    return UPSCALERS[method](scale, **kwargs)
+    """`method` is a name in UPSCALERS, or `sr@<model>` for a registered SR model."""
+    base, _, model = method.partition("@")
+    if base not in UPSCALERS or (model and base != "sr"):
+        choices = [*UPSCALERS, *(f"sr@{m}" for m in sr_models() if m != DEFAULT_SR_MODEL)]
+        raise WeightsError(f"unknown upscaling method {method!r}; choose one of: {', '.join(choices)}")
+    if model:
+        kwargs["model"] = model
+    return UPSCALERS[base](scale, **kwargs)
 
 
 def upscale(images: np.ndarray, upscaler: Upscaler, progress: bool = True, desc: str = "") -> np.ndarray:
     """Upscale uint8 images in chunks; returns a new uint8 array (N, 3, sH, sW)."""
+    import torch
 
     n, c, h, w = images.shape
     s = upscaler.scale

@@ -101,3 +101,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def real_parquet() -> str:
+    """The Parquet (Hugging Face layout) copy of the real data: SRLIB_DATA_PARQUET, else `<SRLIB_DATA>-parquet`
+    (the shared copies sit side by side: cifar10-jpeg and cifar10-jpeg-parquet); skip when absent."""
+    path = os.environ.get("SRLIB_DATA_PARQUET") or (os.environ.get("SRLIB_DATA", "").rstrip("/") + "-parquet")
+    if not Path(path).is_dir() or path == "-parquet":
+        if os.environ.get("SRLIB_REQUIRE_REAL"):
+            pytest.fail("SRLIB_REQUIRE_REAL is set but neither SRLIB_DATA_PARQUET nor <SRLIB_DATA>-parquet "
+                        "names a Parquet copy of the data")
+        pytest.skip("set SRLIB_DATA_PARQUET (or keep a <SRLIB_DATA>-parquet copy) to test Parquet on real data")
+    return path
+
+
+def make_tiny_sr_checkpoint(path: Path, scale: int, seed: int = 0) -> Path:
+    """A random-weight x`scale` SR model that spandrel recognises (its "Compact" SRVGGNetCompact with 4
+    features and one conv: ~1k parameters), saved as a .pth state dict like a published checkpoint."""
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = SRVGGNetCompact(num_feat=4, num_conv=1, upscale=scale)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sr_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Tiny random-weight SR checkpoints for x2, x3 and x4: the SR path is tested without real weights."""
+    root = tmp_path_factory.mktemp("tiny-sr")
+    return {s: make_tiny_sr_checkpoint(root / f"tiny_compact_x{s}.pth", s) for s in (2, 3, 4)}

@@ -1,44 +1,86 @@
-"""Statistics of the report, on hand-made records whose right answers are known."""
+"""Statistics of the report, on hand-made records and simulated data whose right answers are known,
+checked against statsmodels / scipy or brute force where one exists."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.power import TTestPower
 
 from srlib.analysis import (
+    caveats,
+    comparison_stats,
+    comparisons,
+    crossed_bootstrap,
+    detectable_difference,
     differences_table,
+    fmt_p,
     headline,
     load_records,
     mcnemar,
     mcnemar_counts,
     mean_ci,
+    missing_runs,
+    order_variants,
     per_class_accuracy,
+    pixels_decomposition,
+    power_table,
+    provenance_table,
+    require_records,
     results_table,
+    run_summary,
+    seeds_needed,
+    sign_flip_test,
+    t_test_power,
+    variance_components,
+    verdicts,
 )
+from srlib.errors import SrlibError
 from srlib.store import save_arrays, write_json
 
 LABELS = np.repeat(np.arange(10), 10)  # 100 test images, 10 per class
 
 
-def record(variant: str, seed: int, final: float, wrong: list[int] | None = None) -> dict:
-    """A complete record; `wrong` are the test images it misclassifies (as class (y + 1) % 10)."""
+def record(variant: str, seed: int, final: float | None = None, wrong: list[int] | None = None) -> dict:
+    """A complete record; `wrong` are the test images it misclassifies (as class (y + 1) % 10).
+    `final` defaults to the accuracy those predictions have."""
     predictions = LABELS.copy()
     for i in wrong or []:
         predictions[i] = (LABELS[i] + 1) % 10
+    final = 100.0 * float(np.mean(predictions == LABELS)) if final is None else final
     return {
         "status": "complete",
         "config": {"variant": variant, "seed": seed, "profile": "smoke", "width": 8, "epochs": 2},
         "input_px": 32,
-        "summary": {"max_test_acc": final + 1, "top5_mean_test_acc": final + 0.5, "final_test_acc": final},
-        "provenance": {"device": {"cpu": "test cpu"}, "git": {"commit": "abc"}},
-        "data": {"dataset": {"classes": [f"c{k}" for k in range(10)]}},
+        "model": {"name": "resnet18", "width": 8, "parameters": 1234567},
+        "precision": "fp32",
+        "epochs": [{"epoch": 1, "test_acc": final - 1, "test_loss": 1.5, "train_loss": 1.7},
+                   {"epoch": 2, "test_acc": final, "test_loss": 1.2, "train_loss": 1.4}],
+        "summary": {"max_test_acc": final + 1, "top5_mean_test_acc": final + 0.5, "final_test_acc": final,
+                    "best_epoch": 2, "train_seconds": 12.4},
+        "provenance": {"device": {"cpu": "test cpu"}, "git": {"commit": "abc", "dirty": False},
+                       "versions": {"torch": "2.9.0"}},
+        "data": {"dataset": {"classes": [f"c{k}" for k in range(10)], "source": "imagefolder", "lossy": True,
+                             "path": "/data/cifar", "content_sha256": "d" * 64},
+                 "train_subset": {"size": 2000}, "test_subset": {"size": len(LABELS)},
+                 "upscaler": {"method": "none", "scale": 1}},
         "predictions": "predictions.npz",
         "_predictions": predictions,
         "_labels": LABELS,
     }
 
+
+def random_records(variants: dict[str, float], seeds: int, rng: np.random.Generator) -> list[dict]:
+    """Records whose runs misclassify each image independently with the variant's error rate."""
+    return [record(v, s, wrong=list(np.flatnonzero(rng.random(len(LABELS)) < error)))
+            for s in range(seeds) for v, error in variants.items()]
+
+
+# --- the textbook pieces ---------------------------------------------------------------------------
 
 def test_mean_ci_is_the_student_t_interval():
     mean, half = mean_ci([1.0, 2.0, 3.0])
@@ -56,27 +98,182 @@ def test_mcnemar_is_the_exact_binomial_test():
     assert mcnemar(a, b) == {"only_a_right": 2, "only_b_right": 1, "p_value": pytest.approx(1.0)}
 
 
+def test_p_values_have_three_significant_digits():
+    assert [fmt_p(p) for p in (0.5, 1.0, 0.012345, 1.234e-5, None)] == ["0.500", "1.00", "0.0123", "1.23e-05", "—"]
+
+
+# --- the permutation test across seeds ------------------------------------------------------------
+
+@pytest.mark.parametrize("only_a, only_b", [(3, 12), (40, 55), (7, 7), (0, 9)])
+def test_permutation_test_with_one_seed_is_the_exact_mcnemar_test(only_a, only_b):
+    diff = np.zeros((1, 200), dtype=np.int8)
+    diff[0, :only_a] = 1
+    diff[0, only_a:only_a + only_b] = -1
+    expected = sm_mcnemar([[100, only_a], [only_b, 100]], exact=True).pvalue
+    p, exact = sign_flip_test(diff)
+    assert exact and p == pytest.approx(expected, rel=1e-9)
+    # Monte Carlo (forced): the same p-value to Monte-Carlo error (4 standard errors of 10,000 draws)
+    p_mc, exact = sign_flip_test(diff, n_permutations=10_000, exact_work=0, rng=1)
+    assert not exact and abs(p_mc - expected) <= 4 * math.sqrt(expected * (1 - expected) / 10_000) + 1e-4
+
+
+def test_permutation_test_swaps_each_image_for_every_seed_at_once():
+    # brute force over all 2**12 swaps of 12 images, 3 seeds: the same swap applies to every seed's row
+    rng = np.random.default_rng(5)
+    diff = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(3, 12), p=[0.25, 0.35, 0.4])
+    observed = abs(diff.sum())
+    flips = np.array(list(itertools.product([1, -1], repeat=12)))
+    brute = np.mean(np.abs((flips * diff.sum(axis=0)).sum(axis=1)) >= observed)
+    p, exact = sign_flip_test(diff)
+    assert exact and p == pytest.approx(brute, rel=1e-9)
+    p_mc, _ = sign_flip_test(diff, exact_work=0, rng=2)
+    assert abs(p_mc - brute) <= 4 * math.sqrt(brute * (1 - brute) / 10_000) + 1e-4
+
+
+# --- the crossed bootstrap -------------------------------------------------------------------------
+
+def test_crossed_bootstrap_draws_one_image_sample_for_all_seeds():
+    # An independent, literal implementation: index resampling, the image draw shared by the seed draw.
+    rng = np.random.default_rng(3)
+    # the seeds share most of their per-image outcomes, so drawing images per seed would shrink the interval
+    diff = np.tile(rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=300, p=[0.1, 0.75, 0.15]), (3, 1))
+    diff[1] += (rng.random(300) < 0.1).astype(np.int8) * (diff[1] < 1)  # a seed that differs more
+    literal = []
+    for _ in range(4000):
+        seeds = rng.integers(0, 3, 3)
+        images = rng.integers(0, 300, 300)
+        literal.append(diff[np.ix_(seeds, images)].mean())
+    expected = np.quantile(literal, [0.025, 0.975])
+    low, high = crossed_bootstrap(diff, n_boot=4000, rng=4)
+    assert (low, high) == pytest.approx(tuple(expected), abs=0.006)  # Monte-Carlo error of the 2.5% quantiles
+
+
+@pytest.mark.parametrize("seeds, seed_sd", [(1, 0.0), (4, 0.02)])
+def test_crossed_bootstrap_covers_the_truth_at_about_the_nominal_rate(seeds, seed_sd):
+    """Simulated studies on 400 images with a true difference of 1 pp: images differ in how often A and B
+    disagree (test-set noise), each seed shifts the difference by N(0, seed_sd) (training noise), and
+    every seed's image outcomes are drawn afresh (seed-by-image noise)."""
+    rng = np.random.default_rng(11)
+    truth, trials, covered = 0.01, 300, 0
+    for _ in range(trials):
+        discord = rng.beta(1, 9, size=400)  # per image: chance that A and B disagree (mean 0.1)
+        seed_shift = rng.normal(0, seed_sd, size=(seeds, 1))
+        p_only_a = np.clip(discord / 2 + truth / 2 + seed_shift / 2, 0, 1)
+        p_only_b = np.clip(discord / 2 - truth / 2 - seed_shift / 2, 0, 1)
+        u = rng.random((seeds, 400))
+        diff = (u < p_only_a).astype(np.int8) - ((u >= p_only_a) & (u < p_only_a + p_only_b)).astype(np.int8)
+        low, high = crossed_bootstrap(diff, n_boot=1000, rng=rng)
+        covered += low <= truth <= high
+    # Nominal 95%; 300 trials give a Monte-Carlo SD of 1.3 points. Known bias, either way: resampling
+    # seeds and images both counts the seed-by-image noise more than once (conservative: 99.7% here
+    # with seed_sd = 0.01), while 3-5 seeds under-represent a large seed effect (94% at seed_sd = 0.03).
+    assert 0.91 <= covered / trials <= 0.99
+
+
+# --- power ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("effect, sd, seeds", [(0.5, 0.4, 3), (0.5, 0.4, 10), (1.0, 2.0, 5)])
+def test_power_without_test_set_noise_is_the_one_sample_t_test_of_statsmodels(effect, sd, seeds):
+    expected = TTestPower().power(effect_size=effect / sd, nobs=seeds, alpha=0.05)
+    assert t_test_power(effect, sd, seeds) == pytest.approx(expected, rel=1e-6)
+    mdd = detectable_difference(sd, seeds)
+    assert mdd / sd == pytest.approx(TTestPower().solve_power(nobs=seeds, alpha=0.05, power=0.8), rel=1e-4)
+    needed = math.ceil(TTestPower().solve_power(effect_size=effect / sd, alpha=0.05, power=0.8))
+    assert seeds_needed(effect, sd) == max(needed, 2)
+
+
+def test_test_set_noise_limits_what_any_number_of_seeds_can_detect():
+    assert t_test_power(0.5, 0.4, 10, image_se=0.1) < t_test_power(0.5, 0.4, 10)
+    assert seeds_needed(0.5, 0.4, image_se=0.1) > seeds_needed(0.5, 0.4)
+    # 2.8 SE of test-image noise alone exceed 0.5 pp: no number of seeds gets there
+    assert seeds_needed(0.5, 0.4, image_se=0.2) is None
+
+
+def test_variance_components_recover_known_seed_image_and_residual_variances():
+    rng = np.random.default_rng(7)
+    seeds, images = 40, 3000
+    x = 0.3 + rng.normal(0, 0.5, (seeds, 1)) + rng.normal(0, 0.8, (1, images)) + rng.normal(0, 1.2, (seeds, images))
+    var_a, var_b, var_e = variance_components(x)
+    assert var_a == pytest.approx(0.25, rel=0.35)  # 40 seeds: the seed variance is known to about 25%
+    assert var_b == pytest.approx(0.64, rel=0.08)
+    assert var_e == pytest.approx(1.44, rel=0.02)
+
+
+# --- comparisons and the report's tables ------------------------------------------------------------
+
+def test_comparisons_follow_the_variants_present():
+    study = [c.label for c in comparisons(["original", "resize_x2", "sr_x2", "resize_x4", "sr_x4"])]
+    assert study == ["SR − resize at x2", "SR − resize at x4", "SR − original at x2", "SR − original at x4",
+                     "resize − original at x2", "resize − original at x4"]
+    found = {c.label: (c.a, c.b) for c in comparisons(
+        ["original", "nearest_x2", "resize_x2", "sr_x2", "sr_x2@swift-srgan", "weird-name"])}
+    assert found["SR (swift-srgan) − resize at x2"] == ("sr_x2@swift-srgan", "resize_x2")
+    assert found["nearest − original at x2"] == ("nearest_x2", "original")
+    assert found["resize − nearest at x2"] == ("resize_x2", "nearest_x2")
+    assert "SR − resize at x4" not in found
+    assert order_variants(["sr_x4", "sr_x2@m", "original", "nearest_x2", "sr_x2", "resize_x2"]) == [
+        "original", "nearest_x2", "resize_x2", "sr_x2", "sr_x2@m", "sr_x4"]
+
+
 def test_differences_are_paired_by_seed_and_only_over_shared_seeds():
     records = [record("sr_x2", 0, 50.0, wrong=[0]), record("sr_x2", 1, 54.0, wrong=[0]),
                record("sr_x2", 2, 99.0),  # no resize_x2 partner: must not count
                record("resize_x2", 0, 49.0, wrong=[0, 1, 2]), record("resize_x2", 1, 51.0, wrong=[0, 1, 2])]
-    table = differences_table(records, [("sr_x2", "resize_x2")])
-    row = table.loc["sr_x2 − resize_x2"]
+    row = differences_table(records).loc["SR − resize at x2"]
     assert row["seeds"] == 2
-    mean, half = mean_ci([1.0, 3.0])
-    assert row["Δ final (pp)"] == f"{mean:.2f} ± {half:.2f}"
-    # per seed, images 1 and 2 are right only for sr_x2; pooled over the two seeds: 4 vs 0
-    assert (row["only A right"], row["only B right"]) == (4, 0)
-    assert row["McNemar p (pooled)"] == pytest.approx(2 * 0.5**4)
-    assert row["McNemar p (per seed)"] == "0.5, 0.5"
+    # differences 1 and 3 pp: mean 2, t(0.975, df=1) = 12.7062 times s = sqrt(2) over sqrt(2)
+    assert row["Δ final (pp)"] == "+2.00 ± 12.71"
+    # per seed, images 1 and 2 are right only for sr_x2: exact McNemar 2 vs 0 gives p = 0.5 per seed
+    assert row["McNemar p per seed"] == "0.500, 0.500"
+    # the same two images flip for both seeds: 2 of the 2**2 swaps reach |total| = 4
+    assert row["permutation p"] == "0.500"
 
 
-def test_one_seed_is_said_and_gets_no_interval():
-    records = [record("sr_x4", 0, 40.0), record("resize_x4", 0, 38.0)]
-    assert results_table(records).loc["sr_x4", "final (%)"] == "40.00"
-    text = headline(records)
-    assert "sr_x4 − resize_x4" in text and "one seed: no confidence interval" in text and "2.00 pp" in text
+def test_one_seed_says_what_cannot_be_concluded():
+    records = [record("sr_x4", 0, wrong=[1, 2]), record("resize_x4", 0, wrong=list(range(10, 30)))]
+    assert results_table(records).loc["sr_x4", "final (%)"] == "98.00"
+    (line,) = verdicts(records)
+    assert line.startswith("SR − resize at x4: +18.00 pp [")
+    expected = sm_mcnemar([[78, 20], [2, 0]], exact=True).pvalue  # 20 images only A right, 2 only B right
+    assert f"beyond test-image noise (McNemar p = {expected:#.3g})" in line
+    assert "training noise is unmeasured" in line
+    assert power_table(records).loc["SR − resize at x4", "seeds for 0.5 pp"] == "— (needs ≥ 2 seeds)"
+    assert "One seed per variant" in " ".join(caveats(records))
     assert headline([record("original", 0, 30.0)]).startswith("No paired SR/resize runs")
+
+
+def test_verdict_with_seeds_gives_interval_test_and_the_seeds_that_would_detect_half_a_point():
+    rng = np.random.default_rng(0)
+    records = random_records({"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.19}, seeds=3, rng=rng)
+    text = headline(records)
+    assert text.startswith("**SR − resize at x2**: ") and "with 3 seeds (permutation p over test images = " in text
+    power = power_table(records).loc["SR − resize at x2"]
+    needed = power["seeds for 0.5 pp"]
+    assert needed == "> 1000" or int(needed) > 3  # 100 test images cannot resolve 0.5 pp with 3 seeds
+    assert float(power["detectable, 80% power (pp)"]) > 0.5
+
+
+def test_decomposition_splits_the_gain_into_more_and_better_pixels():
+    rng = np.random.default_rng(1)
+    study = {"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.18}
+    assert pixels_decomposition(random_records(study, 2, rng)).empty  # no controls, no decomposition
+    records = random_records({**study, "nearest_x2": 0.25}, 2, rng)
+    table = pixels_decomposition(records).loc["x2"]
+    assert list(table.index) == ["more pixels", "better interpolation", "the SR model", "total"]
+    steps = {step: float(table.loc[step, "Δ final (pp)"].replace("−", "-")) for step in table.index}
+    assert steps["more pixels"] + steps["better interpolation"] + steps["the SR model"] == pytest.approx(
+        steps["total"], abs=0.011)  # rounded to 2 decimals each
+
+
+def test_missing_runs_are_named_with_the_command_that_makes_them(tmp_path):
+    records = [record(v, s) for v in ("original", "resize_x2", "sr_x2", "resize_x4", "sr_x4") for s in (0, 1)]
+    records = [r for r in records if (r["config"]["variant"], r["config"]["seed"]) != ("sr_x4", 1)]
+    assert missing_runs(records) == [("sr_x4", 1)]
+    note = [c for c in caveats(records) if c.startswith("Missing runs")]
+    assert note == ["Missing runs (not in the tables or the comparisons they belong to): sr_x4 seed 1. Make them "
+                    "with `srlib sweep --profile smoke --seeds 2` (finished runs are reused)."]
+    with pytest.raises(SrlibError, match=r"no finished runs of profile 'smoke' under .*srlib sweep --profile smoke"):
+        require_records(str(tmp_path), "smoke")
 
 
 def test_per_class_accuracy_reads_the_predictions():
@@ -97,3 +294,53 @@ def test_load_records_keeps_complete_runs_with_their_predictions(tmp_path):
     records = load_records(tmp_path, "smoke")
     assert [r["config"]["variant"] for r in records] == ["original"]
     assert int(np.sum(records[0]["_predictions"] != records[0]["_labels"])) == 1
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+def test_run_summary_states_the_run_in_one_sentence():
+    text = run_summary(record("sr_x2", 3, 61.234))
+    assert text == (
+        "**sr_x2**, seed 3, profile `smoke`: 32 px inputs, ResNet-18 width 8 (1,234,567 parameters), 2 epochs on "
+        "2,000 training / 100 test images of the imagefolder CIFAR-10 (lossy JPEG copy). Max test accuracy 62.23% "
+        "(epoch 2), mean of the 5 best epochs 61.73%, final 61.23%; 12 s of training on test cpu (fp32).")
+
+
+def test_provenance_table_lists_config_and_identity_as_text():
+    table = provenance_table(record("original", 0, 50.0))
+    assert list(table.columns) == ["value"]
+    assert table.loc["variant", "value"] == "original" and table.loc["seed", "value"] == "0"
+    assert table.loc["upscaler", "value"] == "none"
+    assert table.loc["weights_sha256", "value"] == "—"  # no weights for the 32 px data: said, not left blank
+    assert table.loc["data_sha256", "value"] == "d" * 64
+    assert (table.loc["commit", "value"], table.loc["dirty", "value"]) == ("abc", "False")
+    assert table.loc["torch", "value"] == "2.9.0" and table.loc["device", "value"] == "test cpu"
+
+
+def test_without_predictions_the_verdict_falls_back_to_the_t_interval_and_says_so():
+    records = [record("sr_x2", s, final) for s, final in ((0, 60.0), (1, 62.0))]
+    records += [record("resize_x2", s, final) for s, final in ((0, 59.0), (1, 60.0))]
+    for r in records:
+        del r["_predictions"], r["_labels"]
+    (line,) = verdicts(records)
+    # differences 1 and 2 pp: mean 1.5, t(0.975, 1) * 0.7071 / sqrt(2) = 6.353
+    assert line == ("SR − resize at x2: +1.50 pp [−4.85, +7.85] (t-interval over seeds; without per-image "
+                    "predictions test-image sampling is not included); not distinguishable from 0 with 2 seeds.")
+
+
+def test_pixels_or_model_puts_each_sr_models_accuracy_gain_beside_its_psnr_gain():
+    from srlib.analysis import pixels_or_model
+
+    rng = np.random.default_rng(2)
+    records = random_records({"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.18, "sr_x2@swift-srgan": 0.22}, 2, rng)
+    quality = {"results": [
+        {"model": "dctlsa", "variant": "sr_x2", "scale": 2, "psnr_gain": 1.5, "psnr_gain_ci95": [1.4, 1.6],
+         "ssim_gain": 0.03, "ssim_gain_ci95": [0.02, 0.04]},
+        {"model": "swift-srgan", "scale": 2, "psnr_gain": -0.5, "psnr_gain_ci95": None, "ssim_gain": -0.01},
+        {"model": "dctlsa", "variant": "sr_x4", "scale": 4, "psnr_gain": 0.8, "ssim_gain": 0.02}]}  # not trained
+    table = pixels_or_model(records, quality).set_index("variant")
+    assert sorted(table.index) == ["sr_x2", "sr_x2@swift-srgan"]
+    assert table.loc["sr_x2", "model"] == "dctlsa" and table.loc["sr_x2@swift-srgan", "psnr_gain"] == -0.5
+    stats = {st.comparison.a: st for st in comparison_stats(records) if st.comparison.b == "resize_x2"}
+    assert table.loc["sr_x2", "accuracy_gain"] == pytest.approx(stats["sr_x2"].mean)
+    assert (table.loc["sr_x2", "accuracy_low"], table.loc["sr_x2", "accuracy_high"]) == stats["sr_x2"].bootstrap

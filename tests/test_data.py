@@ -83,3 +83,38 @@ def test_path_that_is_not_a_dataset_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not images")  # an empty folder gets its own message (test_reliability)
     with pytest.raises(DataError, match="neither an ImageFolder"):
         load_dataset(tmp_path)
+
+
+def test_identity_is_the_same_pixels_and_labels_whatever_the_source(imagefolder, tmp_path):
+    """Canonical batches holding an ImageFolder tree's pixels, in its order, have its content_sha256."""
+    import pickle
+
+    from conftest import CLASSES
+
+    folder = load_dataset(imagefolder)
+    batches = tmp_path / "canon" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+
+    def batch(x: np.ndarray, y: np.ndarray) -> bytes:
+        return pickle.dumps({"data": x.reshape(len(x), -1), "labels": y.tolist()})
+
+    for i, rows in enumerate(np.array_split(np.arange(len(folder.train_y)), 5), start=1):
+        (batches / f"data_batch_{i}").write_bytes(batch(folder.train_x[rows], folder.train_y[rows]))
+    (batches / "test_batch").write_bytes(batch(folder.test_x, folder.test_y))
+    (batches / "batches.meta").write_bytes(pickle.dumps({"label_names": CLASSES}))
+    canonical = load_dataset(tmp_path / "canon")
+    assert canonical.identity["source"] == "canonical"
+    assert canonical.identity["content_sha256"] == folder.identity["content_sha256"]
+    assert canonical.identity["content_sha256"] == data_mod.content_sha256(
+        dict(train_x=folder.train_x, train_y=folder.train_y, test_x=folder.test_x, test_y=folder.test_y))
+
+
+def test_identity_is_found_in_a_cache_without_it(imagefolder, tmp_path):
+    """A decode cache whose meta lacks the pixel hash (an older srlib's) still gives the right identity."""
+    from srlib.store import load_arrays, save_arrays
+
+    first = load_dataset(imagefolder, cache_dir=tmp_path)
+    (cache,) = (tmp_path / "datasets").iterdir()
+    arrays, meta = load_arrays(cache)
+    save_arrays(cache, arrays, {k: v for k, v in meta.items() if k != "content_sha256"})
+    assert load_dataset(imagefolder, cache_dir=tmp_path).identity["content_sha256"] == first.identity["content_sha256"]

@@ -41,7 +41,7 @@ def test_sweep_collects_failures_and_goes_on(tmp_path, imagefolder, monkeypatch)
 
     monkeypatch.setattr(sweep_mod, "_execute", fake_execute)
     result = sweep("smoke", 1, ["original", "resize_x2", "sr_x2"], out=tmp_path / "runs",
-                   notebooks_out=tmp_path / "nb", log=lambda *_: None)
+                   notebooks_out=tmp_path / "nb", log=lambda *_: None, preflight=False)
     assert calls == ["original", "resize_x2", "sr_x2", "sr_quality.ipynb", "compare.ipynb"]
     assert list(result.failed) == ["smoke-resize_x2-seed0"] and "boom" in result.failed["smoke-resize_x2-seed0"]
     summary = json.loads((tmp_path / "runs" / "smoke" / "sweep.json").read_text())
@@ -56,7 +56,8 @@ def test_a_second_sweep_on_the_same_output_stops_with_a_clear_message(tmp_path, 
     monkeypatch.setattr(sweep_mod, "_execute", lambda *a: pytest.fail("the second sweep must not run anything"))
     with directory_lock(tmp_path / "runs", "srlib sweep --profile smoke"):
         with pytest.raises(LockError, match=r"runs is in use by srlib sweep --profile smoke \(pid \d+\); wait"):
-            sweep("smoke", 1, ["original"], out=tmp_path / "runs", notebooks_out=tmp_path / "nb", log=lambda *_: None)
+            sweep("smoke", 1, ["original"], out=tmp_path / "runs", notebooks_out=tmp_path / "nb", log=lambda *_: None,
+                  preflight=False)
     assert not (tmp_path / "nb").exists()
 
 
@@ -137,3 +138,81 @@ def test_pages_show_results_not_stderr(smoke_study, smoke_book):
     assert '"name": "stderr"' in executed  # the upscaling progress bar is kept in the executed notebook ...
     for page in smoke_book.rglob("book/executed/**/*.html"):
         assert "output stderr" not in page.read_text(), page  # ... and kept off the pages
+
+
+def test_compare_notebook_runs_on_generated_records(tmp_path):
+    """The results page end to end without ../shared: records and predictions written as a sweep would."""
+    import numpy as np
+    import papermill as pm
+    from test_analysis import random_records
+
+    from srlib.runs import run_dir
+    from srlib.store import save_arrays, write_json
+
+    error_rates = {"original": 0.3, "nearest_x2": 0.25, "resize_x2": 0.2, "sr_x2": 0.18, "sr_x2@swift-srgan": 0.19,
+                   "resize_x4": 0.2, "sr_x4": 0.17}
+    for r in random_records(error_rates, 2, np.random.default_rng(0)):
+        folder = run_dir(tmp_path / "runs", "smoke", r["config"]["variant"], r["config"]["seed"])
+        folder.mkdir(parents=True)
+        write_json(folder / "record.json", {k: v for k, v in r.items() if not k.startswith("_")})
+        save_arrays(folder / "predictions.npz", {"predictions": r["_predictions"], "labels": r["_labels"]})
+    write_json(tmp_path / "runs" / "smoke" / "sr_quality.json", {"results": [
+        {"model": "dctlsa", "variant": "sr_x2", "scale": 2, "psnr_gain": 1.5, "psnr_gain_ci95": [1.4, 1.6],
+         "ssim_gain": 0.03, "ssim_gain_ci95": [0.02, 0.04]},
+        {"model": "swift-srgan", "variant": "sr_x2@swift-srgan", "scale": 2, "psnr_gain": -0.5, "ssim_gain": -0.01}]})
+    executed = tmp_path / "compare.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS / "compare.ipynb"), str(executed), kernel_name="python3", progress_bar=False,
+                        parameters={"profile": "smoke", "out": str(tmp_path / "runs")})
+    text = executed.read_text()
+    for expected in ("14 runs of profile `smoke`", "**SR − resize at x2**", "**SR (swift-srgan) − resize at x2**",
+                     "not distinguishable from 0 with 2 seeds", "seeds for 0.5 pp", "better interpolation",
+                     "overflow-x: auto"):
+        assert expected in text, expected
+    assert text.count('"image/png"') == 4  # curves, differences, accuracy gain vs PSNR/SSIM, per-class heatmap
+
+
+def test_figures_fit_the_page_with_readable_text():
+    """Every report figure is at most the text column wide, with no text under 10 pt (so it reads at the
+    page's width without zooming), even with the controls and an extra SR model in the study."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.text import Text
+    from test_analysis import random_records
+
+    from srlib import analysis, figures
+
+    matplotlib.use("Agg")
+    records = random_records({"original": 0.3, "nearest_x2": 0.25, "resize_x2": 0.2, "sr_x2": 0.18,
+                              "sr_x2@swift-srgan": 0.19, "nearest_x4": 0.22, "resize_x4": 0.2, "sr_x4": 0.17},
+                             2, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    grid = {name: rng.integers(0, 255, (3, 3, px, px), dtype=np.uint8)
+            for name, px in [("original", 32), ("bicubic", 64), ("sr_x2", 64), ("sr_x2@swift-srgan", 64),
+                             ("sr_x2@ditn-real", 64), ("sr_x2@ditn-real-gan", 64), ("sr_x2@another", 64)]}
+    made = {"curves": figures.curves(analysis.epochs_frame(records), title="all variants"),
+            "heatmap": figures.heatmap(analysis.per_class_differences(records), "difference per class (pp)"),
+            "differences": figures.differences(analysis.comparison_stats(records)),
+            "image_grid": figures.image_grid(grid),
+            "gain_vs_quality": figures.gain_vs_quality(analysis.pixels_or_model(records, {"results": [
+                {"model": "dctlsa", "scale": 2, "psnr_gain": 1.5, "psnr_gain_ci95": [1.4, 1.6], "ssim_gain": 0.03,
+                 "ssim_gain_ci95": [0.02, 0.04]},
+                {"model": "swift-srgan", "scale": 2, "psnr_gain": -0.5, "ssim_gain": -0.01}]}))}
+    for name, fig in made.items():
+        fig.canvas.draw()  # creates the tick labels
+        assert fig.get_size_inches()[0] <= figures.PAGE_WIDTH + 1e-6, name
+        sizes = {t.get_text(): t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text()}
+        assert sizes and min(sizes.values()) >= 10, (name, {k: v for k, v in sizes.items() if v < 10})
+        matplotlib.pyplot.close(fig)
+
+
+def test_wide_tables_scroll_and_share_one_number_format():
+    import pandas as pd
+
+    from srlib.figures import table
+
+    shown = table(pd.DataFrame({"a": [1.0, 2.345678], "b": ["x", "y"]}), "caption")
+    html = shown._repr_html_()
+    assert html.startswith("<p><em>caption</em></p><div style=\"overflow-x: auto;")
+    assert "<td>1.00</td>" in html and "<td>2.35</td>" in html
+    assert table(pd.DataFrame(), empty="No two variants share a seed.")._repr_html_() == (
+        "<p>No two variants share a seed.</p>")  # a sentence, not "Empty DataFrame"

@@ -1,0 +1,538 @@
+"""Checks before anything starts, and the plan that `srlib sweep --dry-run` prints.
+
+`srlib train`, `srlib sweep` and the Slurm path call these first, so a missing dataset, missing SR
+weights, an unwritable folder or a full disk is one `srlib: error: ...` within seconds instead of a
+kernel (or a queued job) per run failing the same way. The checks read a little of each input, probe
+download hosts with a TCP connect (at most PROBE_SECONDS, all hosts at once) and write nothing but a
+temporary file per output folder, which they delete again. Every problem found is reported in the
+one message.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
+from .data import CANONICAL_DIR, CANONICAL_FILES, CIFAR10_URL, IMAGE_SUFFIXES, default_cache_dir, locate
+from .errors import SrlibError
+from .store import sha256_file
+from .upscale import DEFAULT_SR_MODEL, SRCheckpoint, checkpoint_scale, default_weights_dir, sr_checkpoint
+
+PROBE_SECONDS = 3.0  # a download host that does not answer a TCP connect in this time counts as unreachable
+SPLIT_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10's splits, for configs that take a whole split
+DISK_MARGIN_BYTES = 256 * 2**20  # beyond the caches: records, checkpoints, executed notebooks
+# Rough speeds for when no earlier record of the same profile and variant exists. Training: images/s of one
+# SGD step at 32 px, width 64, batch 32 (CPU: results/bench_cpu.json on 2 cores; GPU: a guess for one
+# modern card); cost grows with pixels and about width^1.5 (measured: width 8 runs ~21x faster than 64).
+ROUGH_TRAIN_RATE = {"cpu": 23.0, "cuda": 2500.0}
+EVAL_COST = 1 / 3  # an evaluated test image costs about a third of a trained one (forward pass only)
+# Upscaling, images/s: SR at 32 px input (CPU: results/bench_cpu.json), bicubic / nearest.
+ROUGH_UPSCALE_RATE = {("sr", "cpu"): 12.0, ("sr", "cuda"): 1000.0, ("plain", "cpu"): 2000.0,
+                      ("plain", "cuda"): 50_000.0}
+ROUGH_DECODE_RATE = 2000.0  # images/s decoded and hashed once into the cache (PNG/JPEG 32 px)
+RUN_OVERHEAD_S = 20.0  # per run: a notebook kernel starting, imports, loading the cached arrays
+ANALYSIS_S = 120.0  # the two analysis notebooks, roughly
+
+
+class PreflightError(SrlibError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    variant: str
+    seed: int
+    done: bool  # a complete record of this run exists (it is reused, never retrained)
+    epochs: int
+    epoch_seconds: float  # estimated seconds per epoch, evaluation included
+    basis: str  # where the estimate comes from
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.done else self.epochs * self.epoch_seconds + RUN_OVERHEAD_S
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    name: str  # e.g. "sr_x4 train" or "decoded dataset"
+    images: int
+    px: int
+    present: bool
+    seconds: float  # estimated time to build it (0 when present)
+    basis: str
+
+    @property
+    def bytes(self) -> int:
+        return self.images * 3 * self.px * self.px  # uint8 (N, 3, px, px)
+
+
+@dataclass
+class Plan:
+    profile: str
+    device: str
+    out: Path
+    cache_dir: Path
+    runs: list[RunPlan] = field(default_factory=list)
+    caches: list[CachePlan] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    data: str = ""  # what data would be used, in words
+    analysis: bool = False
+    free_bytes: int | None = None
+
+    @property
+    def bytes_needed(self) -> int:
+        return sum(c.bytes for c in self.caches if not c.present)
+
+    @property
+    def seconds(self) -> float:
+        analysis = ANALYSIS_S if self.analysis else 0.0
+        return sum(r.seconds for r in self.runs) + sum(c.seconds for c in self.caches if not c.present) + analysis
+
+    def raise_problems(self, listed_above: bool = False) -> None:
+        if self.problems and listed_above:
+            raise PreflightError(f"the checks found {len(self.problems)} problem(s), listed above; fix them, then "
+                                 "run the same command without --dry-run")
+        if len(self.problems) == 1:
+            raise PreflightError(f"{self.problems[0]} (nothing was started)")
+        if self.problems:
+            listed = " ".join(f"({i}) {p};" for i, p in enumerate(self.problems, 1))
+            raise PreflightError(f"{len(self.problems)} problems, nothing was started: {listed.rstrip(';')}")
+
+
+# --- entry points ------------------------------------------------------------------------------------------
+
+def check_train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None = None,
+                cache_dir: str | os.PathLike | None = None, device: str | None = None, force: bool = False) -> Plan:
+    """Refuse (PreflightError) a `srlib train` that cannot succeed; return its plan otherwise."""
+    plan = make_plan([config], out, data, cache_dir, device=device, force=force)
+    plan.raise_problems()
+    return plan
+
+
+def sweep_plan(profile: str, seeds: int, variants: Iterable[str], out: str | os.PathLike = "runs",
+               notebooks_out: str | os.PathLike | None = "book/executed", data: str | None = None,
+               cache_dir: str | os.PathLike | None = None, overrides: dict | None = None,
+               analysis: bool = True, device: str | None = None) -> Plan:
+    """The plan of a sweep (runs, caches, time, problems), without starting anything."""
+    names = expand_variants(list(variants))  # set names (study, controls, ...) as the sweep takes them
+    configs = [make_config(v, profile, seed, **(overrides or {})) for seed in range(seeds) for v in names]
+    return make_plan(configs, out, data, cache_dir, notebooks_out=notebooks_out, analysis=analysis, device=device)
+
+
+def check_sweep(profile: str, seeds: int, variants: Iterable[str], out: str | os.PathLike = "runs",
+                notebooks_out: str | os.PathLike | None = "book/executed", data: str | None = None,
+                cache_dir: str | os.PathLike | None = None, overrides: dict | None = None,
+                analysis: bool = True, device: str | None = None) -> Plan:
+    """Refuse (PreflightError) a sweep that cannot succeed; return its plan otherwise."""
+    plan = sweep_plan(profile, seeds, variants, out, notebooks_out, data, cache_dir, overrides, analysis, device)
+    plan.raise_problems()
+    return plan
+
+
+def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | None = None,
+              cache_dir: str | os.PathLike | None = None, notebooks_out: str | os.PathLike | None = None,
+              analysis: bool = False, device: str | None = None, force: bool = False) -> Plan:
+    """What running `configs` would do (runs done or to run, caches, time) and every problem that would stop it.
+
+    `analysis`: the analysis notebooks follow (the SR-quality page needs the default SR weights at x2 and x4).
+    """
+    from .runs import find_finished, load_records
+
+    out, cache = Path(out), Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    profile = configs[0].profile if configs else ""
+    plan = Plan(profile, _device_type(device), out, cache, analysis=analysis)
+    earlier = [r for r in load_records(out, profile) if _device_of(r) == plan.device] if configs else []
+    pending = []
+    for config in configs:
+        done = not force and find_finished(out, config) is not None
+        seconds, basis = _epoch_seconds(config, earlier, plan.device)
+        plan.runs.append(RunPlan(config.variant, config.seed, done, config.epochs, seconds, basis))
+        if not done:
+            pending.append(config)
+    plan.caches = _caches(pending, cache, earlier, plan.device)
+
+    probes: dict[str, list[str]] = {}  # url -> what needs it (to name in the message)
+    plan.data, download_dirs = _check_data(data, plan.problems, probes) if pending or analysis else ("not needed", [])
+    download_dirs += _check_weights(pending, analysis, plan.problems, probes)
+    unreachable = {url for url, ok in _probe_all(list(probes)).items() if not ok}
+    for url in probes:
+        if url in unreachable:
+            plan.problems.extend(probes[url])
+    folders = [("output folder", out, "--out"), ("cache folder", cache, "--cache-dir or SRLIB_CACHE_DIR")]
+    if notebooks_out is not None:
+        folders.append(("executed-notebook folder", Path(notebooks_out), "--notebooks-out"))
+    folders += [("download folder", d, "SRLIB_DATA_DIR / SRLIB_WEIGHTS_DIR") for d in dict.fromkeys(download_dirs)]
+    plan.problems += [p for what, folder, option in folders if (p := _writable_problem(folder, what, option))]
+    _check_disk(plan)
+    return plan
+
+
+# --- data --------------------------------------------------------------------------------------------------
+
+def _check_data(data: str | None, problems: list[str], probes: dict[str, list[str]]) -> tuple[str, list[Path]]:
+    """What data would be used, and the folder a download would write to; a problem when the data is missing
+    or unreadable (or its download host is down)."""
+    try:
+        where = locate(data)
+    except SrlibError as exc:
+        problems.append(str(exc))
+        return "not found", []
+    path = Path(where["path"]).absolute()
+    if where["kind"] == "download":
+        host = urlsplit(CIFAR10_URL).hostname
+        probes.setdefault(CIFAR10_URL, []).append(
+            f"no CIFAR-10 found (--data / SRLIB_DATA not set, no {CANONICAL_DIR} in {path.parent}) and its download "
+            f"host {host} does not answer within {PROBE_SECONDS:.0f} s; put torchvision's {CANONICAL_DIR} into the "
+            "data directory (SRLIB_DATA_DIR), or point --data / SRLIB_DATA at an ImageFolder tree "
+            "(train/<class>/*, test/<class>/*), e.g. an offline copy: SRLIB_DATA=../shared/data/cifar10-jpeg")
+        return f"canonical CIFAR-10, to be downloaded from {CIFAR10_URL} into {path}", [path.parent]
+    problem = _unreadable(where)
+    if problem:
+        problems.append(problem)
+    return f"{where['kind']} CIFAR-10 at {path}", []
+
+
+def _unreadable(where: dict) -> str | None:
+    """Reads a few bytes of each split (not the whole dataset, which the run hashes anyway)."""
+    path, kind = Path(where["path"]), where["kind"]
+    if kind == "canonical":
+        samples = [path / name for name in CANONICAL_FILES]
+        missing = [p.name for p in samples if not p.is_file()]
+        if missing:
+            return f"{path} lacks {missing}; re-download CIFAR-10 or delete the folder to fetch it again"
+    elif kind == "imagefolder":
+        samples = []
+        for split in ("train", "test"):
+            try:
+                image = _first_image(path / split)
+            except OSError as exc:
+                return f"cannot list {path / split} ({exc.strerror or exc}); fix its permissions"
+            if image is None:
+                return f"{path / split} holds no images in class folders; expected {split}/<class>/<image>"
+            samples.append(image)
+    elif kind == "parquet":
+        samples = [files[0] for files in where.get("files", {}).values() if files]
+    else:
+        samples = []
+    for sample in samples:
+        try:
+            with open(sample, "rb") as f:
+                f.read(16)
+        except OSError as exc:
+            return f"cannot read {sample} ({exc.strerror or exc}); fix the data's permissions or --data / SRLIB_DATA"
+    return None
+
+
+def _first_image(split_dir: Path) -> Path | None:
+    for class_dir in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if class_dir.is_dir() and not class_dir.name.startswith("."):
+            for entry in os.scandir(class_dir.path):
+                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                    return Path(entry.path)
+    return None
+
+
+# --- SR weights --------------------------------------------------------------------------------------------
+
+def _sr_needs(configs: list[TrainConfig], analysis: bool) -> dict[tuple[str | None, int, str | None], list[str]]:
+    """(registered model, scale, None) or (None, scale, --sr-weights file) -> what needs that checkpoint."""
+    needs: dict[tuple[str | None, int, str | None], list[str]] = {}
+    for config in configs:
+        variant = VARIANTS[config.variant]
+        base, _, model = variant.method.partition("@")
+        if base != "sr":
+            continue
+        user = config.sr_weights is not None and not model  # --sr-weights replaces the default model only
+        key = (None, variant.scale, config.sr_weights) if user else (model or DEFAULT_SR_MODEL, variant.scale, None)
+        needs.setdefault(key, []).append(config.variant)
+    if analysis and not any(model is None for model, _, _ in needs):
+        for scale in STUDY_SCALES:  # the SR-quality page measures the default model at the study's scales
+            needs.setdefault((DEFAULT_SR_MODEL, scale, None), []).append("the SR-quality page")
+    return needs
+
+
+def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[str],
+                   probes: dict[str, list[str]]) -> list[Path]:
+    """Problems for SR checkpoints that are missing, damaged, of the wrong scale or not downloadable.
+
+    Returns the weights folders a download would write to (they must be writable).
+    """
+    download_dirs = []
+    for (model, scale, weights), users in _sr_needs(configs, analysis).items():
+        who = ", ".join(dict.fromkeys(users))
+        if model is None:
+            problems += [p for p in [_user_weights_problem(weights, scale, who)] if p]
+            continue
+        try:
+            entry = sr_checkpoint(model, scale)
+        except SrlibError as exc:
+            problems.append(f"{exc} (needed by {who})")
+            continue
+        root = default_weights_dir().absolute()
+        state = _local_checkpoint(entry, root)
+        if state == "ok":
+            continue
+        if state != "missing":
+            problems.append(f"{state} (needed by {who})")
+        elif entry.url is None:
+            problems.append(f"SR weights {entry.file} ({entry.label}, needed by {who}) are not in {root} and have no "
+                            f"download URL; put the file there or point SRLIB_WEIGHTS_DIR at a folder that holds it")
+        else:
+            download_dirs.append(root)
+            probes.setdefault(entry.url, []).append(
+                f"SR weights {entry.file} ({entry.label}, needed by {who}) are not in {root} and their download "
+                f"host {urlsplit(entry.url).hostname} does not answer within {PROBE_SECONDS:.0f} s; put {entry.file} "
+                f"into {root} or point SRLIB_WEIGHTS_DIR at a folder that holds it (offline copy: "
+                "SRLIB_WEIGHTS_DIR=../shared/weights)"
+                + (", or pass --sr-weights PATH" if entry.model == DEFAULT_SR_MODEL else ", or leave that variant out"))
+    return download_dirs
+
+
+def _local_checkpoint(entry: SRCheckpoint, root: Path) -> str:
+    """"ok", "missing", or what is wrong with the file in `root` (the files and hashes srlib.upscale accepts)."""
+    candidates = [(entry.file, entry.sha256)] + ([(entry.url_file, entry.url_sha256)] if entry.url_file else [])
+    for name, sha in candidates:
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            return f"cannot read SR weights {path} ({exc.strerror or exc}); fix its permissions"
+        if actual != sha:
+            return (f"SR weights {path} have sha256 {actual[:16]}..., expected {sha[:16]}... for {entry.label} "
+                    "(damaged or a different file); delete it and restore the official file")
+        return "ok"
+    return "missing"
+
+
+def _user_weights_problem(weights: str, scale: int, who: str) -> str | None:
+    try:
+        actual = checkpoint_scale(weights)
+    except SrlibError as exc:
+        return f"{exc} (needed by {who})"
+    if actual != scale:
+        return f"--sr-weights {weights} is a x{actual} SR model, but {who} needs x{scale}; pass x{scale} weights"
+    return None
+
+
+# --- network -----------------------------------------------------------------------------------------------
+
+def host_answers(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """True when the URL's host accepts a TCP connection within `timeout` seconds (name lookup included)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    answered = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                answered.append(True)
+        except OSError:
+            pass
+
+    # A thread, because a name lookup ignores socket timeouts; daemon, so a hung lookup never delays exit.
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def _probe_all(urls: list[str]) -> dict[str, bool]:
+    """host_answers for every URL at once, so several unreachable hosts still cost PROBE_SECONDS in all."""
+    results: dict[str, bool] = {}
+    threads = [threading.Thread(target=lambda u=u: results.__setitem__(u, host_answers(u)), daemon=True)
+               for u in urls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PROBE_SECONDS + 1)
+    return {u: results.get(u, False) for u in urls}
+
+
+# --- folders and disk --------------------------------------------------------------------------------------
+
+def _existing_ancestor(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _writable_problem(folder: Path, what: str, option: str) -> str | None:
+    """Creates and deletes a temporary file in `folder` (or in its nearest existing parent, if not made yet)."""
+    where = _existing_ancestor(folder)
+    if not where.is_dir():
+        return f"the {what} {folder} cannot be created: {where} is a file; choose another folder ({option})"
+    try:
+        fd, name = tempfile.mkstemp(dir=where, prefix=".srlib-preflight-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        return (f"the {what} {folder} is not writable ({exc.strerror or exc} in {where}); fix its permissions or "
+                f"choose another folder ({option})")
+    return None
+
+
+def _check_disk(plan: Plan) -> None:
+    needed = plan.bytes_needed + (DISK_MARGIN_BYTES if any(not r.done for r in plan.runs) else 0)
+    try:
+        plan.free_bytes = shutil.disk_usage(_existing_ancestor(plan.cache_dir)).free
+    except OSError:
+        return  # the folder check above reports an unusable cache folder
+    if needed > plan.free_bytes:
+        building = ", ".join(f"{c.name} {_size(c.bytes)}" for c in plan.caches if not c.present)
+        plan.problems.append(
+            f"not enough disk space: the caches to build ({building or 'none'}) and about {_size(DISK_MARGIN_BYTES)} "
+            f"for records and checkpoints need {_size(needed)}, {plan.cache_dir} has {_size(plan.free_bytes)} free; "
+            "free some space or point --cache-dir / SRLIB_CACHE_DIR at a larger disk")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+# --- caches and time ---------------------------------------------------------------------------------------
+
+def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict], device: str) -> list[CachePlan]:
+    """The upscaled arrays the pending runs read, present or to build (shared by all seeds of a variant)."""
+    caches, seen = [], set()
+    if pending and not list((cache / "datasets").glob("*.npz")):
+        images = sum(SPLIT_IMAGES.values())
+        caches.append(CachePlan("decoded dataset", images, 32, False, images / ROUGH_DECODE_RATE, "rough rate"))
+    for config in pending:
+        variant = VARIANTS[config.variant]
+        key = (variant.method, variant.scale, config.sr_weights, config.train_size, config.test_size)
+        if variant.method == "none" or key in seen:
+            continue
+        seen.add(key)
+        sizes = {split: size or SPLIT_IMAGES[split]
+                 for split, size in (("train", config.train_size), ("test", config.test_size))}
+        missing = [s for s, n in sizes.items() if not _cache_present(cache, variant.method, variant.scale, n)]
+        splits = missing or list(sizes)
+        images = sum(sizes[s] for s in splits)
+        records = [r for r in earlier if r.get("config", {}).get("variant") == config.variant]
+        seconds, basis = _upscale_seconds(config, images, records, device)
+        caches.append(CachePlan(f"{config.variant} ({'+'.join(splits)})", images, 32 * variant.scale, not missing,
+                                0.0 if not missing else seconds, basis))
+    return caches
+
+
+def _cache_present(cache: Path, method: str, scale: int, images: int) -> bool:
+    """A cache of this method and scale holding `images` images exists (by name and shape, not by content)."""
+    pattern = str(cache / "upscaled" / f"{glob.escape(method)}_x{scale}_*.npz")
+    return any(_images_in(Path(p)) == (images, 3, 32 * scale, 32 * scale) for p in glob.glob(pattern))
+
+
+def _images_in(path: Path) -> tuple[int, ...] | None:
+    """The shape of the `images` array in an .npz, from its header only."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("images.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(f)
+            return tuple(shape)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _epoch_seconds(config: TrainConfig, earlier: list[dict], device: str) -> tuple[float, str]:
+    """Seconds per epoch (evaluation included): from earlier records of this variant, else a rough rate."""
+    same = [r for r in earlier if _same_work(r.get("config", {}), config) and r.get("epochs")]
+    if same:
+        per_epoch = []
+        for r in same:
+            wall, upscale = r.get("wall_seconds"), r.get("upscale_seconds") or 0.0
+            if wall:  # wall time covers evaluation and loading too, which the per-epoch seconds leave out
+                per_epoch.append(max(wall - upscale, 0.0) / len(r["epochs"]))
+            else:
+                per_epoch.append(float(np.mean([e["seconds"] for e in r["epochs"]])))
+        return float(np.mean(per_epoch)), f"from {len(same)} earlier record(s)"
+    px = 32 * VARIANTS[config.variant].scale
+    rate = ROUGH_TRAIN_RATE[device] * (32 / px) ** 2 * (64 / config.width) ** 1.5
+    images = (config.train_size or SPLIT_IMAGES["train"]) + EVAL_COST * (config.test_size or SPLIT_IMAGES["test"])
+    return images / rate, f"rough {device} rate"
+
+
+def _upscale_seconds(config: TrainConfig, images: int, records: list[dict], device: str) -> tuple[float, str]:
+    built = [r for r in records if _same_work(r.get("config", {}), config) and r.get("upscale_seconds")]
+    if built:  # the earliest run built the caches; its upscale time covers both splits
+        total = (config.train_size or SPLIT_IMAGES["train"]) + (config.test_size or SPLIT_IMAGES["test"])
+        return max(r["upscale_seconds"] for r in built) * images / total, "from earlier records"
+    kind = "sr" if VARIANTS[config.variant].method.startswith("sr") else "plain"
+    return images / ROUGH_UPSCALE_RATE[(kind, device)], f"rough {device} rate"
+
+
+def _same_work(recorded: dict, config: TrainConfig) -> bool:
+    """Same variant and the settings that decide a run's speed (seeds and epochs may differ)."""
+    return all(recorded.get(k) == getattr(config, k)
+               for k in ("variant", "profile", "width", "batch_size", "train_size", "test_size"))
+
+
+def _device_of(record: dict) -> str:
+    return record.get("provenance", {}).get("device", {}).get("type", "cpu")
+
+
+def _device_type(device: str | None) -> str:
+    if device:
+        return "cuda" if str(device).startswith("cuda") else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- the plan in words -------------------------------------------------------------------------------------
+
+def format_plan(plan: Plan) -> str:
+    """What `srlib sweep --dry-run` prints."""
+    todo = [r for r in plan.runs if not r.done]
+    lines = [f"plan: profile {plan.profile}, {len(plan.runs)} run(s) on {plan.device}, records in {plan.out}",
+             f"data: {plan.data}"]
+    width = max((len(r.variant) for r in plan.runs), default=0)
+    for r in plan.runs:
+        state = ("done (record found, reused)" if r.done else
+                 f"to run: {r.epochs} epochs x {_duration(r.epoch_seconds)} + start-up = {_duration(r.seconds)} "
+                 f"({r.basis})")
+        lines.append(f"  {r.variant:<{width}}  seed {r.seed}  {state}")
+    build = [c for c in plan.caches if not c.present]
+    for c in plan.caches:
+        state = "present" if c.present else f"to build, ~{_duration(c.seconds)} ({c.basis})"
+        lines.append(f"  cache {c.name}: {c.images:,} images x 3 x {c.px} x {c.px} = {_size(c.bytes)}, {state}")
+    free = f", {_size(plan.free_bytes)} free" if plan.free_bytes is not None else ""
+    lines.append(f"disk: {_size(plan.bytes_needed)} of new caches in {plan.cache_dir}{free}")
+    if plan.analysis:
+        lines.append("then: the analysis notebooks (sr_quality.ipynb, compare.ipynb)")
+    lines.append(f"estimated time: ~{_duration(plan.seconds)} for {len(todo)} run(s) to train and {len(build)} "
+                 f"cache(s) to build; {len(plan.runs) - len(todo)} run(s) already done")
+    if plan.problems:
+        lines.append(f"problems ({len(plan.problems)}):")
+        lines += [f"  - {p}" for p in plan.problems]
+    else:
+        lines.append("checks: data, SR weights, folders and disk space are fine")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

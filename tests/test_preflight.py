@@ -1,0 +1,206 @@
+"""The preflight: every refusal in seconds with one line naming the fix, nothing started; and the dry-run plan."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import srlib.preflight as preflight
+from srlib.cli import main
+from srlib.config import make_config
+from srlib.sweep import sweep
+
+REAL_HOST_ANSWERS = preflight.host_answers  # the autouse fixture below replaces it in every test
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test here depends on the network: every download host 'does not answer'."""
+    monkeypatch.setattr(preflight, "host_answers", lambda url, timeout=preflight.PROBE_SECONDS: False)
+    monkeypatch.delenv("SRLIB_DATA", raising=False)
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("SRLIB_WEIGHTS_DIR", str(folder))
+    return folder
+
+
+def refused(tmp_path, capsys, *args: str) -> str:
+    """Run the CLI, expect exit code 2 within seconds and nothing written; return the error line."""
+    out, notebooks = tmp_path / "runs", tmp_path / "executed"
+    started = time.perf_counter()
+    code = main([*args, "--out", str(out), *(["--notebooks-out", str(notebooks)] if args[0] == "sweep" else [])])
+    seconds = time.perf_counter() - started
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert seconds < 10, f"the refusal took {seconds:.1f} s"
+    assert not out.exists() and not notebooks.exists(), "a refused command must not start or write anything"
+    assert not (tmp_path / "cache").exists()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("srlib: error: "), captured.err
+    return lines[0]
+
+
+def test_no_data_is_refused(tmp_path, capsys, no_weights):
+    line = refused(tmp_path, capsys, "sweep", "--profile", "smoke", "--variants", "original", "resize_x2")
+    assert "no CIFAR-10 found" in line and "www.cs.toronto.edu does not answer" in line
+    assert "SRLIB_DATA" in line and "nothing was started" in line
+
+
+def test_missing_weights_of_one_sr_variant_are_refused(tmp_path, capsys, imagefolder, no_weights):
+    line = refused(tmp_path, capsys, "sweep", "--profile", "smoke", "--data", str(imagefolder), "--no-analysis",
+                   "--variants", "original", "resize_x4", "sr_x4")
+    assert f"dctlsa_x4.safetensors (dctlsa x4, needed by sr_x4) are not in {no_weights}" in line
+    assert "SRLIB_WEIGHTS_DIR" in line and "--sr-weights" in line
+    assert "x2" not in line and "CIFAR-10" not in line  # only what is wrong is named
+
+
+def test_damaged_weights_are_refused_by_hash(tmp_path, capsys, imagefolder, no_weights):
+    (no_weights / "dctlsa_x4.safetensors").write_bytes(b"not the official file")
+    line = refused(tmp_path, capsys, "train", "--variant", "sr_x4", "--profile", "smoke", "--data", str(imagefolder))
+    assert f"SR weights {no_weights / 'dctlsa_x4.safetensors'} have sha256" in line
+    assert "delete it and restore the official file" in line
+
+
+@contextlib.contextmanager
+def read_only_folder(where: Path):
+    """A folder nobody may write to: a read-only tmpfs as root (root ignores permissions), else chmod."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        where.chmod(0o555)
+        yield where
+        where.chmod(0o755)
+        return
+    if not shutil.which("mount"):
+        pytest.skip("a read-only folder for root needs mount")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_unwritable_output_is_refused(tmp_path, imagefolder, no_weights):
+    with read_only_folder(tmp_path / "ro") as ro:
+        started = time.perf_counter()
+        with pytest.raises(preflight.PreflightError) as caught:
+            sweep("smoke", 1, ["original"], out=ro / "runs", notebooks_out=tmp_path / "executed",
+                  data=str(imagefolder), cache_dir=str(tmp_path / "cache"), analysis=False, log=lambda *_: None)
+        assert time.perf_counter() - started < 10
+        assert not (ro / "runs").exists()
+    message = str(caught.value)
+    assert f"the output folder {ro / 'runs'} is not writable" in message and "(--out)" in message
+    assert not (tmp_path / "executed").exists() and not (tmp_path / "cache").exists()
+
+
+def test_too_little_disk_is_refused(tmp_path, capsys, imagefolder, no_weights, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
+    line = refused(tmp_path, capsys, "train", "--variant", "resize_x4", "--profile", "smoke", "--data",
+                   str(imagefolder), "--cache-dir", str(tmp_path / "cache"))
+    assert "not enough disk space" in line and "5.0 MB free" in line
+    # smoke resize_x4: 100 + 50 images of 3 x 128 x 128 bytes, and the decoded 60,000 x 3 x 32 x 32 dataset
+    assert "resize_x4 (train+test) 7.4 MB" in line and "decoded dataset 184.3 MB" in line
+    assert "--cache-dir" in line
+
+
+def test_several_problems_come_in_one_message(tmp_path, no_weights):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(preflight.PreflightError, match=r"^2 problems, nothing was started: \(1\) no CIFAR-10 found"
+                       r".*\(2\) the output folder .* cannot be created: .*a-file is a file"):
+        preflight.check_sweep("smoke", 1, ["original"], out=tmp_path / "a-file" / "runs", analysis=False,
+                              cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb")
+
+
+def test_an_upscaled_cifar10_copy_at_x4_is_sized_as_2_9_gb(tmp_path, imagefolder, no_weights):
+    plan = preflight.sweep_plan("paper", 1, ["resize_x4"], out=tmp_path / "runs", data=str(imagefolder),
+                                cache_dir=tmp_path / "cache", analysis=False, device="cpu")
+    (cache,) = [c for c in plan.caches if c.name.startswith("resize_x4")]
+    assert cache.bytes == 60_000 * 3 * 128 * 128  # 2,949,120,000 bytes: the issue's 2.9 GB
+    assert preflight._size(cache.bytes) == "2.9 GB"
+
+
+def test_the_host_probe_is_a_tcp_connect():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}/cifar-10-python.tar.gz"
+        assert REAL_HOST_ANSWERS(url, timeout=2)
+    started = time.perf_counter()
+    assert not REAL_HOST_ANSWERS(url, timeout=2)  # closed now: refused at once
+    assert time.perf_counter() - started < 2
+
+
+def write_record(out: Path, variant: str, seed: int, epoch_seconds: list[float], wall: float) -> None:
+    from srlib.runs import RECORD, config_dir
+    from srlib.store import write_json
+
+    config = make_config(variant, "smoke", seed)
+    write_json(config_dir(out, config) / RECORD, {
+        "status": "complete", "config": config.to_dict(), "upscale_seconds": 0.0, "wall_seconds": wall,
+        "epochs": [{"epoch": i + 1, "seconds": s} for i, s in enumerate(epoch_seconds)],
+        "provenance": {"device": {"type": "cpu"}}})
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys, imagefolder, no_weights):
+    out, cache = tmp_path / "runs", tmp_path / "cache"
+    write_record(out, "original", 0, [3.0, 5.0], wall=50.0)  # (50 - 0) s / 2 epochs = 25 s per epoch
+    # resize_x2's test split is cached already (found by name and shape), its train split is not
+    (cache / "upscaled").mkdir(parents=True)
+    np.savez(cache / "upscaled" / "bicubic_x2_0123456789abcdef_none.npz", images=np.zeros((50, 3, 64, 64), np.uint8))
+    before = sorted(p for p in tmp_path.rglob("*") if "imagefolder" not in p.parts)
+    code = main(["sweep", "--profile", "smoke", "--seeds", "2", "--variants", "original", "resize_x2",
+                 "--no-analysis", "--dry-run", "--data", str(imagefolder), "--out", str(out),
+                 "--cache-dir", str(cache), "--notebooks-out", str(tmp_path / "executed")])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert sorted(p for p in tmp_path.rglob("*") if "imagefolder" not in p.parts) == before
+    lines = [" ".join(line.split()) for line in text.splitlines()]  # columns are padded
+    assert lines[0] == f"plan: profile smoke, 4 run(s) on cpu, records in {out}"
+    assert f"imagefolder CIFAR-10 at {imagefolder}" in lines[1]
+    assert "original seed 0 done (record found, reused)" in lines
+    assert "original seed 1 to run: 2 epochs x 25 s + start-up = 70 s (from 1 earlier record(s))" in lines
+    assert sum(line.startswith("resize_x2 seed") and "(rough cpu rate)" in line for line in lines) == 2
+    # only the missing train split: 100 images x 3 x 64 x 64 bytes
+    assert "cache resize_x2 (train): 100 images x 3 x 64 x 64 = 1.2 MB, to build, ~0.1 s (rough cpu rate)" in lines
+    assert "cache decoded dataset: 60,000 images" in text
+    assert "3 run(s) to train" in text and "1 run(s) already done" in text
+    assert text.rstrip().endswith("dry run: nothing was started")
+    assert "checks: data, SR weights, folders and disk space are fine" in text
+
+
+def test_dry_run_lists_the_problems_then_fails(tmp_path, capsys, no_weights):
+    code = main(["sweep", "--profile", "smoke", "--variants", "sr_x2", "--no-analysis", "--dry-run",
+                 "--out", str(tmp_path / "runs"), "--notebooks-out", str(tmp_path / "nb")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "problems (2):" in captured.out and "needed by sr_x2" in captured.out
+    assert captured.err.strip() == ("srlib: error: the checks found 2 problem(s), listed above; fix them, then run "
+                                    "the same command without --dry-run")
+
+
+def test_sr_weights_of_the_wrong_scale_are_refused(tmp_path, capsys, imagefolder, tiny_sr_weights):
+    line = refused(tmp_path, capsys, "train", "--variant", "sr_x2", "--profile", "smoke", "--data", str(imagefolder),
+                   "--sr-weights", str(tiny_sr_weights[4]))
+    assert f"--sr-weights {tiny_sr_weights[4]} is a x4 SR model, but sr_x2 needs x2; pass x2 weights" in line
+
+
+def test_the_official_weights_pass(tmp_path, imagefolder, weights_dir, monkeypatch):
+    monkeypatch.setenv("SRLIB_WEIGHTS_DIR", str(weights_dir))
+    plan = preflight.check_sweep("smoke", 1, ["sr_x2", "sr_x4"], out=tmp_path / "runs", data=str(imagefolder),
+                                 cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb")
+    assert plan.problems == [] and [r.done for r in plan.runs] == [False, False]
