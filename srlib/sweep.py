@@ -45,6 +45,7 @@ class SweepResult:
     seconds: float = 0.0
     index: Path | None = None  # the book's index.html, when this sweep built it
     missing: list[str] = field(default_factory=list)  # records mode: runs with no complete record
+    verdicts: list[str] = field(default_factory=list)  # SR - resize at each scale, one line each
 
 
 def _execute(template: str, output: Path, parameters: dict, log_output: bool) -> None:
@@ -247,12 +248,12 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
                 return result
         reporter.close()
         if analysis:
-            ran = finish(**finish_kwargs, rerun=bool(result.done or result.failed))
+            ran = finish(**finish_kwargs, rerun=bool(result.done or result.failed), announce=False)
             for name in ("done", "skipped"):
                 getattr(result, name).extend(getattr(ran, name))
             result.failed.update(ran.failed)
             result.logs.update(ran.logs)
-            result.index = ran.index
+            result.index, result.verdicts = ran.index, ran.verdicts
         result.seconds = time.perf_counter() - started
         if not records_only:  # a records folder (e.g. results/paper, committed) is only read
             _write_summary(out, profile, seeds, variants, result)
@@ -416,8 +417,11 @@ def _wait_slurm(tasks: list[Task], reporter: Reporter, result: SweepResult, out:
 
 
 def finish(profile: str, out: str | os.PathLike, notebooks_out: str | os.PathLike, data: str | None = None,
-           cache_dir: str | None = None, book: bool = False, log=print, rerun: bool = False) -> SweepResult:
-    """The analysis notebooks (skipped when no record is newer than them), then the book if asked for."""
+           cache_dir: str | None = None, book: bool = False, log=print, rerun: bool = False,
+           announce: bool = True) -> SweepResult:
+    """The analysis notebooks (skipped when no record is newer than them), then the book if asked for.
+
+    `announce` prints the verdicts and the report's path (the sweep's command line prints them last)."""
     out, notebooks_out = Path(out), Path(notebooks_out)
     result, started = SweepResult(), time.time()
     common = {"profile": profile, "out": str(out), "data": data, "cache_dir": cache_dir}
@@ -442,10 +446,14 @@ def finish(profile: str, out: str | os.PathLike, notebooks_out: str | os.PathLik
         log(f"[sweep] analysis: {', '.join(result.done)} ({(time.time() - started) / 60:.1f} min)")
     elif result.skipped:
         log("[sweep] analysis notebooks up to date with every record, skipped")
-    for line in headline_verdicts(out, profile):
-        log(f"[sweep] {line}")
+    result.verdicts = headline_verdicts(out, profile)
     if book and not result.failed:
         result.index = _build_book(notebooks_out, log)
+    if announce:
+        for line in result.verdicts:
+            log(f"[sweep] {line}")
+        if result.index:
+            log(f"[sweep] report: {result.index}")
     return result
 
 
@@ -488,7 +496,6 @@ def _build_book(notebooks_out: Path, log) -> Path | None:
     if done.returncode != 0 or not index.is_file():
         log(f"[sweep] FAILED building the book: {ex.last_error_line(book_log) or 'see the log'}; log: {book_log}")
         return None
-    log(f"[sweep] report: {index}")
     return index
 
 
@@ -592,6 +599,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"[sweep]   FAILED {name}: {why}; log: {result.logs.get(name, '?')}")
     if result.missing:
         print(f"[sweep] no record (named in the book as not run): {', '.join(result.missing)}")
+    for line in result.verdicts:
+        print(f"[sweep] {line}")
+    if result.index:
+        print(f"[sweep] report: {result.index}")
     if result.failed:
         raise SrlibError(f"{len(result.failed)} notebook(s) failed: {', '.join(result.failed)}; "
                          "the others finished (rerun the same command to retry only what is missing or failed)")

@@ -26,7 +26,7 @@ def check_bench_json(result: dict, px: list[int]) -> None:
     assert result["schema"] == bench.BENCH_SCHEMA and result["device"] == "cpu"
     assert {"settings", "provenance", "load_avg", "train", "upscale", "upscale_skipped"} <= set(result)
     assert "accuracy" not in result and "target" not in result  # moved out / dropped in schema 2
-    assert result["settings"]["srlib_numerics"]["memory_format"] == "channels_last"  # width 64 on CPU
+    assert result["settings"]["srlib_numerics"]["memory_format"] == "contiguous"  # channels_last is GPU-only
     assert [row["px"] for row in result["train"]] == px
     for row in result["train"]:
         assert TRAIN_KEYS <= set(row) and row["steps"] >= 1
