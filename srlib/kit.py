@@ -955,6 +955,7 @@ def _row_text(variant: str, row: dict) -> str:
 
 def pack(state: KitRun, lines: list[str]) -> Path:
     """One archive in `out`: records, predictions, sr-quality, timing and logs; never checkpoints."""
+    from .provenance import DIFF_FILE
     from .runs import PREDICTIONS, RECORD
     from .store import write_json
 
@@ -971,8 +972,9 @@ def pack(state: KitRun, lines: list[str]) -> Path:
                     "commit": state.timing["kit"]["commit"], "dirty": state.timing["kit"]["dirty"],
                     "from": "kit manifest (the GPU machine has no .git)"}
             write_json(target / RECORD, data)
-            if (record.parent / PREDICTIONS).is_file():
-                shutil.copy2(record.parent / PREDICTIONS, target / PREDICTIONS)
+            for name in (PREDICTIONS, DIFF_FILE):  # the diff: a dirty tree's code, beside what it made
+                if (record.parent / name).is_file():
+                    shutil.copy2(record.parent / name, target / name)
         for extra in sorted(runs.glob("*/sr_quality.json")) if runs.is_dir() else []:
             target = stage / "runs" / extra.relative_to(runs)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ from .config import TrainConfig
 from .errors import ConfigError
 
 
-
 @dataclass(frozen=True)
 class Numerics:
     bf16: bool  # bf16 autocast for forward and loss; master weights stay fp32

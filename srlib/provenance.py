@@ -34,14 +34,32 @@ def git_info(cwd: str | Path | None = None) -> dict:
             return None
         return done.stdout if done.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
+    if top:  # paths (of new files) relative to the repository, wherever it was asked from
+        cwd = Path(top.strip())
     commit = git("rev-parse", "HEAD")
     if commit is None and os.environ.get("SRLIB_SOURCE_COMMIT"):
         diff_file = os.environ.get("SRLIB_SOURCE_DIFF")
         diff = Path(diff_file).read_text() if diff_file and Path(diff_file).is_file() else ""
         return _with_diff({"commit": os.environ["SRLIB_SOURCE_COMMIT"], "dirty": bool(diff)}, diff)
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain")
     info = {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
-    return _with_diff(info, (git("diff", "HEAD", "--binary") or "") if info["dirty"] else "")
+    if not info["dirty"]:
+        return info
+    # New files are part of the code too: `git diff HEAD` alone would leave them out.
+    untracked = (git("ls-files", "--others", "--exclude-standard", "-z") or "").split("\0")
+    diff = (git("diff", "HEAD", "--binary") or "") + "".join(_new_file_diff(cwd, name) for name in untracked if name)
+    return _with_diff(info, diff)
+
+
+def _new_file_diff(cwd: Path, name: str) -> str:
+    """`git diff` of an untracked file against nothing (exit code 1 means "differs", which it always does)."""
+    try:
+        done = subprocess.run(["git", "diff", "--no-index", "--binary", "--", "/dev/null", name], cwd=cwd,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout
 
 
 def _with_diff(info: dict, diff: str) -> dict:

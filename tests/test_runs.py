@@ -136,5 +136,8 @@ def test_a_dirty_tree_records_its_diff(tmp_path):
     (repo / "a.py").write_text("x = 2\n")
     info = git_info(repo)
     assert info["dirty"] and len(info["diff_sha256"]) == 64 and "+x = 2" in info["_diff"]
+    (repo / "new.py").write_text("y = 3\n")
+    info = git_info(repo)
+    assert "+x = 2" in info["_diff"] and "+y = 3" in info["_diff"]  # new files are part of the code
     saved = save_code_diff(info, tmp_path / "run")
     assert "_diff" not in saved and (tmp_path / "run" / saved["diff_file"]).read_text() == info["_diff"]
