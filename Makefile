@@ -22,9 +22,10 @@ setup: $(VENV)/.installed
 
 # Runs the study (default profile: paper with CUDA, else preview), then builds _build/html/index.html.
 # RECORDS=DIR (e.g. results/paper): trains nothing; the book shows the records in DIR and names missing runs.
+# VARIANTS=study|controls|sr-models|all (or variant names, comma-separated): which variants (default: study).
 report: setup
-	$(PY) -m srlib sweep $(if $(PROFILE),--profile $(PROFILE)) $(if $(RECORDS),--records $(RECORDS)) --seeds $(SEEDS)
-	$(MAKE) book
+	$(PY) -m srlib sweep $(if $(PROFILE),--profile $(PROFILE)) $(if $(RECORDS),--records $(RECORDS)) --seeds $(SEEDS) \
+	  $(if $(VARIANTS),--variants $(VARIANTS))
 
 preview: setup
 	$(PY) -m srlib sweep --profile preview --seeds $(SEEDS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import executors as ex
-from .config import PROFILES, STUDY_VARIANTS, VARIANTS, default_profile, make_config
+from .config import PROFILES, STUDY_VARIANTS, VARIANTS, default_profile, expand_variants, make_config
 from .errors import ConfigError, SrlibError
 from .executors import NOTEBOOKS, ROOT, RunState, SlurmOptions, Task
 from .store import directory_lock, write_json
@@ -143,8 +144,10 @@ class Reporter:
         running = [n for n, st in states.items() if st.state == "running"]
         epochs = []
         for name in running[:4]:
-            found = ex.epoch_progress(tasks[name].log)
-            epochs.append(f"{tasks[name].label} {found[0]}/{found[1]}" if found else f"{tasks[name].label} starting")
+            task = tasks[name]
+            short = f"{task.variant} s{task.seed}" if task.variant else task.label
+            found = ex.epoch_progress(task.log)
+            epochs.append(f"{short} {found[0]}/{found[1]}" if found else f"{short} starting")
         more = f" +{len(running) - 4}" if len(running) > 4 else ""
         eta = self._eta(running, counts["queued"])
         text = (f"[sweep] {counts['done']}/{len(states)} done, {counts['running']} running"
@@ -166,7 +169,7 @@ class Reporter:
         mean = sum(self.durations) / len(self.durations)
         left = sum(max(0.0, mean - (time.time() - self.starts.get(n, time.time()))) for n in running)
         seconds = (left + queued * mean) / max(1, min(self.slots, len(running) + queued))
-        return f", ETA ~{max(1, round(seconds / 60))} min"
+        return ", ETA <1 min" if seconds < 60 else f", ETA ~{round(seconds / 60)} min"
 
     def close(self) -> None:
         self._clear()
@@ -197,6 +200,7 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
     trained), executed one after another in this process's workers; nothing is written into `out`.
     """
     del log_output  # kept for callers: papermill's output always goes to the per-run log files
+    variants = expand_variants(list(variants))  # set names (study, controls, ...) -> variants
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or profile not in PROFILES or seeds < 1:
         raise ConfigError(f"sweep needs known variants ({', '.join(VARIANTS)}), a profile in {list(PROFILES)} "
@@ -329,8 +333,11 @@ def _run_local(todo: list[Task], slots, reporter: Reporter, result: SweepResult,
             states.update({t.name: RunState("queued") for t in queue})
             reporter.progress(states, {t.name: t for t in todo})
             time.sleep(0.3)
-    except BaseException:
+    except BaseException:  # Ctrl-C, SIGTERM (see cmd_sweep) or a bug: no worker may outlive the sweep
+        running = [w.task for w in pool.workers.values()]
         pool.stop_all()
+        for task in running:
+            ex.write_job(task, "failed", executor="local", why="the sweep was interrupted; rerun it to resume")
         reporter.close()
         raise
 
@@ -562,7 +569,13 @@ def records_profile(records: str | os.PathLike) -> str:
     return profiles[0]
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt  # so the sweep stops its workers, as for Ctrl-C
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     executor = getattr(args, "executor", "local")
     if executor == "slurm" and not args.profile:
         raise ConfigError("--executor slurm needs --profile (paper, preview or smoke): the login node that submits "

@@ -29,25 +29,6 @@ def test_train_notebook_runs_through_papermill(tmp_path, imagefolder):
     assert "Max test accuracy" in text and "image/png" in text
 
 
-def test_sweep_collects_failures_and_goes_on(tmp_path, imagefolder, monkeypatch):
-    import srlib.sweep as sweep_mod
-
-    calls = []
-
-    def fake_execute(template, output, parameters, log_output):
-        calls.append(parameters.get("variant", template))
-        if parameters.get("variant") == "resize_x2":
-            raise RuntimeError("ValueError: boom")
-
-    monkeypatch.setattr(sweep_mod, "_execute", fake_execute)
-    result = sweep("smoke", 1, ["original", "resize_x2", "sr_x2"], out=tmp_path / "runs",
-                   notebooks_out=tmp_path / "nb", log=lambda *_: None, preflight=False)
-    assert calls == ["original", "resize_x2", "sr_x2", "sr_quality.ipynb", "compare.ipynb"]
-    assert list(result.failed) == ["smoke-resize_x2-seed0"] and "boom" in result.failed["smoke-resize_x2-seed0"]
-    summary = json.loads((tmp_path / "runs" / "smoke" / "sweep.json").read_text())
-    assert summary["failed"] == result.failed
-
-
 def test_a_second_sweep_on_the_same_output_stops_with_a_clear_message(tmp_path, monkeypatch):
     import srlib.sweep as sweep_mod
     from srlib.errors import LockError
