@@ -64,7 +64,8 @@ def _field(default, help: str):
 class TrainConfig:
     """One run's settings. The `help` of each field (with its unit) is what `srlib train --help` shows."""
 
-    variant: str = _field("original", "which data: original, resize_x2, sr_x2, resize_x4, sr_x4, nearest_x2/x4")
+    variant: str = _field("original", "which data: original, resize_x2, sr_x2, resize_x4, sr_x4, nearest_x2/x4 or "
+                          "sr_x<s>@<model> (srlib.config.VARIANTS)")
     profile: str = _field("paper", "protocol defaults: paper, preview or smoke")
     seed: int = _field(0, "seed of the initial weights, batch order and flips")
     epochs: int = _field(45, "training epochs (passes over the training subset)")

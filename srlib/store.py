@@ -302,8 +302,10 @@ def file_lock(path: str | Path, what: str = "", log: Callable[[str], Any] = prin
                 told = True
             time.sleep(poll)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(me))
+        try:
+            os.write(fd, json.dumps(me).encode())
+        finally:
+            os.close(fd)
         break
     done = threading.Event()
 
