@@ -140,7 +140,7 @@ def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
     """Where the sweep's runs execute (srlib.executors); none of this changes a run's results or identity."""
     p.add_argument("--executor", choices=["local", "slurm"], default="local",
                    help="local: worker processes on this machine; slurm: a job array through submitit")
-    p.add_argument("--jobs", type=int, help="local: runs at once (default: GPUs x --runs-per-gpu; on a CPU 2)")
+    p.add_argument("--jobs", type=int, help="local: runs at once (default: GPUs x --runs-per-gpu; on a CPU 1)")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="local: runs sharing one GPU (default: 1)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: local cores / jobs, slurm "
                    "--slurm-cpus); pin it to compare results across machines")

@@ -237,7 +237,7 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
             log(f"[sweep] {len(result.skipped)} of {len(tasks)} runs finished earlier (record and executed "
                 "notebook exist), skipped")
         finish_kwargs = dict(profile=profile, out=out, notebooks_out=notebooks_out, data=data, cache_dir=cache_dir,
-                             book=book, log=log)
+                             book=book, log=log, records_only=records_only, sr_weights=overrides.get("sr_weights"))
         if records_only:
             _render_records(todo, reporter, result, out, profile, overrides)
         elif executor == "local":
@@ -425,7 +425,7 @@ def _wait_slurm(tasks: list[Task], reporter: Reporter, result: SweepResult, out:
 
 def finish(profile: str, out: str | os.PathLike, notebooks_out: str | os.PathLike, data: str | None = None,
            cache_dir: str | None = None, book: bool = False, log=print, rerun: bool = False,
-           announce: bool = True) -> SweepResult:
+           announce: bool = True, records_only: bool = False, sr_weights: str | None = None) -> SweepResult:
     """The analysis notebooks (skipped when no record is newer than them), then the book if asked for.
 
     `announce` prints the verdicts and the report's path (the sweep's command line prints them last)."""
@@ -435,8 +435,14 @@ def finish(profile: str, out: str | os.PathLike, notebooks_out: str | os.PathLik
     from .runs import record_paths
 
     records = record_paths(out, profile)
+    from .quality import default_images
+
+    params = {**common, "n": default_images(profile)}
+    if records_only:  # the SR-quality page shows the measurement saved beside the records (e.g. from the GPU)
+        params["records_only"] = True
+    if sr_weights:  # the SR-quality page measures the checkpoint the runs were trained with
+        params["sr_weights"] = sr_weights
     for template in ANALYSIS:
-        params = {**common, "n": 1000 if profile != "smoke" else 100}
         output = notebooks_out / template
         if not rerun and _is_current(output, params, records):
             result.skipped.append(template)

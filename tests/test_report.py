@@ -197,3 +197,39 @@ def test_wide_tables_scroll_and_share_one_number_format():
     assert "<td>1.00</td>" in html and "<td>2.35</td>" in html
     assert table(pd.DataFrame(), empty="No two variants share a seed.")._repr_html_() == (
         "<p>No two variants share a seed.</p>")  # a sentence, not "Empty DataFrame"
+
+
+def test_the_book_builds_from_records_without_the_offline_copies(tmp_path, imagefolder, tiny_sr_weights, monkeypatch):
+    """The whole report path on generated data, records and a tiny random SR model: no ../shared needed.
+    Records mode trains nothing; the SR-quality page shows the measurement saved beside the records."""
+    import numpy as np
+    from test_analysis import random_records
+
+    from srlib.book import build_book
+    from srlib.quality import sr_quality
+    from srlib.runs import run_dir
+    from srlib.store import save_arrays, write_json
+
+    monkeypatch.setenv("SRLIB_WEIGHTS_DIR", str(tmp_path / "no-weights-here"))
+    root = tmp_path / "report"
+    root.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(ROOT / name, root / name)
+    shutil.copytree(ROOT / "book", root / "book", ignore=shutil.ignore_patterns("executed"))
+    runs = tmp_path / "runs"
+    for r in random_records({"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.18}, 1, np.random.default_rng(0)):
+        folder = run_dir(runs, "smoke", r["config"]["variant"], r["config"]["seed"])
+        folder.mkdir(parents=True)
+        write_json(folder / "record.json", {k: v for k, v in r.items() if not k.startswith("_")})
+        save_arrays(folder / "predictions.npz", {"predictions": r["_predictions"], "labels": r["_labels"]})
+    sr_quality(scales=(2,), n=20, data=str(imagefolder), cache_dir=str(tmp_path / "cache"), models=[],
+               weights=[str(tiny_sr_weights[2])], out=runs / "smoke" / "sr_quality.json", progress=False)
+    result = sweep("smoke", 1, ["original", "resize_x2", "sr_x2", "resize_x4"], out=runs,
+                   notebooks_out=root / "book" / "executed", records_only=True, log=lambda *_: None)
+    assert not result.failed, result.failed
+    assert result.missing == ["smoke-resize_x4-seed0"] or "resize_x4" in str(result.missing)
+    index = build_book(root=root)
+    pages = {p.name for p in index.parent.rglob("*.html")}
+    assert {"compare.html", "sr_quality.html", "smoke-sr_x2-seed0.html"} <= pages
+    quality = (index.parent / "book" / "executed" / "sr_quality.html").read_text()
+    assert "tiny_compact_x2.pth" in quality
