@@ -473,6 +473,10 @@ def _finding(st: ComparisonStats) -> str:
         told = "distinguishable from 0" if st.distinguishable else f"not distinguishable from 0 with {n} seeds"
         return (f"{head} [{fmt_pp(low)}, {fmt_pp(high)}] (t-interval over seeds; without per-image predictions "
                 f"test-image sampling is not included); {told}.")
+    if not sum(st.only_a_right) + sum(st.only_b_right):
+        # No discordant image: every variance is 0, so intervals and power figures would be meaningless zeros.
+        return (f"{head}: the two variants predicted the same class on every test image in every seed, so the "
+                f"test images say nothing about the difference (e.g. runs too short to learn); no conclusion.")
     interval = fmt_interval(st.bootstrap)
     pw = st.power
     if n < 2:
@@ -503,11 +507,11 @@ NO_COMPARISONS = "No two variants share a seed among these runs, so there is not
 
 
 def headline(source: Source) -> str:
-    """One markdown paragraph: the SR − resize verdicts at every scale (final-epoch accuracy)."""
+    """A markdown list: the SR − resize verdicts at every scale and SR model (final-epoch accuracy)."""
     found = _stats(source, _rules(source, [("sr", "bicubic")]))
     if not found:
         return NO_PAIRS
-    return " ".join(f"**{st.comparison.label}**: {_finding(st)}" for st in found)
+    return "\n".join(f"- **{st.comparison.label}**: {_finding(st)}" for st in found)
 
 
 CONTROLS_NOTE = ("The controls `nearest_x2` / `nearest_x4` are not among these runs, so more pixels and better "
@@ -812,8 +816,10 @@ def missing_runs_note(records: list[dict]) -> str:
     f = study_facts(records)
     names = ", ".join(f"{v} seed {s}" for v, s in missing)
     variants = set(f["variants"]) | set(STUDY_VARIANTS)
+    where = (" on a GPU (or in a borrowed GPU window with `srlib kit`, README: \"Paper scale on a GPU\")"
+             if f["profiles"][0] == "paper" else "")
     return (f"Missing runs (not in the tables or the comparisons they belong to): {names}. Make them with "
-            f"`{sweep_command(f['profiles'][0], max(f['seeds']) + 1, variants)}` (finished runs are reused).")
+            f"`{sweep_command(f['profiles'][0], max(f['seeds']) + 1, variants)}`{where} (finished runs are reused).")
 
 
 def require_records(out: str, profile: str) -> list[dict]:

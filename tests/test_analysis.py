@@ -246,7 +246,7 @@ def test_verdict_with_seeds_gives_interval_test_and_the_seeds_that_would_detect_
     rng = np.random.default_rng(0)
     records = random_records({"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.19}, seeds=3, rng=rng)
     text = headline(records)
-    assert text.startswith("**SR − resize at x2**: ") and "with 3 seeds (permutation p over test images = " in text
+    assert text.startswith("- **SR − resize at x2**: ") and "with 3 seeds (permutation p over test images = " in text
     power = power_table(records).loc["SR − resize at x2"]
     needed = power["seeds for 0.5 pp"]
     assert needed == "> 1000" or int(needed) > 3  # 100 test images cannot resolve 0.5 pp with 3 seeds
@@ -344,3 +344,14 @@ def test_pixels_or_model_puts_each_sr_models_accuracy_gain_beside_its_psnr_gain(
     stats = {st.comparison.a: st for st in comparison_stats(records) if st.comparison.b == "resize_x2"}
     assert table.loc["sr_x2", "accuracy_gain"] == pytest.approx(stats["sr_x2"].mean)
     assert (table.loc["sr_x2", "accuracy_low"], table.loc["sr_x2", "accuracy_high"]) == stats["sr_x2"].bootstrap
+
+
+def test_identical_predictions_give_no_conclusion_not_zero_power():
+    """Runs that agree on every image (e.g. smoke runs predicting one class) carry no information:
+    the verdict says so instead of reporting a 0.00 pp detectable difference."""
+    from srlib.analysis import verdicts
+
+    same = [{**record("sr_x2", s, wrong=[0, 1, 2]), "input_px": 64} for s in range(2)]
+    same += [{**record("resize_x2", s, wrong=[0, 1, 2]), "input_px": 64} for s in range(2)]
+    (line,) = [v for v in verdicts(same) if v.startswith("SR − resize at x2")]
+    assert "no conclusion" in line and "detectable" not in line
