@@ -24,8 +24,7 @@ setup: $(VENV)/.installed
 # RECORDS=DIR (e.g. results/paper): trains nothing; the book shows the records in DIR and names missing runs.
 # VARIANTS=study|controls|sr-models|all (or variant names, comma-separated): which variants (default: study).
 report: setup
-	$(PY) -m srlib sweep $(if $(PROFILE),--profile $(PROFILE)) $(if $(RECORDS),--records $(RECORDS)) --seeds $(SEEDS) \
-	  $(if $(VARIANTS),--variants $(VARIANTS))
+	$(PY) -m srlib sweep --seeds $(SEEDS)$(if $(PROFILE), --profile $(PROFILE))$(if $(RECORDS), --records $(RECORDS))$(if $(VARIANTS), --variants $(VARIANTS))
 
 preview: setup
 	$(PY) -m srlib sweep --profile preview --seeds $(SEEDS)
