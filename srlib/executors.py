@@ -80,7 +80,7 @@ def execute_notebook(template: str, output: Path, parameters: dict, log_output: 
             logging.getLogger("srlib").warning("kernel did not start (%s); starting it again in %.1f s",
                                                failure_line(exc), wait)
             time.sleep(wait)
-    _tag_for_the_book(partial)
+    _tag_for_the_book(partial, parameters)
     os.replace(partial, output)  # an executed notebook only appears once it ran to the end
 
 
@@ -91,11 +91,16 @@ def is_kernel_start_failure(exc: BaseException) -> bool:
     return not isinstance(exc, PapermillExecutionError) and any(s in str(exc) for s in KERNEL_START_ERRORS)
 
 
-def _tag_for_the_book(path: Path) -> None:
-    """Readers see results first: parameter cells are dropped, code is folded (one click shows it)."""
+def _tag_for_the_book(path: Path, parameters: dict | None = None) -> None:
+    """Readers see results first: parameter cells are dropped, code is folded (one click shows it); a run's
+    page is titled with its variant and seed, so the book's table of contents tells the runs apart."""
     import nbformat
 
     notebook = nbformat.read(path, as_version=4)
+    first = next((c for c in notebook.cells if c.cell_type == "markdown"), None)
+    if first is not None and first.source.startswith("# ") and {"variant", "seed"} <= set(parameters or {}):
+        title, _, rest = first.source.partition("\n")
+        first.source = f"{title}: {parameters['variant']}, seed {parameters['seed']}\n{rest}"
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
@@ -270,22 +275,20 @@ class Slots:
 
 
 def plan_slots(jobs: int | None = None, runs_per_gpu: int = 1, threads: int | None = None) -> Slots:
-    """GPUs x runs_per_gpu slots with GPUs; on a CPU `jobs` (default: one per 1-2 cores) sharing the cores."""
+    """GPUs x runs_per_gpu slots with GPUs; on a CPU `jobs` (default CPU_JOBS) sharing the cores."""
     if runs_per_gpu < 1 or (jobs is not None and jobs < 1) or (threads is not None and threads < 1):
         raise ConfigError(f"--jobs, --runs-per-gpu and --threads must be >= 1; got {jobs}, {runs_per_gpu}, {threads}")
     gpus = visible_gpus()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if jobs is None:
-        jobs = len(gpus) * runs_per_gpu if gpus else default_cpu_jobs(cores)
+        jobs = len(gpus) * runs_per_gpu if gpus else CPU_JOBS
     return Slots(jobs, gpus, threads or max(1, cores // jobs))
 
 
-def default_cpu_jobs(cores: int) -> int:
-    """One run at a time with every core. Measured on a 2-core AVX-512 machine, the preview study (5 variants,
-    1 seed, cold caches) took 448 s with --jobs 1 (2 threads) and 516 s with --jobs 2 (1 thread each): the
-    convolutions use both threads well, and two jobs leave the last, longest run (sr_x4) on one core."""
-    del cores
-    return 1
+# One run at a time with every core. Measured on a 2-core AVX-512 machine, the preview study (5 variants, 1 seed,
+# cold caches) took 448 s with --jobs 1 (2 threads) and 516 s with --jobs 2 (1 thread each): the convolutions use
+# both threads well, and two jobs leave the last, longest run (sr_x4) on one core.
+CPU_JOBS = 1
 
 
 @dataclass

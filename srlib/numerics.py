@@ -13,6 +13,7 @@ import torch
 
 from .config import TrainConfig
 from .errors import ConfigError
+from .upscale import default_device
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,6 @@ class Numerics:
     def describe(self) -> dict:
         return {**asdict(self), "precision": "bf16-autocast" if self.bf16 else "fp32",
                 "memory_format": "channels_last" if self.channels_last else "contiguous"}
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

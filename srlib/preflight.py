@@ -153,7 +153,8 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     out, cache = Path(out), Path(cache_dir) if cache_dir is not None else default_cache_dir()
     profile = configs[0].profile if configs else ""
     plan = Plan(profile, _device_type(device), out, cache, analysis=analysis)
-    earlier = [r for r in load_records(out, profile) if _device_of(r) == plan.device] if configs else []
+    earlier = ([r for r in load_records(out, profile, predictions=False) if _device_of(r) == plan.device]
+               if configs else [])
     pending = []
     for config in configs:
         done = not force and find_finished(out, config) is not None

@@ -70,13 +70,14 @@ def _with_diff(info: dict, diff: str) -> dict:
     return info
 
 
-def save_code_diff(info: dict, directory: str | Path) -> dict:
-    """Write a dirty tree's diff beside a result (so its code can be recovered); return `info` fit for JSON."""
+def save_code_diff(info: dict, directory: str | Path | None) -> dict:
+    """Write a dirty tree's diff beside a result (so its code can be recovered; `None`: nowhere); return `info`
+    fit for JSON."""
     from .store import atomic_write_bytes
 
     info = dict(info)
     diff = info.pop("_diff", None)
-    if diff:
+    if diff and directory is not None:
         atomic_write_bytes(Path(directory) / DIFF_FILE, lambda f: f.write(diff.encode()))
     return info
 
@@ -118,8 +119,7 @@ def provenance(device: torch.device, directory: str | Path | None = None) -> dic
     """Where a result came from; with `directory`, a dirty tree's diff is saved there as code.diff."""
     git = git_info()
     return {
-        "git": save_code_diff(git, directory) if directory is not None else {k: v for k, v in git.items()
-                                                                              if k != "_diff"},
+        "git": save_code_diff(git, directory),
         "versions": versions(),
         "device": device_info(device),
         "host": platform.node(),

@@ -134,13 +134,10 @@ def sr_candidates(scales: tuple[int, ...] | list[int] = (2, 4), models: list[str
 
 
 def _mean_ci(x: np.ndarray) -> tuple[float, list[float] | None]:
-    from scipy import stats
+    from .analysis import mean_ci  # lazily: analysis brings pandas and scipy
 
-    mean = float(np.mean(x))
-    if len(x) < 2:
-        return mean, None
-    half = float(stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
-    return mean, [mean - half, mean + half]
+    mean, half = mean_ci(x)
+    return float(mean), None if half is None else [float(mean - half), float(mean + half)]
 
 
 def compare(hr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray) -> dict:

@@ -14,7 +14,6 @@ reused on a CPU, and a checkpoint resumes under other numerics.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
@@ -80,43 +79,13 @@ def run_identity(config: TrainConfig | dict) -> dict:
     return {name: values.get(name) for name in IDENTITY_FIELDS}
 
 
-def dataset_sha256(record_or_state: dict) -> str | None:
-    return record_or_state.get("data", {}).get("dataset", {}).get("content_sha256")
-
-
-def find_finished(out: str | os.PathLike, config: TrainConfig, dataset_sha256_: str | None = None) -> dict | None:
-    """The complete record of this run (same identity; same data when `dataset_sha256_` is given), or None."""
+def find_finished(out: str | os.PathLike, config: TrainConfig, dataset_sha256: str | None = None) -> dict | None:
+    """The complete record of this run (same identity; same data when `dataset_sha256` is given), or None."""
     record = load_record(out, config.profile, config.variant, config.seed)
     if record is None or record.get("status") != "complete":
         return None
     if run_identity(record.get("config", {})) != run_identity(config):
         return None
-    if dataset_sha256_ is not None and dataset_sha256(record) != dataset_sha256_:
+    if dataset_sha256 is not None and record.get("data", {}).get("dataset", {}).get("content_sha256") != dataset_sha256:
         return None
     return record
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """The fields of a record the report reads, typed."""
-
-    variant: str
-    seed: int
-    profile: str
-    input_px: int
-    max_test_acc: float
-    top5_mean_test_acc: float
-    final_test_acc: float
-    train_seconds: float
-    directory: Path
-
-    @classmethod
-    def of(cls, record: dict) -> RunSummary:
-        config, summary = record["config"], record["summary"]
-        return cls(config["variant"], int(config["seed"]), config["profile"], int(record["input_px"]),
-                   float(summary["max_test_acc"]), float(summary["top5_mean_test_acc"]),
-                   float(summary["final_test_acc"]), float(summary["train_seconds"]),
-                   Path(record.get("_path", "./record.json")).parent)
-
-    def predictions_path(self) -> Path:
-        return self.directory / PREDICTIONS

@@ -49,11 +49,6 @@ class SweepResult:
     verdicts: list[str] = field(default_factory=list)  # SR - resize at each scale, one line each
 
 
-def _execute(template: str, output: Path, parameters: dict, log_output: bool) -> None:
-    """Execute one notebook in this process (the workers call `executors.run_task`)."""
-    ex.execute_notebook(template, output, parameters, log_output)
-
-
 def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
     """True when `output` was executed with `parameters` to the end, after every file in `inputs`."""
     import nbformat
@@ -66,17 +61,6 @@ def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
         return False
     return ran_with == parameters and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
 
-
-def _finished_record(out: Path, variant: str, profile: str, seed: int, overrides: dict) -> list[Path]:
-    """[record.json] when that run is complete with exactly this config, else []."""
-    from .runs import RECORD, config_dir, find_finished
-
-    config = make_config(variant, profile, seed, **overrides)
-    return [config_dir(out, config) / RECORD] if find_finished(out, config) is not None else []
-
-
-def _failure(exc: Exception) -> str:
-    return ex.failure_line(exc)
 
 
 def train_tasks(profile: str, seeds: int, variants, out: Path, notebooks_out: Path, common: dict,
@@ -193,7 +177,7 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
     """Train every (variant, seed) through the notebook, then run the analysis notebooks (and the book).
 
     `executor` "local": up to `jobs` worker processes at once (default: one per GPU x `runs_per_gpu`,
-    or on a CPU two with cores/2 threads each); "slurm": one array job via submitit (`slurm` options),
+    or on a CPU one with every core); "slurm": one array job via submitit (`slurm` options),
     waited for unless `wait` is False (then a dependent job runs the analysis and the book).
     `threads` pins every run's torch thread count (it is not part of a run's identity).
     `records_only`: the train notebooks show the records already in `out` (a missing one is named, never
@@ -228,8 +212,8 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
     with lock:
         todo = []
         for task in tasks:
-            if _is_current(Path(task.output), task.parameters,
-                           _finished_record(out, task.variant, profile, task.seed, overrides)):
+            record = _record(out, profile, task, overrides)
+            if _is_current(Path(task.output), task.parameters, [Path(record["_path"])] if record else []):
                 result.skipped.append(task.name)
             else:
                 todo.append(task)

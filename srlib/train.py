@@ -30,7 +30,7 @@ from .progress import progress_bar
 from .provenance import now, provenance
 from .runs import CHECKPOINT, PREDICTIONS, RECORD, config_dir, find_finished
 from .store import directory_lock, save_arrays, sha256_array, write_json
-from .upscale import upscale_cached
+from .upscale import build_upscaler, upscale_cached_with
 
 RECORD_SCHEMA = 2
 EVAL_BATCH = 500  # images per evaluation step (memory only; does not change results)
@@ -57,9 +57,9 @@ def prepare_data(config: TrainConfig, dataset: Dataset, device: torch.device,
     started = time.perf_counter()
     if variant.method != "none":
         cache = cache_dir if cache_dir is not None else default_cache_dir()
-        kwargs = dict(device=device, weights=config.sr_weights, progress=progress)
-        train_x, upscaler_identity = upscale_cached(train_x, variant.method, variant.scale, cache, **kwargs)
-        test_x, _ = upscale_cached(test_x, variant.method, variant.scale, cache, **kwargs)
+        upscaler = build_upscaler(variant.method, variant.scale, device=device, weights=config.sr_weights)
+        train_x, upscaler_identity = upscale_cached_with(train_x, upscaler, cache, progress, variant.method)
+        test_x, _ = upscale_cached_with(test_x, upscaler, cache, progress, variant.method)
         upscaler_identity = {k: v for k, v in upscaler_identity.items() if k not in ("input_sha256", "cache")}
     identity = {
         "dataset": dataset.identity,
@@ -339,8 +339,8 @@ def _record(config: TrainConfig, run: _Run, data: VariantData, numerics: Numeric
         "config": config.to_dict(),
         "model": {"name": "resnet18", "width": config.width, "parameters": count_parameters(run.model)},
         "input_px": int(data.train_x.shape[-1]),
-        "precision": "bf16-autocast" if numerics.bf16 else "fp32",
-        "memory_format": "channels_last" if numerics.channels_last else "contiguous",
+        "precision": numerics.describe()["precision"],
+        "memory_format": numerics.describe()["memory_format"],
         "numerics": numerics.describe(),
         "threads": torch.get_num_threads(),
         "epochs": run.epochs,

@@ -364,7 +364,13 @@ def upscale(images: np.ndarray, upscaler: Upscaler, progress: bool = True, desc:
 def upscale_cached(images: np.ndarray, method: str, scale: int, cache_dir: str | os.PathLike,
                    progress: bool = True, **kwargs) -> tuple[np.ndarray, dict]:
     """`upscale` with an on-disk cache keyed by (input hash, method, scale, weights sha256)."""
-    upscaler = build_upscaler(method, scale, **kwargs)
+    return upscale_cached_with(images, build_upscaler(method, scale, **kwargs), cache_dir, progress, method)
+
+
+def upscale_cached_with(images: np.ndarray, upscaler: Upscaler, cache_dir: str | os.PathLike, progress: bool = True,
+                        method: str | None = None) -> tuple[np.ndarray, dict]:
+    """`upscale_cached` with an upscaler already built (loading an SR model once for several arrays)."""
+    method, scale = method or upscaler.method, upscaler.scale
     input_hash = sha256_array(images)
     weights_key = upscaler.identity.get("weights_sha256", "none")[:16]
     path = Path(cache_dir) / "upscaled" / f"{method}_x{scale}_{input_hash[:16]}_{weights_key}.npz"

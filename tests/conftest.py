@@ -133,3 +133,20 @@ def tiny_sr_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]
     """Tiny random-weight SR checkpoints for x2, x3 and x4: the SR path is tested without real weights."""
     root = tmp_path_factory.mktemp("tiny-sr")
     return {s: make_tiny_sr_checkpoint(root / f"tiny_compact_x{s}.pth", s) for s in (2, 3, 4)}
+
+
+def assert_one_clear_data_error(path, tmp_path: Path, capsys, problem: str, fix: str) -> None:
+    """Loading `path` fails with one DataError naming the problem and the fix, caches nothing, and the CLI
+    prints it as one `srlib: error:` line."""
+    from srlib.cli import main
+    from srlib.data import load_dataset
+    from srlib.errors import DataError
+
+    with pytest.raises(DataError) as err:
+        load_dataset(path)
+    assert problem in str(err.value) and fix in str(err.value)
+    assert not list((tmp_path / "cache").rglob("*.npz"))  # nothing half-decoded was cached
+
+    assert main(["data", "--load", "--data", str(path)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars may come first
+    assert line.startswith("srlib: error: ") and problem in line and fix in line

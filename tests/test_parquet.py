@@ -16,13 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLASSES, make_imagefolder
+from conftest import CLASSES, assert_one_clear_data_error, make_imagefolder
 from PIL import Image
 
 from srlib import data as data_mod
-from srlib.cli import main
 from srlib.data import describe, load_dataset, locate
-from srlib.errors import DataError
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -324,15 +322,7 @@ BAD_PARQUET = [
 
 @pytest.mark.parametrize("make, problem, fix", BAD_PARQUET, ids=[b[0].__name__.strip("_") for b in BAD_PARQUET])
 def test_bad_parquet_is_one_clear_error(tmp_path, capsys, make, problem, fix):
-    path = make(tmp_path)
-    with pytest.raises(DataError) as err:
-        load_dataset(path)
-    assert problem in str(err.value) and fix in str(err.value)
-    assert not list((tmp_path / "cache").rglob("*.npz"))  # nothing half-decoded was cached
-
-    assert main(["data", "--load", "--data", str(path)]) == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars may come first
-    assert line.startswith("srlib: error: ") and problem in line and fix in line
+    assert_one_clear_data_error(make(tmp_path), tmp_path, capsys, problem, fix)
 
 
 # --- the shared copies: the ImageFolder tree and its Parquet twin --------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_canonical
+from conftest import assert_one_clear_data_error, make_canonical, make_imagefolder
 
 from srlib.cli import main
 from srlib.config import make_config
@@ -115,18 +115,8 @@ BAD_DATA = [  # (make the fault, words naming the problem, words naming the fix)
 
 @pytest.mark.parametrize("make, problem, fix", BAD_DATA, ids=[b[0].__name__.strip("_") for b in BAD_DATA])
 def test_bad_data_is_one_clear_error(tmp_path, capsys, make, problem, fix):
-    from conftest import make_imagefolder
-
     make_imagefolder(tmp_path / "tree", train_per_class=3, test_per_class=1)
-    path = make(tmp_path)
-    with pytest.raises(DataError) as err:
-        load_dataset(path)
-    assert problem in str(err.value) and fix in str(err.value)
-    assert not list((tmp_path / "cache").rglob("*.npz"))  # nothing half-decoded was cached
-
-    assert main(["data", "--load", "--data", str(path)]) == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars may come first
-    assert line.startswith("srlib: error: ") and problem in line and fix in line
+    assert_one_clear_data_error(make(tmp_path), tmp_path, capsys, problem, fix)
 
 
 def test_a_subset_larger_than_a_class_names_the_fix():

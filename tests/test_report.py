@@ -34,7 +34,7 @@ def test_a_second_sweep_on_the_same_output_stops_with_a_clear_message(tmp_path, 
     from srlib.errors import LockError
     from srlib.store import directory_lock
 
-    monkeypatch.setattr(sweep_mod, "_execute", lambda *a: pytest.fail("the second sweep must not run anything"))
+    monkeypatch.setattr(sweep_mod, "_run_local", lambda *a: pytest.fail("the second sweep must not run anything"))
     with directory_lock(tmp_path / "runs", "srlib sweep --profile smoke"):
         with pytest.raises(LockError, match=r"runs is in use by srlib sweep --profile smoke \(pid \d+\); wait"):
             sweep("smoke", 1, ["original"], out=tmp_path / "runs", notebooks_out=tmp_path / "nb", log=lambda *_: None,
