@@ -24,26 +24,17 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from . import cost
 from .config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
 from .data import CANONICAL_DIR, CANONICAL_FILES, CIFAR10_URL, IMAGE_SUFFIXES, default_cache_dir, locate
 from .errors import SrlibError
+from .flops import train_flops_per_image
 from .store import sha256_file
 from .upscale import DEFAULT_SR_MODEL, SRCheckpoint, checkpoint_scale, default_weights_dir, sr_checkpoint
 
 PROBE_SECONDS = 3.0  # a download host that does not answer a TCP connect in this time counts as unreachable
 SPLIT_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10's splits, for configs that take a whole split
 DISK_MARGIN_BYTES = 256 * 2**20  # beyond the caches: records, checkpoints, executed notebooks
-# Rough speeds for when no earlier record of the same profile and variant exists. Training: images/s of one
-# SGD step at 32 px, width 64, batch 32 (CPU: results/bench_cpu.json on 2 cores; GPU: a guess for one
-# modern card); cost grows with pixels and about width^1.5 (measured: width 8 runs ~21x faster than 64).
-ROUGH_TRAIN_RATE = {"cpu": 23.0, "cuda": 2500.0}
-EVAL_COST = 1 / 3  # an evaluated test image costs about a third of a trained one (forward pass only)
-# Upscaling, images/s: SR at 32 px input (CPU: results/bench_cpu.json), bicubic / nearest.
-ROUGH_UPSCALE_RATE = {("sr", "cpu"): 12.0, ("sr", "cuda"): 1000.0, ("plain", "cpu"): 2000.0,
-                      ("plain", "cuda"): 50_000.0}
-ROUGH_DECODE_RATE = 2000.0  # images/s decoded and hashed once into the cache (PNG/JPEG 32 px)
-RUN_OVERHEAD_S = 20.0  # per run: a notebook kernel starting, imports, loading the cached arrays
-ANALYSIS_S = 120.0  # the two analysis notebooks, roughly
 
 
 class PreflightError(SrlibError):
@@ -61,7 +52,7 @@ class RunPlan:
 
     @property
     def seconds(self) -> float:
-        return 0.0 if self.done else self.epochs * self.epoch_seconds + RUN_OVERHEAD_S
+        return 0.0 if self.done else cost.run_seconds(self.epochs, self.epoch_seconds)
 
 
 @dataclass(frozen=True)
@@ -97,7 +88,7 @@ class Plan:
 
     @property
     def seconds(self) -> float:
-        analysis = ANALYSIS_S if self.analysis else 0.0
+        analysis = cost.ANALYSIS_S if self.analysis else 0.0
         return sum(r.seconds for r in self.runs) + sum(c.seconds for c in self.caches if not c.present) + analysis
 
     def raise_problems(self, listed_above: bool = False) -> None:
@@ -152,7 +143,7 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
 
     out, cache = Path(out), Path(cache_dir) if cache_dir is not None else default_cache_dir()
     profile = configs[0].profile if configs else ""
-    plan = Plan(profile, _device_type(device), out, cache, analysis=analysis)
+    plan = Plan(profile, cost.device_type(device), out, cache, analysis=analysis)
     earlier = ([r for r in load_records(out, profile, predictions=False) if _device_of(r) == plan.device]
                if configs else [])
     pending = []
@@ -416,7 +407,7 @@ def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict], device
     caches, seen = [], set()
     if pending and not list((cache / "datasets").glob("*.npz")):
         images = sum(SPLIT_IMAGES.values())
-        caches.append(CachePlan("decoded dataset", images, 32, False, images / ROUGH_DECODE_RATE, "rough rate"))
+        caches.append(CachePlan("decoded dataset", images, 32, False, cost.decode_seconds(images), "rough rate"))
     for config in pending:
         variant = VARIANTS[config.variant]
         key = (variant.method, variant.scale, config.sr_weights, config.train_size, config.test_size)
@@ -454,30 +445,47 @@ def _images_in(path: Path) -> tuple[int, ...] | None:
 
 
 def _epoch_seconds(config: TrainConfig, earlier: list[dict], device: str) -> tuple[float, str]:
-    """Seconds per epoch (evaluation included): from earlier records of this variant, else a rough rate."""
+    """Seconds per epoch (evaluation included): from earlier records of this variant, else the cost model
+    fitted to the earlier records on this device (any variant), else its rough rate."""
     same = [r for r in earlier if _same_work(r.get("config", {}), config) and r.get("epochs")]
     if same:
-        per_epoch = []
-        for r in same:
-            wall, upscale = r.get("wall_seconds"), r.get("upscale_seconds") or 0.0
-            if wall:  # wall time covers evaluation and loading too, which the per-epoch seconds leave out
-                per_epoch.append(max(wall - upscale, 0.0) / len(r["epochs"]))
-            else:
-                per_epoch.append(float(np.mean([e["seconds"] for e in r["epochs"]])))
-        return float(np.mean(per_epoch)), f"from {len(same)} earlier record(s)"
-    px = 32 * VARIANTS[config.variant].scale
-    rate = ROUGH_TRAIN_RATE[device] * (32 / px) ** 2 * (64 / config.width) ** 1.5
-    images = (config.train_size or SPLIT_IMAGES["train"]) + EVAL_COST * (config.test_size or SPLIT_IMAGES["test"])
-    return images / rate, f"rough {device} rate"
+        return float(np.mean([_measured_epoch_s(r) for r in same])), f"from {len(same)} earlier record(s)"
+    px, (n_train, n_test) = 32 * VARIANTS[config.variant].scale, _split_sizes(config)
+    speed = cost.fit_speed([s for r in earlier if (s := _trained_image_sample(r))], device)
+    return cost.epoch_seconds(n_train, n_test, px, config.width, speed), speed.basis
+
+
+def _measured_epoch_s(record: dict) -> float:
+    wall, upscale = record.get("wall_seconds"), record.get("upscale_seconds") or 0.0
+    if wall:  # wall time covers evaluation and loading too, which the per-epoch seconds leave out
+        return max(wall - upscale, 0.0) / len(record["epochs"])
+    return float(np.mean([e["seconds"] for e in record["epochs"]]))
+
+
+def _trained_image_sample(record: dict) -> tuple[float, float] | None:
+    """(FLOPs, seconds) per trained-image equivalent of a finished record, for fitting the cost model."""
+    config = record.get("config", {})
+    try:
+        px, width = 32 * VARIANTS[config["variant"]].scale, int(config["width"])
+        n_train = config.get("train_size") or SPLIT_IMAGES["train"]
+        n_test = config.get("test_size") or SPLIT_IMAGES["test"]
+        seconds = _measured_epoch_s(record) / cost.epoch_images(n_train, n_test, px, width)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return train_flops_per_image(px, width), seconds
+
+
+def _split_sizes(config: TrainConfig) -> tuple[int, int]:
+    return config.train_size or SPLIT_IMAGES["train"], config.test_size or SPLIT_IMAGES["test"]
 
 
 def _upscale_seconds(config: TrainConfig, images: int, records: list[dict], device: str) -> tuple[float, str]:
     built = [r for r in records if _same_work(r.get("config", {}), config) and r.get("upscale_seconds")]
     if built:  # the earliest run built the caches; its upscale time covers both splits
-        total = (config.train_size or SPLIT_IMAGES["train"]) + (config.test_size or SPLIT_IMAGES["test"])
+        total = sum(_split_sizes(config))
         return max(r["upscale_seconds"] for r in built) * images / total, "from earlier records"
     kind = "sr" if VARIANTS[config.variant].method.startswith("sr") else "plain"
-    return images / ROUGH_UPSCALE_RATE[(kind, device)], f"rough {device} rate"
+    return cost.upscale_seconds(images, kind, device), f"rough {device} rate"
 
 
 def _same_work(recorded: dict, config: TrainConfig) -> bool:
@@ -488,14 +496,6 @@ def _same_work(recorded: dict, config: TrainConfig) -> bool:
 
 def _device_of(record: dict) -> str:
     return record.get("provenance", {}).get("device", {}).get("type", "cpu")
-
-
-def _device_type(device: str | None) -> str:
-    if device:
-        return "cuda" if str(device).startswith("cuda") else "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --- the plan in words -------------------------------------------------------------------------------------

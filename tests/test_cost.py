@@ -1,0 +1,78 @@
+"""The cost model (srlib.cost) and the FLOP count it rests on (srlib.flops)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from srlib import cost, flops
+from srlib.model import resnet18
+
+
+def _conv_and_linear_flops(px: int, width: int) -> float:
+    """An independent count: 2 x multiply-adds of every Conv2d and Linear, from their shapes and the
+    spatial size each one sees (traced with forward hooks)."""
+    model, total = resnet18(width=width), [0.0]
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total[0] += 2.0 * k * output.numel()
+        elif isinstance(module, nn.Linear):
+            total[0] += 2.0 * module.in_features * output.numel()
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, px, px))
+    return total[0]
+
+
+@pytest.mark.parametrize("px, width", [(32, 8), (64, 4), (32, 64)])
+def test_flop_count_matches_the_layers(px, width):
+    assert flops.forward_flops_per_image(px, width) == pytest.approx(_conv_and_linear_flops(px, width), rel=1e-9)
+
+
+def test_flops_scale_with_pixels_and_a_training_step_is_three_forward_passes():
+    f32, f64, f128 = (flops.forward_flops_per_image(px) for px in (32, 64, 128))
+    assert f64 == pytest.approx(4 * f32, rel=1e-3) and f128 == pytest.approx(16 * f32, rel=1e-3)
+    assert flops.train_flops_per_image(32) == 3 * f32
+    assert 1.0e9 < f32 < 1.2e9  # ~1.11 GFLOP: the reference ResNet-18 at 32 px
+    with pytest.raises(ValueError):
+        flops.forward_flops_per_image(0)
+
+
+def test_fit_recovers_the_rate_and_overhead_of_two_sizes():
+    true = cost.Speed(5e10, 2e-3, "true")
+    samples = [(flops.train_flops_per_image(px, w), true.train_image_s(px, w)) for px, w in [(32, 8), (64, 8), (32, 64)]]
+    fitted = cost.fit_speed(samples, "cpu")
+    assert fitted.flop_rate == pytest.approx(5e10, rel=1e-6)
+    assert fitted.overhead_s == pytest.approx(2e-3, rel=1e-6)
+    assert "3 earlier run" in fitted.basis
+
+
+def test_fit_of_one_size_keeps_the_rough_overhead_and_nonsense_falls_back():
+    rough = cost.rough_speed("cpu")
+    one = cost.fit_speed([(1e9, rough.overhead_s + 0.01)], "cpu")
+    assert one.overhead_s == rough.overhead_s and one.flop_rate == pytest.approx(1e11)
+    assert cost.fit_speed([], "cpu") == rough
+    # bigger networks measured faster than smaller ones: no physical fit, so the rough speed
+    assert cost.fit_speed([(1e9, 0.5), (1e10, 0.001)], "cpu") == rough
+
+
+def test_epoch_counts_a_test_image_as_a_forward_pass():
+    speed = cost.Speed(1e12, 0.0, "x")
+    train_only = cost.epoch_seconds(1000, 0, 32, 64, speed)
+    with_test = cost.epoch_seconds(1000, 300, 32, 64, speed)
+    assert with_test == pytest.approx(train_only * 1.1)
+    assert cost.epoch_seconds_at(100.0, 1000, 300, 32, 64) == pytest.approx(11.0)
+
+
+def test_remaining_time_uses_measured_epochs_once_there_are_any():
+    assert cost.remaining_seconds(600, 100) == 500  # no epoch finished: the estimate less the time spent
+    assert cost.remaining_seconds(600, 700) == 0
+    assert cost.remaining_seconds(600, 300, epochs_done=1, epochs_total=6) == 1500  # the estimate was 3x short
+    assert cost.correction([(300.0, 100.0), (100.0, 100.0)]) == 2.0
+    assert cost.correction([]) == 1.0
