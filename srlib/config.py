@@ -15,8 +15,30 @@ from .upscale import DEFAULT_SR_MODEL, SR_CHECKPOINTS, sr_method
 
 @dataclass(frozen=True)
 class Variant:
-    method: str  # upscaler name in srlib.upscale.UPSCALERS, "none" for the 32 px data
+    """What a variant is: the one definition that planning, the kit and the report ask."""
+
+    method: str  # upscaler name in srlib.upscale.UPSCALERS ("sr@<model>" for other SR models), "none" for 32 px
     scale: int  # 1, 2 or 4
+
+    @property
+    def px(self) -> int:
+        """Side of the images the classifier sees."""
+        return 32 * self.scale
+
+    @property
+    def is_sr(self) -> bool:
+        return self.method.partition("@")[0] == "sr"
+
+    @property
+    def sr_model(self) -> str | None:
+        """The registered SR model (srlib.upscale.SR_CHECKPOINTS) behind an SR variant; None otherwise."""
+        base, _, model = self.method.partition("@")
+        return (model or DEFAULT_SR_MODEL) if base == "sr" else None
+
+    @property
+    def upscale_kind(self) -> str:
+        """'none', 'sr', or 'plain' (bicubic, nearest): what the cost model times."""
+        return "none" if self.method == "none" else "sr" if self.is_sr else "plain"
 
 
 VARIANTS: dict[str, Variant] = {

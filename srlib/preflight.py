@@ -10,7 +10,6 @@ one message.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
@@ -27,10 +26,17 @@ import numpy as np
 from . import cost
 from .config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
 from .data import CANONICAL_DIR, CANONICAL_FILES, CIFAR10_URL, IMAGE_SUFFIXES, default_cache_dir, locate
-from .errors import SrlibError
+from .errors import SrlibError, WeightsError
 from .flops import train_flops_per_image
-from .store import sha256_file
-from .upscale import DEFAULT_SR_MODEL, SRCheckpoint, checkpoint_scale, default_weights_dir, sr_checkpoint
+from .upscale import (
+    DEFAULT_SR_MODEL,
+    SRCheckpoint,
+    checkpoint_scale,
+    default_weights_dir,
+    local_checkpoint,
+    sr_checkpoint,
+    upscaled_cache_path,
+)
 
 PROBE_SECONDS = 3.0  # a download host that does not answer a TCP connect in this time counts as unreachable
 SPLIT_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10's splits, for configs that take a whole split
@@ -243,11 +249,11 @@ def _sr_needs(configs: list[TrainConfig], analysis: bool) -> dict[tuple[str | No
     needs: dict[tuple[str | None, int, str | None], list[str]] = {}
     for config in configs:
         variant = VARIANTS[config.variant]
-        base, _, model = variant.method.partition("@")
-        if base != "sr":
+        if not variant.is_sr:
             continue
-        user = config.sr_weights is not None and not model  # --sr-weights replaces the default model only
-        key = (None, variant.scale, config.sr_weights) if user else (model or DEFAULT_SR_MODEL, variant.scale, None)
+        # --sr-weights replaces the default model only
+        user = config.sr_weights is not None and variant.method == "sr"
+        key = (None, variant.scale, config.sr_weights) if user else (variant.sr_model, variant.scale, None)
         needs.setdefault(key, []).append(config.variant)
     if analysis and not any(model is None for model, _, _ in needs):
         for scale in STUDY_SCALES:  # the SR-quality page measures the default model at the study's scales
@@ -293,21 +299,13 @@ def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[st
 
 
 def _local_checkpoint(entry: SRCheckpoint, root: Path) -> str:
-    """"ok", "missing", or what is wrong with the file in `root` (the files and hashes srlib.upscale accepts)."""
-    candidates = [(entry.file, entry.sha256)] + ([(entry.url_file, entry.url_sha256)] if entry.url_file else [])
-    for name, sha in candidates:
-        path = root / name
-        if not path.is_file():
-            continue
-        try:
-            actual = sha256_file(path)
-        except OSError as exc:
-            return f"cannot read SR weights {path} ({exc.strerror or exc}); fix its permissions"
-        if actual != sha:
-            return (f"SR weights {path} have sha256 {actual[:16]}..., expected {sha[:16]}... for {entry.label} "
-                    "(damaged or a different file); delete it and restore the official file")
-        return "ok"
-    return "missing"
+    """"ok", "missing", or what is wrong with the file in `root` (srlib.upscale decides what it accepts)."""
+    try:
+        return "missing" if local_checkpoint(entry, root) is None else "ok"
+    except WeightsError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read SR weights in {root} ({exc.strerror or exc}); fix their permissions"
 
 
 def _user_weights_problem(weights: str, scale: int, who: str) -> str | None:
@@ -428,8 +426,8 @@ def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict], device
 
 def _cache_present(cache: Path, method: str, scale: int, images: int) -> bool:
     """A cache of this method and scale holding `images` images exists (by name and shape, not by content)."""
-    pattern = str(cache / "upscaled" / f"{glob.escape(method)}_x{scale}_*.npz")
-    return any(_images_in(Path(p)) == (images, 3, 32 * scale, 32 * scale) for p in glob.glob(pattern))
+    pattern = upscaled_cache_path(cache, method, scale)
+    return any(_images_in(p) == (images, 3, 32 * scale, 32 * scale) for p in pattern.parent.glob(pattern.name))
 
 
 def _images_in(path: Path) -> tuple[int, ...] | None:
@@ -484,7 +482,7 @@ def _upscale_seconds(config: TrainConfig, images: int, records: list[dict], devi
     if built:  # the earliest run built the caches; its upscale time covers both splits
         total = sum(_split_sizes(config))
         return max(r["upscale_seconds"] for r in built) * images / total, "from earlier records"
-    kind = "sr" if VARIANTS[config.variant].method.startswith("sr") else "plain"
+    kind = VARIANTS[config.variant].upscale_kind
     return cost.upscale_seconds(images, kind, device), f"rough {device} rate"
 
 

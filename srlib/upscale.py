@@ -266,6 +266,15 @@ def resolve_sr_weights(scale: int, weights: str | os.PathLike | None = None,
 def resolve_checkpoint(entry: SRCheckpoint, weights_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The verified file of a registered checkpoint: from the weights folder, else downloaded into it."""
     root = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    found = local_checkpoint(entry, root)
+    if found is not None:
+        return found
+    return _download(entry, root), entry.url_sha256 or entry.sha256
+
+
+def local_checkpoint(entry: SRCheckpoint, root: Path) -> tuple[Path, str] | None:
+    """The registered checkpoint's file in `root` and its sha256, verified; None when it is not there.
+    WeightsError when a file of that name is there but is not the official one."""
     candidates = [(entry.file, entry.sha256)]
     if entry.url_file:
         candidates.append((entry.url_file, entry.url_sha256))
@@ -275,10 +284,10 @@ def resolve_checkpoint(entry: SRCheckpoint, weights_dir: str | os.PathLike | Non
             actual = sha256_file(path)
             if actual != sha:
                 raise WeightsError(
-                    f"{path} has sha256 {actual[:16]}..., expected {sha[:16]}... for {entry.label} (damaged or a "
-                    "different file); delete it and restore the official file")
+                    f"SR weights {path} have sha256 {actual[:16]}..., expected {sha[:16]}... for {entry.label} "
+                    "(damaged or a different file); delete it and restore the official file")
             return path, sha
-    return _download(entry, root), entry.url_sha256 or entry.sha256
+    return None
 
 
 def _download(entry: SRCheckpoint, root: Path) -> Path:
@@ -373,10 +382,16 @@ def upscale_cached_with(images: np.ndarray, upscaler: Upscaler, cache_dir: str |
     method, scale = method or upscaler.method, upscaler.scale
     input_hash = sha256_array(images)
     weights_key = upscaler.identity.get("weights_sha256", "none")[:16]
-    path = Path(cache_dir) / "upscaled" / f"{method}_x{scale}_{input_hash[:16]}_{weights_key}.npz"
+    path = upscaled_cache_path(cache_dir, method, scale, input_hash, weights_key)
 
     def build() -> tuple[dict, dict]:
         return {"images": upscale(images, upscaler, progress)}, {"input_sha256": input_hash, **upscaler.identity}
 
     arrays, _ = load_or_build(path, build)
     return arrays["images"], {**upscaler.identity, "input_sha256": input_hash, "cache": str(path)}
+
+
+def upscaled_cache_path(cache_dir: str | os.PathLike, method: str, scale: int, input_hash: str = "*",
+                        weights_key: str = "*") -> Path:
+    """Where the upscaled copy of some images is cached (with the defaults: a glob of every such cache)."""
+    return Path(cache_dir) / "upscaled" / f"{method}_x{scale}_{input_hash[:16]}_{weights_key}.npz"
