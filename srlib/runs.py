@@ -2,8 +2,10 @@
 
 Layout: `<out>/<profile>/<variant>/seed<k>/` holds `record.json` (config, per-epoch metrics, summary,
 provenance), `predictions.npz` (the final epoch's per-image test predictions) and, while a run is
-unfinished, `checkpoint.pt`. Everything else (training, the sweep, the report, the GPU kit) finds runs
-through the functions here.
+unfinished, `checkpoint.pt`; `<out>/<profile>/sr_quality.json` holds the SR-quality measurement of that
+profile's SR models. The executed notebooks go to `<notebooks_out>/train/<profile>-<variant>-seed<k>.ipynb`
+(with a `.log` beside each) and `<notebooks_out>/<analysis notebook>.ipynb`. Everything else (training,
+the sweep, the report, the GPU kit) finds these files through the functions here.
 
 A run's identity is its protocol and its data: the `TrainConfig` fields in `IDENTITY_FIELDS` plus the
 dataset's content hash. Numerics (precision, channels_last, deterministic, compile), deadlines, thread and
@@ -22,6 +24,7 @@ from .store import load_arrays, read_json
 RECORD = "record.json"
 PREDICTIONS = "predictions.npz"
 CHECKPOINT = "checkpoint.pt"
+SR_QUALITY = "sr_quality.json"
 NUMERICS_FIELDS = ("precision", "channels_last", "compile", "deterministic", "cuda_graphs")
 IDENTITY_FIELDS = tuple(name for name in TrainConfig.__dataclass_fields__ if name not in NUMERICS_FIELDS)
 
@@ -32,6 +35,26 @@ def run_dir(out: str | os.PathLike, profile: str, variant: str, seed: int) -> Pa
 
 def config_dir(out: str | os.PathLike, config: TrainConfig) -> Path:
     return run_dir(out, config.profile, config.variant, config.seed)
+
+
+def run_dirs(out: str | os.PathLike, profile: str | None = None) -> list[Path]:
+    """Every run folder under `out` (one profile, or all), finished or not, sorted."""
+    return sorted(p for p in Path(out).glob(f"{profile or '*'}/*/seed*") if p.is_dir())
+
+
+def sr_quality_path(out: str | os.PathLike, profile: str) -> Path:
+    """The SR-quality measurement (PSNR/SSIM) that the report shows beside `profile`'s runs."""
+    return Path(out) / profile / SR_QUALITY
+
+
+def sr_quality_paths(out: str | os.PathLike) -> list[Path]:
+    """Every profile's SR-quality measurement under `out`, sorted."""
+    return sorted(Path(out).glob(f"*/{SR_QUALITY}"))
+
+
+def executed_train_notebook(notebooks_out: str | os.PathLike, profile: str, variant: str, seed: int) -> Path:
+    """Where papermill writes a run's executed train.ipynb (its log: the same name with `.log`)."""
+    return Path(notebooks_out) / "train" / f"{profile}-{variant}-seed{seed}.ipynb"
 
 
 def record_paths(out: str | os.PathLike, profile: str | None = None) -> list[Path]:
