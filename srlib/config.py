@@ -6,6 +6,7 @@ The CLI and the notebook's parameters cell both go through `make_config`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 
@@ -168,3 +169,43 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+# --- TrainConfig as command-line options (srlib train, srlib sweep, the kit's --train-args) ---------------
+
+OPTION_EXEMPT = ("variant", "profile", "seed")  # given by their own arguments
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with the field's help (and unit); unset = the profile's value."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in OPTION_EXEMPT:
+            continue
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.name == "precision":
+            parser.add_argument(flag, choices=PRECISIONS, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, help=help_text)
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields the command line set (None = not set: the profile decides)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in OPTION_EXEMPT and getattr(args, f.name, None) is not None}
+
+
+def parse_config_options(words: list[str]) -> dict:
+    """TrainConfig overrides from option words such as `--epochs 3 --no-deterministic` (e.g. the kit's
+    `--train-args`); ConfigError naming the words when they are not TrainConfig options."""
+    parser = argparse.ArgumentParser(prog="--train-args", add_help=False, exit_on_error=False)
+    add_config_options(parser)
+    try:
+        args, extra = parser.parse_known_args(words)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise ConfigError(f"{' '.join(words)!r}: {exc}; use TrainConfig options such as --epochs N") from exc
+    if extra:
+        raise ConfigError(f"{' '.join(extra)!r} are not TrainConfig options; see `srlib train --help`")
+    return config_overrides(args)
