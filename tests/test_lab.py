@@ -113,8 +113,10 @@ async def _execute(lab: Lab, kernel_id: str, cells: list[str]) -> list[str]:
                 "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
                 "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                             "allow_stdin": False, "stop_on_error": True}}))
-            stdout, reply = [], None
-            while reply is None:
+            # The reply comes on the shell channel, the output on iopub: the reply may overtake the last stream
+            # message. The kernel's idle status on iopub comes after all output of the request (messaging spec).
+            stdout, reply, idle = [], None, False
+            while reply is None or not idle:
                 message = json.loads(await asyncio.wait_for(ws.read_message(), timeout=90))
                 if message.get("parent_header", {}).get("msg_id") != msg_id:
                     continue
@@ -123,6 +125,8 @@ async def _execute(lab: Lab, kernel_id: str, cells: list[str]) -> list[str]:
                     stdout.append(content["text"])
                 elif kind == "execute_reply":
                     reply = content
+                elif kind == "status" and content["execution_state"] == "idle":
+                    idle = True
             if reply["status"] != "ok":
                 pytest.fail(f"cell failed in the lab's kernel: {reply.get('ename')}: {reply.get('evalue')}\n{code}")
             printed.append("".join(stdout))

@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
-import time
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from srlib.config import make_config
 from srlib.sweep import sweep
 
 REAL_HOST_ANSWERS = preflight.host_answers  # the autouse fixture below replaces it in every test
+REAL_CREATE_CONNECTION = socket.create_connection
 
 
 @pytest.fixture(autouse=True)
@@ -37,16 +38,39 @@ def no_weights(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+def forbid_slow_work(mp: pytest.MonkeyPatch) -> list[str]:
+    """What takes longer than a check, and a refusal must come before: decoding or downloading the data,
+    training, starting a run. Each raises if called (and is listed, in case a caller swallows the error)."""
+    import srlib.data
+    import srlib.executors
+    import srlib.train
+
+    called: list[str] = []
+
+    def forbidden(name: str):
+        def call(*args, **kwargs):
+            called.append(name)
+            raise AssertionError(f"{name} was called before the refusal")
+        return call
+
+    for module, name in ((srlib.data, "load_dataset"), (srlib.data, "download_canonical"),
+                         (srlib.train, "load_dataset"), (srlib.train, "train"),
+                         (srlib.executors, "execute_notebook"), (srlib.executors, "LocalPool")):
+        mp.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
+    return called
+
+
 def refused(tmp_path, capsys, *args: str) -> str:
-    """Run the CLI, expect exit code 2 within seconds and nothing written; return the error line."""
+    """Run the CLI, expect exit code 2 from the checks alone and nothing written; return the error line."""
     out, notebooks = tmp_path / "runs", tmp_path / "executed"
-    started = time.perf_counter()
-    code = main([*args, "--out", str(out), *(["--notebooks-out", str(notebooks)] if args[0] == "sweep" else [])])
-    seconds = time.perf_counter() - started
+    with pytest.MonkeyPatch.context() as mp:
+        slow = forbid_slow_work(mp)
+        code = main([*args, "--out", str(out), *(["--notebooks-out", str(notebooks)] if args[0] == "sweep" else [])])
     captured = capsys.readouterr()
     assert code == 2, captured
-    assert seconds < 10, f"the refusal took {seconds:.1f} s"
+    assert slow == [], f"the refusal came after {slow}"
     assert not out.exists() and not notebooks.exists(), "a refused command must not start or write anything"
+    assert not (tmp_path / "no-data-here").exists()  # nothing downloaded into SRLIB_DATA_DIR
     assert not (tmp_path / "cache").exists()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("srlib: error: "), captured.err
@@ -95,13 +119,12 @@ def read_only_folder(where: Path):
 
 
 def test_unwritable_output_is_refused(tmp_path, imagefolder, no_weights):
-    with read_only_folder(tmp_path / "ro") as ro:
-        started = time.perf_counter()
+    with read_only_folder(tmp_path / "ro") as ro, pytest.MonkeyPatch.context() as mp:
+        slow = forbid_slow_work(mp)
         with pytest.raises(preflight.PreflightError) as caught:
             sweep("smoke", 1, ["original"], out=ro / "runs", notebooks_out=tmp_path / "executed",
                   data=str(imagefolder), cache_dir=str(tmp_path / "cache"), analysis=False, log=lambda *_: None)
-        assert time.perf_counter() - started < 10
-        assert not (ro / "runs").exists()
+        assert slow == [] and not (ro / "runs").exists()
     message = str(caught.value)
     assert f"the output folder {ro / 'runs'} is not writable" in message and "(--out)" in message
     assert not (tmp_path / "executed").exists() and not (tmp_path / "cache").exists()
@@ -134,15 +157,41 @@ def test_an_upscaled_cifar10_copy_at_x4_is_sized_as_2_9_gb(tmp_path, imagefolder
     assert preflight._size(cache.bytes) == "2.9 GB"
 
 
-def test_the_host_probe_is_a_tcp_connect():
+def test_the_host_probe_is_a_tcp_connect(monkeypatch):
+    connects = []
+
+    def create_connection(address, timeout):
+        try:
+            connection = REAL_CREATE_CONNECTION(address, timeout=timeout)
+        except OSError as exc:
+            connects.append(type(exc))
+            raise
+        connects.append("connected")
+        return connection
+
+    monkeypatch.setattr(preflight.socket, "create_connection", create_connection)
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         url = f"http://127.0.0.1:{listening.getsockname()[1]}/cifar-10-python.tar.gz"
-        assert REAL_HOST_ANSWERS(url, timeout=2)
-    started = time.perf_counter()
-    assert not REAL_HOST_ANSWERS(url, timeout=2)  # closed now: refused at once
-    assert time.perf_counter() - started < 2
+        assert REAL_HOST_ANSWERS(url, timeout=30)
+    # Closed now: one connect, refused, and that refusal is the answer (no retrying until the 30 s are up).
+    assert not REAL_HOST_ANSWERS(url, timeout=30)
+    assert connects == ["connected", ConnectionRefusedError]
+
+
+def test_all_hosts_are_probed_at_once(monkeypatch):
+    """Several unreachable hosts cost one probe time, not one each: the probes must all be waiting together
+    (a sequential prober breaks the barrier, and its probes count as unanswered)."""
+    urls = [f"http://host{i}.example/file" for i in range(3)]
+    barrier = threading.Barrier(len(urls), timeout=preflight.PROBE_SECONDS)
+
+    def host_answers(url, timeout=preflight.PROBE_SECONDS):
+        barrier.wait()
+        return True
+
+    monkeypatch.setattr(preflight, "host_answers", host_answers)
+    assert preflight._probe_all(urls) == dict.fromkeys(urls, True)
 
 
 def write_record(out: Path, variant: str, seed: int, epoch_seconds: list[float], wall: float) -> None:
