@@ -1,20 +1,22 @@
-"""`srlib kit`: paper-scale runs on a borrowed GPU machine, prepared here, run there in one command.
+"""`srlib kit`: paper-scale runs on a borrowed GPU machine, prepared here, run there in a few calls.
 
 The GPU machine (one H200, torch 2.11, Python 3.12, no network, no `../shared`) receives only this
-repository's files (tracked + untracked-not-ignored) plus the paths its caller carries, 64 MiB in all,
-and hands back at most 8 files of 16 MiB. So:
+repository's files (tracked + untracked-not-ignored) plus the paths a call carries, 64 MiB in all, hands
+back at most 8 files of 16 MiB, and stays warm 30 s between calls. So:
 
-- `srlib kit assemble` (here) fills a git-ignored folder of the repository (default `kit/`) with what the
-  machine lacks: the Parquet copy of CIFAR-10, the DCTLSA weights of the scales being run, the `spandrel`
-  wheel, and the commit and diff of this tree (no `.git` travels); then checks the 64 MiB limit.
-- `srlib kit run` (there; `scripts/gpu_paper.sh`) installs the wheel into a temporary site folder, probes
-  the training and upscaling speed, starts the runs its measured speed says will finish before the
-  deadline (complete resize/SR pairs first), several sharing the GPU as `srlib train` subprocesses, and
-  packs records, predictions, sr-quality and timings into one archive in `$OUT` (no checkpoints).
+- `srlib kit assemble` (here) fills a git-ignored folder (default `kit/`): the lossless data staged in
+  pieces of one call each (srlib.kit_data, srlib.staging), the SR weights, the `spandrel` wheel, the commit
+  and diff of this tree, the queue of runs `results/paper/` lacks on this data (srlib.gpu_plan), and a
+  partial run's checkpoint to resume (srlib.partial); it prints the window's calls (carry lists, commands).
+- `srlib kit probe` (there, an early call) checks the pieces that arrived and measures whether runs share
+  the GPU (srlib.gpu_probe); `srlib kit run` (the last call) reassembles and hash-checks the data, plans the
+  runs that end within the window's time left from measured speeds, runs them (`srlib train` processes,
+  under MPS when measured faster and bit-identical) and packs records, predictions, sr-quality, the probe
+  table and timings into one archive in `$OUT`; a run spanning windows ships its checkpoint (`kit ship N`).
 - `srlib kit unpack ARCHIVE` (here) puts the records into `results/paper/`, from where
   `make report RECORDS=results/paper` builds the book without training.
 
-`srlib kit run --dry-run` does all of it on a CPU with smoke-sized settings (tested in CI).
+`srlib kit run --dry-run` does the training call on a CPU with smoke-sized settings (tested in CI).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from pathlib import Path
 
 from .config import VARIANTS
 from .errors import PARTIAL_EXIT_CODE, ConfigError, SrlibError
+from .gpu_plan import RUN_STARTUP_S
+from .gpu_probe import BF16_PEAK_FLOPS
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT_SCHEMA = 1
@@ -48,16 +52,21 @@ ARCHIVE = "paper_results.tar.gz"
 TIMING_LOG = "timing.log"
 DEVICE_LIMIT_BYTES = 64 * 2**20  # the device tool's limit on the files sent per command
 ARCHIVE_LIMIT_BYTES = 16 * 2**20  # the largest file that comes back from $OUT
-BF16_PEAK_FLOPS = 790e12  # measured on the H200 (8192^3 bf16 matmul); the yardstick of "fraction of peak"
-# ResNet-18 (CIFAR) at width 64: ~1.11 GFLOP forward per 32 px image, ~3x that for a training step.
-# Convolutions dominate, so the cost grows with the pixel count and (about) with the square of the width.
-TRAIN_FLOPS_32PX = 3.3e9
-EVAL_COST = 1 / 3  # a test image costs about a forward pass, a third of a training step
-RUN_STARTUP_S = 20.0  # a `srlib train` process: import torch, CUDA context, data from the cache to the GPU
-SHARING_SAFETY = 1.15  # runs sharing one GPU interfere a little; the estimate says so
+# Device time the window needs after a command's training has stopped: files back and the next call's start.
+RETURN_RESERVE_S = 30.0
+# A resuming command's own cost: data reassembled and decoded, speeds re-checked, each run restarted (~20 s).
+RESUME_COST_S = 50.0
+MIN_COMMAND_S = 120.0  # less window than this after a command: no further command, partial runs ship checkpoints
+# Compute time a fresh window offers (15 min minus the machine's start, the staging calls and the probe): an
+# estimate from the first windows' logs; it only tells a run that waits for the next window from one that spans.
+FRESH_WINDOW_S = 660.0
+STAGE_CARRY = "stage"
+CKPT_DIR = "ckpt"  # a shipped checkpoint's pieces staged back: kit/ckpt/<piece>
+MANIFEST_ROOM_BYTES = 256 * 1024  # the manifest lists every chunk; room for it in the last call
+SHIP_DIR = "ship"  # on the GPU machine: work/ship/<piece>, the checkpoint cut for the trip back
 GOALS: dict[str, tuple[str, ...]] = {
-    "A": ("original", "resize_x2", "sr_x2"),  # one 600 s command
-    "B": ("resize_x4", "sr_x4"),  # two back-to-back commands, the second resuming
+    "A": ("original", "resize_x2", "sr_x2"),
+    "B": ("resize_x4", "sr_x4"),
 }
 LOG_KEEP_BYTES = 256 * 1024  # tail of each training log that goes into the archive
 
@@ -116,13 +125,6 @@ class SizeCheck:
         mib = 2**20
         return (f"files sent: repository {self.repo_bytes / mib:.2f} MiB + kit {self.kit_bytes / mib:.2f} MiB = "
                 f"{self.total / mib:.2f} MiB of {self.limit_bytes / mib:.0f} MiB; margin {self.margin / mib:.2f} MiB")
-
-
-def check_size(kit: Path, root: Path = ROOT) -> SizeCheck:
-    """Bytes that one device command would send with `kit` carried."""
-    kit = kit.resolve()
-    repo = sum(p.stat().st_size for p in sent_files(root) if kit not in p.resolve().parents)
-    return SizeCheck(repo, _tree_bytes(kit))
 
 
 def _require_ignored(kit: Path, root: Path) -> None:
@@ -193,30 +195,6 @@ def _copy_if_changed(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def copy_parquet(source: Path, target: Path) -> dict:
-    """Copy a Hugging Face-layout Parquet dataset (`*/train-*.parquet`, `*/test-*.parquet`) into `target`."""
-    if not source.is_dir():
-        raise KitError(f"Parquet dataset folder {source} does not exist; pass --parquet DIR or set "
-                       "SRLIB_DATA_PARQUET (e.g. to the shared cifar10-jpeg-parquet copy)")
-    files = sorted(p for p in source.rglob("*.parquet") if p.is_file())
-    relative = [p.relative_to(source) for p in files]
-    for split in ("train", "test"):
-        if not any(r.name.startswith(f"{split}-") for r in relative):
-            raise KitError(f"{source} has no {split}-*.parquet file; expected the Hugging Face layout "
-                           "<config>/train-*.parquet and <config>/test-*.parquet")
-    wanted = set(relative)
-    for old in (target.rglob("*.parquet") if target.is_dir() else []):
-        if old.relative_to(target) not in wanted:  # another dataset assembled earlier
-            old.unlink()
-    copied = {}
-    for path, rel in zip(files, relative, strict=True):
-        _copy_if_changed(path, target / rel)
-        copied[str(rel)] = {"bytes": path.stat().st_size, "sha256": _sha256(target / rel)}
-    if (source / "SOURCE.md").is_file():
-        _copy_if_changed(source / "SOURCE.md", target / "SOURCE.md")
-    return {"source": str(source.resolve()), "files": copied}
-
-
 def copy_weights(weights_dir: Path, checkpoints: list, target: Path) -> dict:
     """The registered SR checkpoints the variants need (e.g. dctlsa_x2.safetensors), checked by sha256."""
     target.mkdir(parents=True, exist_ok=True)
@@ -284,20 +262,73 @@ def source_state(root: Path = ROOT) -> tuple[dict, str]:
     return {"commit": commit, "dirty": bool(diff), "untracked": untracked}, diff
 
 
-def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[str], wheel: Path | None = None,
-             root: Path = ROOT, check_location: bool = True,
-             log: Callable[[str], None] = log_line) -> tuple[dict, SizeCheck]:
-    """Fill `kit` with what the GPU machine lacks; returns the manifest and the size check.
+def _carried_bytes(kit: Path, names: list[str]) -> int:
+    total = 0
+    for name in names:
+        path = kit.parent / name
+        total += path.stat().st_size if path.is_file() else _tree_bytes(path)
+    return total
 
-    `check_location=False` allows a kit outside the repository, to size one without sending it."""
+
+def repo_bytes(kit: Path, root: Path = ROOT) -> int:
+    """What every call sends besides its carried paths: tracked + untracked-not-ignored files (and shared/)."""
+    kit = kit.resolve()
+    return sum(p.stat().st_size for p in sent_files(root) if kit not in p.resolve().parents)
+
+
+def window_calls(kit: Path, manifest: dict, probe_table: bool) -> list[dict]:
+    """The device calls of one window, in order: each data / checkpoint piece in a call of its own (the first also
+    probes when no probe table is committed), then the training call with the kit's base and the last data piece.
+    Each entry: purpose, carry (paths relative to the repository root), command."""
+    name = kit.name
+    base = [f"{name}/{MANIFEST}", f"{name}/weights", f"{name}/wheels", f"{name}/{DIFF}"]
+    pieces = [p["index"] for p in manifest["data"]["stage"]["pieces"]]
+    ckpt = [p["index"] for p in (manifest.get("partial") or {}).get("stage", {}).get("pieces", [])]
+    calls = [{"purpose": f"data piece {i} of {len(pieces)}", "carry": [f"{name}/{STAGE_CARRY}/{i}"]}
+             for i in pieces[:-1]]
+    calls += [{"purpose": f"checkpoint piece {i} of {len(ckpt)} ({manifest['partial']['run']})",
+               "carry": [f"{name}/{CKPT_DIR}/{i}"]} for i in ckpt]
+    for i, call in enumerate(calls):
+        call["command"] = "bash scripts/gpu_paper.sh probe" + ("" if i == 0 and not probe_table else " --no-probe")
+        if i == 0 and not probe_table:
+            call["purpose"] += " + the sharing probe (~90 s)"
+    calls.append({"purpose": f"training (data piece {pieces[-1]} of {len(pieces)} and the kit's base)",
+                  "carry": [*base, f"{name}/{STAGE_CARRY}/{pieces[-1]}"],
+                  "command": "bash scripts/gpu_paper.sh run --window-left-s <device seconds left (status)>"})
+    return calls
+
+
+def check_size(kit: Path, root: Path = ROOT) -> SizeCheck:
+    """Bytes of the largest device call of the assembled kit (the repository plus that call's carried paths)."""
+    if not (kit / MANIFEST).is_file():
+        raise KitError(f"{kit / MANIFEST} is missing: run `srlib kit assemble` first")
+    manifest = json.loads((kit / MANIFEST).read_text())
+    calls = window_calls(kit, manifest, probe_table=True)
+    return SizeCheck(repo_bytes(kit, root), max(_carried_bytes(kit, c["carry"]) for c in calls))
+
+
+def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[str], wheel: Path | None = None,
+             root: Path = ROOT, check_location: bool = True, log: Callable[[str], None] = log_line,
+             transport: str = "webp", results: Path | None = None, seeds: tuple[int, ...] = (0, 1, 2),
+             piece_bytes: int | None = None) -> tuple[dict, SizeCheck]:
+    """Fill `kit` with what the GPU machine lacks; returns the manifest and the size check of the largest call.
+
+    The data is staged in pieces (`kit/stage/N`) of at most what a call can carry next to the repository and
+    the kit's base (`piece_bytes` overrides that, for tests). `results`: the records folder whose missing runs
+    make the queue (default results/paper). `check_location=False` allows a kit outside the repository, to
+    size one without sending it."""
+    from .gpu_plan import queue
+    from .kit_data import stage_dataset
+    from .partial import stage_back
+    from .store import write_json
+
     variants = _check_variants(variants)
     kit = kit.resolve()
+    results = results or root / "results" / "paper"
     if check_location:
         _require_ignored(kit, root)
     kit.mkdir(parents=True, exist_ok=True)
     checkpoints = sr_checkpoints(variants)
-    log(f"[kit] data: {parquet} -> {kit / 'data'}")
-    data = copy_parquet(parquet, kit / "data")
     if checkpoints and weights_dir is None:
         raise KitError("the SR variants need their weights: set SRLIB_WEIGHTS_DIR or pass --weights-dir")
     log(f"[kit] weights: {', '.join(c.file for c in checkpoints) or 'none'} from {weights_dir}")
@@ -308,18 +339,56 @@ def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[
     (kit / DIFF).unlink(missing_ok=True)
     if diff:
         (kit / DIFF).write_text(diff)
+    repo = repo_bytes(kit, root)
+    base = _tree_bytes(kit / "weights") + _tree_bytes(kit / "wheels") + len(diff.encode()) + MANIFEST_ROOM_BYTES
+    room = piece_bytes or DEVICE_LIMIT_BYTES - repo - base
+    if piece_bytes is None and room < 4 * 2**20:
+        raise KitError(f"only {room / 2**20:.1f} MiB per call are left for data next to the repository "
+                       f"({repo / 2**20:.1f} MiB) and the kit's base ({base / 2**20:.1f} MiB); move large untracked "
+                       "files out of the repository, or assemble fewer SR scales")
+    data = stage_dataset(parquet, kit, room, transport, log)
+    partial = stage_back(results / "partial", kit / CKPT_DIR, root, room)
+    if partial:
+        log(f"[kit] the unfinished run {partial['run']} goes back in {len(partial['stage']['pieces'])} piece(s)")
+    wanted = queue(results, data["content_sha256"], seeds=seeds,
+                   variants=tuple(v for v in VARIANTS if v in variants))
     manifest = {"schema": KIT_SCHEMA, "created": _now(), "variants": variants,
                 "source": {**source, "diff": DIFF if diff else None}, "data": data, "weights": weights,
-                "wheels": wheels}
-    from .store import write_json
-
+                "wheels": wheels, "queue": [[k.variant, k.seed] for k in wanted], "partial": partial}
     write_json(kit / MANIFEST, manifest)
     size = check_size(kit, root)
-    log(f"[kit] commit {source['commit'][:12]}{' + diff of the working tree' if diff else ''}; {size.describe()}")
+    log(f"[kit] commit {source['commit'][:12]}{' + diff of the working tree' if diff else ''}; largest call: "
+        f"{size.describe()}")
     if size.margin < 0:
         raise KitError(f"{size.describe()}: over the device tool's limit. Run fewer SR scales (--variants), or "
                        "move large untracked files out of the repository")
     return manifest, size
+
+
+def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
+    """What the next window runs: its calls (carry, command) and, from the committed probe table, the plan."""
+    from .gpu_plan import RunKey, RunNeed, SpeedTable, plan_window
+    from .gpu_probe import PROBE_FILE
+
+    probe_path = results / PROBE_FILE
+    lines = ["next window, call by call (each within 30 s of the last: the machine stays warm that long):"]
+    for i, call in enumerate(window_calls(kit, manifest, probe_path.is_file()), start=1):
+        size = _carried_bytes(kit, call["carry"]) + repo_bytes(kit)
+        lines.append(f"  call {i}: {call['purpose']}; {size / 2**20:.1f} MiB sent")
+        lines.append(f"    carry {json.dumps(call['carry'])}")
+        lines.append(f"    command: {call['command']}")
+    lines.append("  then here: srlib kit unpack <files_at>/paper_results.tar.gz [--pieces <files_at>/ckpt-*]")
+    queue = [RunKey(v, s) for v, s in manifest["queue"]]
+    lines.append("queue: " + (", ".join(map(str, queue)) or "empty: every run is done"))
+    if probe_path.is_file() and queue:
+        table = SpeedTable.from_json(json.loads(probe_path.read_text())["rows"])
+        needs = [RunNeed.of(k, 45, manifest["data"]["train_count"], manifest["data"]["test_count"]) for k in queue]
+        plan = plan_window(needs, table, FRESH_WINDOW_S, FRESH_WINDOW_S)
+        lines += [f"plan for a fresh window (~{FRESH_WINDOW_S:.0f} s of compute, SR time not counted): {line}"
+                  for line in plan.describe()]
+    elif queue:
+        lines.append("plan: made there from the probe's measurements (no probe table is committed yet)")
+    return lines
 
 
 def _now() -> str:
@@ -352,21 +421,6 @@ DRY_RUN = Settings("smoke", "cpu", dict(epochs=1, width=4, train_size=20, test_s
                    sr_probe_images=2, sr_quality_images=10)
 
 
-def train_flops_per_image(px: int, width: int) -> float:
-    return TRAIN_FLOPS_32PX * (px / 32) ** 2 * (width / 64) ** 2
-
-
-@dataclass
-class Probe:
-    px: int
-    steps: int
-    seconds: float
-    images_per_s: float
-    peak_fraction: float  # of BF16_PEAK_FLOPS
-    deterministic: bool = True  # torch deterministic algorithms on (the protocol's default) or off
-    cuda_graphs: bool = False  # the step replayed as a CUDA graph (srlib.train.GraphedStep)
-
-
 def run_config(settings: Settings, train_args: list[str]):
     """The TrainConfig the `srlib train` processes will get (profile, overrides, then `--train-args`)."""
     from .cli import build_parser, config_overrides
@@ -380,86 +434,13 @@ def run_config(settings: Settings, train_args: list[str]):
     return make_config("original", settings.profile, 0, **config_overrides(args))
 
 
-def probe_training(px_list: list[int], settings: Settings, config, device,
-                   log: Callable[[str], None]) -> list[Probe]:
-    """Images/s of the training step alone (srlib.train's make_batch + train_step, and on CUDA also replayed as
-    a CUDA graph) at each input size, with deterministic algorithms on and off."""
-    import torch
-
-    graphs = (False, True) if device.type == "cuda" and config.cuda_graphs else (False,)
-    rows = []
-    for deterministic in (config.deterministic, not config.deterministic):
-        for px in px_list:
-            for graphed in graphs:
-                rows.append(_probe_one(px, deterministic, graphed, settings, config, device))
-                log(f"[kit] probe train {px:>3} px: {rows[-1].images_per_s:9.1f} img/s "
-                    f"({rows[-1].peak_fraction:.1%} of bf16 peak; {rows[-1].steps} steps of {config.batch_size}, "
-                    f"deterministic {'on' if deterministic else 'off'}, {'CUDA graph' if graphed else 'eager'})")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return rows
-
-
-def _probe_setup(px: int, config, device, numerics, n_batches: int = 4):
-    import torch
-
-    from .model import resnet18
-
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10, width=config.width).to(
-        device, memory_format=torch.channels_last if numerics.channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    model.train()
-    # Pixel values do not change the speed; random images avoid upscaling before the probe.
-    g = torch.Generator().manual_seed(1)
-    n = config.batch_size * n_batches
-    x_all = torch.randint(0, 256, (n, 3, px, px), dtype=torch.uint8, generator=g).to(device)
-    y_all = torch.randint(0, 10, (n,), generator=g).to(device)
-    flips = (torch.rand(n, generator=g) < 0.5).to(device)
-    return model, optimizer, x_all, y_all, flips
-
-
-def _steps(px: int, graphed: bool, config, device, k: int, numerics, model=None, optimizer=None):
-    """Run k training steps (eager or graphed) on fixed random batches; returns (model, run) for timing."""
-    import torch
-
-    from .train import GraphedStep, make_batch, train_step
-
-    model_, optimizer_, x_all, y_all, flips = _probe_setup(px, config, device, numerics)
-    model, optimizer = model or model_, optimizer or optimizer_
-    graph = GraphedStep(model, optimizer, numerics.bf16) if graphed else None
-    batch = config.batch_size
-
-    def run(count: int) -> None:
-        for i in range(count):
-            idx = torch.arange(i % 4 * batch, (i % 4 + 1) * batch, device=device)
-            x, y = make_batch(x_all, y_all, idx, flips, numerics.channels_last)
-            if graph is not None:
-                graph(x, y)
-            else:
-                train_step(model, optimizer, x, y, numerics.bf16)
-
-    return model, run
-
-
-def _probe_one(px: int, deterministic: bool, graphed: bool, settings: Settings, config, device) -> Probe:
-    from .numerics import deterministic_algorithms, resolve_numerics
-
-    numerics = resolve_numerics(config, device)
-    steps = settings.probe_steps
-    with deterministic_algorithms(deterministic):
-        _, run = _steps(px, graphed, config, device, steps, numerics)
-        run(max(1, steps // 5))  # kernel selection, allocator growth, graph capture
-        seconds = _timed(lambda: run(steps), device)
-    img_s = steps * config.batch_size / seconds
-    return Probe(px, steps, seconds, img_s, img_s * train_flops_per_image(px, config.width) / BF16_PEAK_FLOPS,
-                 deterministic, graphed)
-
-
 def check_graphs(config, device, log: Callable[[str], None], steps: int = 12) -> dict:
     """The same steps eagerly and as CUDA graphs, from the same start: do the weights agree afterwards?"""
+    from dataclasses import replace
+
     import torch
 
+    from .gpu_probe import ProbeRun
     from .numerics import deterministic_algorithms, resolve_numerics
 
     numerics = resolve_numerics(config, device)
@@ -468,9 +449,10 @@ def check_graphs(config, device, log: Callable[[str], None], steps: int = 12) ->
         with deterministic_algorithms(config.deterministic):
             finals = []
             for graphed in (False, True):
-                model, run = _steps(32, graphed, config, device, steps, numerics)
-                run(steps)
-                finals.append(torch.cat([p.detach().float().flatten() for p in model.state_dict().values()
+                run = ProbeRun(32, config, device, replace(numerics, cuda_graphs=graphed))
+                for i in range(steps):
+                    run.step(i)
+                finals.append(torch.cat([p.detach().float().flatten() for p in run.model.state_dict().values()
                                          if p.is_floating_point()]))
         diff = (finals[0] - finals[1]).abs().max().item()
         scale = finals[0].abs().max().item()
@@ -484,27 +466,6 @@ def check_graphs(config, device, log: Callable[[str], None], steps: int = 12) ->
            if "max_abs_diff" in result else result.get("error", "") + "; ")
         + ("graphs used" if result["ok"] else "training eagerly"))
     return result
-
-
-def choose_numerics(rows: list[Probe], config, graphs_ok: bool, px_list: list[int]) -> tuple[list[str], dict]:
-    """The fastest measured numerics for the runs (the protocol itself never changes): `srlib train` options
-    and the probes that plan them. Deterministic kernels are kept unless dropping them is >= 25% faster."""
-    usable = [p for p in rows if graphs_ok or not p.cuda_graphs]
-    graphs = graphs_ok and any(p.cuda_graphs for p in usable)
-    largest = max(px_list)
-
-    def speed(deterministic: bool) -> float:
-        return next(p.images_per_s for p in usable if p.px == largest and p.deterministic == deterministic
-                    and p.cuda_graphs == graphs)
-
-    deterministic = config.deterministic
-    if speed(not deterministic) >= 1.25 * speed(deterministic):
-        deterministic = not deterministic
-    options = ([] if graphs == config.cuda_graphs else ["--no-cuda-graphs"]) + (
-        [] if deterministic == config.deterministic else
-        ["--deterministic" if deterministic else "--no-deterministic"])
-    probes = {p.px: p for p in usable if p.deterministic == deterministic and p.cuda_graphs == graphs}
-    return options, probes
 
 
 def upscaler_key(variant: str) -> str:
@@ -547,73 +508,6 @@ def _timed(fn: Callable[[], object], device) -> float:
     return time.perf_counter() - started
 
 
-@dataclass
-class Estimate:
-    variant: str
-    px: int
-    epochs_left: int
-    upscale_s: float
-    compute_s: float  # training and evaluation, this run alone on the GPU
-    peak_fraction: float
-
-    @property
-    def alone_s(self) -> float:
-        return RUN_STARTUP_S + self.upscale_s + self.compute_s
-
-
-def estimate_run(variant: str, epochs_left: int, n_train: int, n_test: int, probes: dict[int, Probe],
-                 sr_speed: dict[str, float]) -> Estimate:
-    px = 32 * VARIANTS[variant].scale
-    probe = probes[px]
-    # Bicubic and nearest upscaling take a second or two; SR of 60,000 images is what counts.
-    upscale_s = (n_train + n_test) / sr_speed[upscaler_key(variant)] if is_sr(variant) else 0.0
-    compute_s = epochs_left * (n_train + EVAL_COST * n_test) / probe.images_per_s
-    return Estimate(variant, px, epochs_left, upscale_s, compute_s, probe.peak_fraction)
-
-
-def shared_wall_s(estimates: list[Estimate]) -> float:
-    """Estimated seconds until every run in `estimates` ends, all started together on one GPU.
-
-    No run can end sooner than it would alone; and the GPU cannot do their combined work faster than the
-    best efficiency (fraction of peak) the probe saw at any size. Small-image runs are bound by kernel
-    launches, not FLOPs, which is what sharing the GPU recovers, so their work counts at the efficiency
-    they reach, measured against that best one."""
-    if not estimates:
-        return 0.0
-    best = max(e.peak_fraction for e in estimates) or 1.0
-    work = sum(e.upscale_s + e.compute_s * e.peak_fraction / best for e in estimates)
-    return SHARING_SAFETY * max(max(e.alone_s for e in estimates), RUN_STARTUP_S + work)
-
-
-def priority_groups(variants: list[str]) -> list[list[str]]:
-    """Complete resize/SR pairs first (smaller scale first), then every other variant on its own."""
-    groups, used = [], set()
-    for scale in sorted({VARIANTS[v].scale for v in variants if VARIANTS[v].scale > 1}):
-        pair = [f"resize_x{scale}", f"sr_x{scale}"]
-        if all(p in variants for p in pair):
-            groups.append(pair)
-            used |= set(pair)
-    groups += [[v] for v in variants if v not in used]
-    return groups
-
-
-def plan(estimates: dict[str, Estimate], variants: list[str], seconds: float,
-         start_all: bool = False) -> tuple[list[str], dict[str, str]]:
-    """The variants to start (in priority order) and, for the others, why not."""
-    chosen: list[str] = []
-    skipped: dict[str, str] = {}
-    for group in priority_groups(variants):
-        trial = chosen + group
-        wall = shared_wall_s([estimates[v] for v in trial])
-        if start_all or wall <= seconds:
-            chosen = trial
-        else:
-            for v in group:
-                skipped[v] = (f"not started: with it the runs would take ~{wall:.0f} s, {seconds:.0f} s are left "
-                              f"(alone it needs ~{estimates[v].alone_s:.0f} s)")
-    return chosen, skipped
-
-
 # ---------------------------------------------------------------- run (there): install, launch, pack
 
 
@@ -649,20 +543,21 @@ class Launched:
     log: Path
     started: float
     ended: float | None = None
+    seed: int = 0
 
 
 def _deadline_text(deadline: float) -> str:
     return dt.datetime.fromtimestamp(deadline, tz=dt.timezone.utc).isoformat()
 
 
-def _record_of(runs: Path, profile: str, variant: str) -> dict | None:
+def _record_of(runs: Path, profile: str, variant: str, seed: int = 0) -> dict | None:
     from .runs import load_record
 
-    return load_record(runs, profile, variant, 0)
+    return load_record(runs, profile, variant, seed)
 
 
-def _epochs_left(runs: Path, settings: Settings, variant: str, epochs: int) -> int:
-    record = _record_of(runs, settings.profile, variant)
+def _epochs_left(runs: Path, settings: Settings, key, epochs: int) -> int:
+    record = _record_of(runs, settings.profile, key.variant, key.seed)
     if record is None:
         return epochs
     if record.get("status") == "complete":
@@ -678,10 +573,11 @@ class KitRun:
     settings: Settings
     variants: list[str]
     started: float
-    deadline: float  # when training must have stopped (the end minus the packing reserve)
+    deadline: float  # when training must have stopped in this command (the end minus the packing reserve)
     end: float
     log: Callable[[str], None]
     timing: dict = field(default_factory=dict)
+    window_ends: bool = False  # the window has no time for another command: partial runs ship their checkpoint
 
     @property
     def runs(self) -> Path:
@@ -694,15 +590,20 @@ class KitRun:
 def run_kit(kit: Path, out: Path, variants: list[str] | None = None, budget_s: float = 560.0,
             pack_reserve_s: float = 40.0, dry_run: bool = False, work: Path | None = None,
             start_all: bool = False, train_args: list[str] | None = None, probe_steps: int | None = None,
-            log: Callable[[str], None] = log_line) -> int:
-    """The whole GPU-side job; returns 0 (all started runs complete), PARTIAL_EXIT_CODE or 1 (a failure)."""
+            window_left_s: float | None = None, log: Callable[[str], None] = log_line) -> int:
+    """The whole GPU-side job; returns 0 (all started runs complete), PARTIAL_EXIT_CODE or 1 (a failure).
+
+    `window_left_s`: the device time left in this window when the command starts (the device tool's status); runs
+    are planned to end within it, and this command trains until the earlier of its own budget and the window."""
     started = time.time()
     kit = kit.resolve()
     manifest_path = kit / MANIFEST
     if not manifest_path.is_file():
         raise KitError(f"{manifest_path} is missing: run `srlib kit assemble` on the prepared machine first and "
-                       "send the kit folder along (device tool: carry [\"kit\"])")
+                       "send the kit's last call along (device tool: the carry list `assemble` printed)")
     manifest = json.loads(manifest_path.read_text())
+    if manifest.get("schema") != KIT_SCHEMA:
+        raise KitError(f"{manifest_path} is from another srlib (schema {manifest.get('schema')}); assemble it again")
     settings = DRY_RUN if dry_run else PAPER
     if probe_steps:
         settings = Settings(**{**asdict(settings), "probe_steps": probe_steps})
@@ -710,7 +611,8 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, budget_s: f
     missing = [c.file for c in sr_checkpoints(variants) if c.file not in manifest["weights"]]
     if missing:
         raise KitError(f"the kit holds no SR weights for {', '.join(missing)}; assemble it with these variants")
-    end = started + budget_s
+    window = window_left_s if window_left_s is not None else budget_s
+    end = started + min(budget_s, max(0.0, window - RETURN_RESERVE_S))
     work = (work or Path(tempfile.gettempdir()) / "srlib-kit").resolve()  # fixed: a rerun resumes from it
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -721,11 +623,13 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, budget_s: f
 
     state = KitRun(kit, out, work, settings, variants, started, end - pack_reserve_s, end, say,
                    {"schema": KIT_SCHEMA, "started": _now(), "dry_run": dry_run, "variants": variants,
-                    "budget_s": budget_s, "pack_reserve_s": pack_reserve_s, "kit": manifest["source"]})
+                    "budget_s": budget_s, "window_left_s": window_left_s, "pack_reserve_s": pack_reserve_s,
+                    "kit": manifest["source"], "data": {k: v for k, v in manifest["data"].items() if k != "stage"}},
+                   window_ends=window - (end - started) < MIN_COMMAND_S)
     code = 1
     try:
         with _restored_environment():
-            code = _run(state, start_all, train_args or [])
+            code = _run(state, manifest, start_all, train_args or [], window)
     except BaseException as exc:  # the archive's timing log says why the job ended early, then it goes on up
         say(f"[kit] stopped by {type(exc).__name__}: {exc}")
         raise
@@ -753,101 +657,183 @@ def _environment(state: KitRun, site: Path) -> dict:
     env = dict(os.environ)
     paths = [str(site), str(ROOT), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env["SRLIB_DATA"] = str(state.kit / "data")
     env["SRLIB_WEIGHTS_DIR"] = str(state.kit / "weights")
     env.setdefault("SRLIB_CACHE_DIR", str(state.work / "cache"))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def _run(state: KitRun, start_all: bool, train_args: list[str]) -> int:
+def _queue(manifest: dict, variants: list[str]):
+    from .gpu_plan import RunKey
+
+    keys = [RunKey(v, s) for v, s in manifest.get("queue") or [(v, 0) for v in manifest["variants"]]]
+    return [k for k in keys if k.variant in variants]
+
+
+def _run(state: KitRun, manifest: dict, start_all: bool, train_args: list[str], window_s: float) -> int:
     say, settings = state.log, state.settings
     config = run_config(settings, train_args)  # bad --train-args stop the job here, before any work
     state.work.mkdir(parents=True, exist_ok=True)
     installed = install_wheels(state.kit, state.work / "site", say)
     env = _environment(state, state.work / "site")
+    # The data keeps its name (records and pages name a dataset by name and content hash, not by this path)
+    env["SRLIB_DATA"] = str(state.work / "data" / manifest["data"]["name"])
     os.environ.update({k: env[k] for k in ("SRLIB_DATA", "SRLIB_WEIGHTS_DIR", "SRLIB_CACHE_DIR")})
     import torch
 
     from .data import load_dataset, stratified_subset
+    from .gpu_plan import RunNeed, plan_window
+    from .kit_data import unstage
     from .numerics import resolve_device
+    from .partial import restore
 
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise KitError("torch sees no CUDA GPU; `srlib kit run` is for the GPU machine (use --dry-run on a CPU)")
     device = resolve_device(settings.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     say(f"[kit] {gpu or 'CPU (dry run)'}; torch {torch.__version__}; {os.cpu_count()} cores; variants "
-        f"{', '.join(state.variants)}; training must stop by +{state.deadline - state.started:.0f}s")
+        f"{', '.join(state.variants)}; training must stop by +{state.deadline - state.started:.0f}s "
+        f"(window: {window_s:.0f} s left at the start)")
     t0 = time.perf_counter()
+    unstage(state.kit, manifest["data"], Path(env["SRLIB_DATA"]), Path(env["SRLIB_CACHE_DIR"]))
     dataset = load_dataset(env["SRLIB_DATA"], cache_dir=env["SRLIB_CACHE_DIR"])  # decoded once, cached for all runs
     decode_s = time.perf_counter() - t0
+    if (state.kit / CKPT_DIR / "1").is_dir():  # a run that spans windows: its checkpoint, staged back
+        say(f"[kit] checkpoint staged back and verified: {restore(state.kit / CKPT_DIR, state.runs)}")
     n_train = len(stratified_subset(dataset.train_y, config.train_size))
     n_test = len(stratified_subset(dataset.test_y, config.test_size))
-    say(f"[kit] data: {dataset.identity.get('source')} {n_train:,} / {n_test:,} images "
-        f"(decoded in {decode_s:.1f}s), sha256 {dataset.identity.get('content_sha256', '')[:16]}")
+    say(f"[kit] data: {manifest['data']['name']} via {manifest['data']['transport']}, {n_train:,} / {n_test:,} "
+        f"images (reassembled and decoded in {decode_s:.1f}s), content sha256 "
+        f"{dataset.identity['content_sha256'][:16]}... verified")
 
-    px_list = sorted({32 * VARIANTS[v].scale for v in state.variants})
-    rows = probe_training(px_list, settings, config, device, say)
+    keys = _queue(manifest, state.variants)
+    px_list = sorted({32 * VARIANTS[k.variant].scale for k in keys})
+    table, probe_table = speed_table(state, config, device, px_list)
     graph_check = check_graphs(config, device, say) if device.type == "cuda" and config.cuda_graphs else None
-    numerics_args, probes = choose_numerics(rows, config, bool(graph_check and graph_check["ok"]), px_list)
-    train_args = [*train_args, *numerics_args]
-    say(f"[kit] numerics for the runs: {shlex.join(numerics_args) or 'the protocol defaults'}")
-    sr_speed = probe_upscaling(state.variants, dataset.test_x, settings, device, say)
-    estimates = {v: estimate_run(v, _epochs_left(state.runs, settings, v, config.epochs), n_train, n_test, probes,
-                                 sr_speed) for v in state.variants}
-    todo = [v for v in state.variants if estimates[v].epochs_left > 0]
-    chosen, skipped = plan(estimates, todo, state.left(), start_all)
-    for v in state.variants:
-        e = estimates[v]
-        status = ("already complete" if e.epochs_left == 0 else "start" if v in chosen else skipped[v])
-        say(f"[kit] plan {v:>10}: {e.epochs_left} epochs left at {e.px} px, ~{e.alone_s:.0f} s alone "
-            f"(upscaling ~{e.upscale_s:.0f} s); {status}")
-    if chosen:
-        say(f"[kit] estimated ~{shared_wall_s([estimates[v] for v in chosen]):.0f} s for the {len(chosen)} run(s) "
-            f"sharing the GPU; {state.left():.0f} s left before the training deadline")
+    if graph_check is not None and not graph_check["ok"]:
+        train_args = [*train_args, "--no-cuda-graphs"]
+    sr_speed = probe_upscaling(sorted({k.variant for k in keys}), dataset.test_x, settings, device, say)
+    needs = []
+    for key in keys:
+        left = _epochs_left(state.runs, settings, key, config.epochs)
+        upscale_s = (n_train + n_test) / sr_speed[upscaler_key(key.variant)] if is_sr(key.variant) else 0.0
+        if left:
+            needs.append(RunNeed.of(key, left, n_train, n_test, upscale_s))
+    # Runs end within this command when no further command fits the window; otherwise within the window, and the
+    # next command (the same one, on the warm machine) resumes what this one stopped at its deadline.
+    seconds = state.left() if state.window_ends else (
+        window_s - RETURN_RESERVE_S - (state.end - state.deadline) - (time.time() - state.started)
+        - RESUME_COST_S)
+    plan = plan_window(needs, table, seconds, FRESH_WINDOW_S)
+    if start_all:
+        plan.runs += [n.key for n in needs if n.key not in plan.runs and n.key != plan.span]
+    for line in plan.describe():
+        say(f"[kit] plan: {line}")
     state.timing.update({
         "device": gpu or "cpu", "torch": torch.__version__, "cpu_count": os.cpu_count(),
         "installed_wheels": installed, "decode_seconds": decode_s, "train_images": n_train, "test_images": n_test,
-        "dataset_sha256": dataset.identity.get("content_sha256"),
-        "probe": [asdict(p) for p in rows], "sr_probe_images_per_s": sr_speed,
-        "graph_check": graph_check, "numerics_args": numerics_args,
-        "bf16_peak_flops": BF16_PEAK_FLOPS, "train_flops_per_image_32px_width64": TRAIN_FLOPS_32PX,
-        "estimates": {v: {**asdict(e), "alone_s": e.alone_s} for v, e in estimates.items()},
-        "chosen": chosen, "skipped": skipped,
+        "dataset_sha256": dataset.identity.get("content_sha256"), "probe_table": probe_table is not None,
+        "speeds": [asdict(r) for r in table.rows], "sr_probe_images_per_s": sr_speed, "graph_check": graph_check,
+        "bf16_peak_flops": BF16_PEAK_FLOPS, "plan": {"mode": plan.mode, "slots": plan.slots,
+                                                      "runs": [str(k) for k in plan.runs],
+                                                      "span": str(plan.span) if plan.span else None,
+                                                      "numerics": plan.numerics, "estimated_s": plan.estimated_s,
+                                                      "skipped": plan.skipped, "seconds": seconds},
     })
+    if probe_table is not None:
+        from .gpu_probe import PROBE_FILE, write_table
+
+        write_table(probe_table, state.work / PROBE_FILE)
     del dataset
-    launched = launch(state, chosen, env, train_args)
-    quality = _sr_quality(state, chosen, env)
-    wait(state, launched + ([quality] if quality else []))
-    return _report(state, launched, estimates, quality)
+    launched = run_plan(state, plan, env, train_args)
+    return _report(state, launched, [n.key for n in needs])
 
 
-def launch(state: KitRun, variants: list[str], env: dict, train_args: list[str]) -> list[Launched]:
-    """One `srlib train` subprocess per variant, all sharing the GPU, each with the training deadline."""
+def speed_table(state: KitRun, config, device, px_list: list[int]):
+    """(SpeedTable for the plan, the probe table when one was measured in this window). On the GPU: this window's
+    probe (`srlib kit probe` in an earlier call), else the committed one re-checked at one size, else a probe now.
+    Dry run: each size timed alone on the CPU."""
+    from dataclasses import replace
+
+    from .gpu_plan import Speed, SpeedTable
+    from .gpu_probe import PROBE_FILE, probe, recheck, table_lines, time_in_process
+
+    if device.type != "cuda":
+        rows = [Speed("alone", px, 1, time_in_process(px, 1, config, device, state.settings.probe_steps)[0])
+                for px in px_list]
+        for r in rows:
+            state.log(f"[kit] probe alone {r.px:>3} px: {r.images_per_s:9.1f} img/s (CPU dry run)")
+        return SpeedTable(rows), None
+    here, committed = state.work / PROBE_FILE, ROOT / "results" / "paper" / PROBE_FILE
+    if here.is_file():
+        table = json.loads(here.read_text())
+        state.log(f"[kit] speeds: this window's probe ({here})")
+        fresh = table
+    elif committed.is_file():
+        table = json.loads(committed.read_text())
+        ratio = recheck(table, config, max(px_list), log=state.log)
+        table = {**table, "rows": [{**r, "images_per_s": r["images_per_s"] * ratio} for r in table["rows"]]}
+        fresh = None
+    else:
+        state.log("[kit] no probe table yet: probing now (up to ~90 s)")
+        table = fresh = probe(config, log=state.log)
+    for line in table_lines(table):
+        state.log(f"[kit] speeds {line}")
+    speeds = SpeedTable.from_json(table["rows"])
+    return SpeedTable([replace(r) for r in speeds.rows]), fresh
+
+
+def _launch_one(state: KitRun, key, env: dict, train_args: list[str], threads: str) -> Launched:
     logs = state.work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    threads = str(max(1, (os.cpu_count() or 2) // max(1, len(variants))))
-    launched = []
-    for variant in variants:
-        command = [sys.executable, "-m", "srlib", "train", "--variant", variant, "--profile", state.settings.profile,
-                   "--seed", "0", "--out", str(state.runs), "--device", state.settings.device,
-                   "--deadline", _deadline_text(state.deadline), *state.settings.train_options(), *train_args]
-        path = logs / f"train_{variant}.log"
-        handle = path.open("a")
+    command = [sys.executable, "-m", "srlib", "train", "--variant", key.variant, "--profile", state.settings.profile,
+               "--seed", str(key.seed), "--out", str(state.runs), "--device", state.settings.device,
+               "--deadline", _deadline_text(state.deadline), *state.settings.train_options(), *train_args]
+    path = logs / f"train_{key.variant}_seed{key.seed}.log"
+    with path.open("a") as handle:
         handle.write(f"$ {shlex.join(command)}\n")
         handle.flush()
         process = subprocess.Popen(command, cwd=ROOT, env={**env, "OMP_NUM_THREADS": threads}, stdout=handle,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-        handle.close()  # the child holds its own copy
-        launched.append(Launched(variant, process, path, time.time()))
-        state.log(f"[kit] started {variant} (pid {process.pid}, log {path.name})")
-    return launched
+    options = f", {shlex.join(train_args)}" if train_args else ""
+    state.log(f"[kit] started {key} (pid {process.pid}, log {path.name}{options})")
+    return Launched(key.variant, process, path, time.time(), seed=key.seed)
+
+
+def run_plan(state: KitRun, plan, env: dict, train_args: list[str]) -> list[Launched]:
+    """Start the plan's runs, at most `plan.slots` at a time (under MPS when the plan says so), and wait for all."""
+    from .gpu_probe import find_mps_control, mps_daemon
+
+    pending = [*plan.runs, *([plan.span] if plan.span else [])]
+    binary = find_mps_control() if plan.mode == "mps" else None
+    if plan.mode == "mps" and binary is None:
+        state.log("[kit] the plan wanted MPS but nvidia-cuda-mps-control is gone: running the runs one at a time")
+        plan.slots = 1
+    threads = str(max(1, (os.cpu_count() or 2) // max(1, plan.slots)))
+    with mps_daemon(binary) if binary else contextlib.nullcontext(env) as run_env:
+        run_env = {**env, **{k: v for k, v in run_env.items() if k.startswith("CUDA_MPS")}}
+        launched: list[Launched] = []
+        quality = _sr_quality(state, [k.variant for k in pending], env)
+        extra = [quality] if quality else []
+
+        def start_next() -> None:
+            while pending and sum(x.ended is None for x in launched) < plan.slots:
+                if state.left() < RUN_STARTUP_S:
+                    state.log(f"[kit] not started, too close to the deadline: {', '.join(map(str, pending))}")
+                    pending.clear()
+                    return
+                key = pending.pop(0)
+                launched.append(_launch_one(state, key, run_env, [*train_args, *plan.train_args(key)], threads))
+
+        start_next()
+        wait(state, launched, extra, start_next)
+    return launched + extra
 
 
 def _sr_quality(state: KitRun, chosen: list[str], env: dict) -> Launched | None:
     """PSNR/SSIM of SR vs bicubic for the SR scales being trained, in a subprocess beside the runs."""
     scales = sr_scales(chosen)
-    if not scales:
+    if not scales or (state.runs / state.settings.profile / "sr_quality.json").is_file():
         return None
     target = state.runs / state.settings.profile / "sr_quality.json"
     from .upscale import DEFAULT_SR_MODEL
@@ -855,6 +841,7 @@ def _sr_quality(state: KitRun, chosen: list[str], env: dict) -> Launched | None:
     # The default model only: the kit holds the weights of the scales and models being trained, no others.
     command = [sys.executable, "-m", "srlib", "sr-quality", "--scales", *map(str, scales), "--models",
                DEFAULT_SR_MODEL, "--n", str(state.settings.sr_quality_images), "--out", str(target)]
+    (state.work / "logs").mkdir(parents=True, exist_ok=True)
     path = state.work / "logs" / "sr_quality.log"
     with path.open("a") as handle:
         process = subprocess.Popen(command, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "2"}, stdout=handle,
@@ -863,21 +850,24 @@ def _sr_quality(state: KitRun, chosen: list[str], env: dict) -> Launched | None:
     return Launched("sr_quality", process, path, time.time())
 
 
-def wait(state: KitRun, launched: list[Launched], grace_s: float = 10.0) -> None:
-    """Wait for every process; past the packing reserve's start, interrupt (then kill) what still runs.
+def wait(state: KitRun, launched: list[Launched], extra: list[Launched], start_next: Callable[[], None],
+         grace_s: float = 10.0) -> None:
+    """Wait for every process, starting queued runs as slots free up; past the packing reserve's start,
+    interrupt (then kill) what still runs.
 
     `srlib train` stops by itself before its deadline; the interrupt is for an epoch that ran long. An
     interrupted run keeps its checkpoint of the finished epochs, so a rerun resumes it."""
     hard_stop = state.deadline + max(0.0, (state.end - state.deadline) / 2 - grace_s)
     interrupted: dict[int, float] = {}
-    while any(item.ended is None for item in launched):
-        for item in launched:
+    while any(item.ended is None for item in launched + extra):
+        for item in launched + extra:
             if item.ended is None and item.process.poll() is not None:
                 item.ended = time.time()
-                state.log(f"[kit] {item.variant} ended with exit code {item.process.returncode} after "
-                          f"{item.ended - item.started:.0f} s")
+                state.log(f"[kit] {item.variant} seed {item.seed} ended with exit code {item.process.returncode} "
+                          f"after {item.ended - item.started:.0f} s")
+                start_next()
         now = time.time()
-        for item in launched:
+        for item in launched + extra:
             if item.ended is not None:
                 continue
             pid = item.process.pid
@@ -895,19 +885,20 @@ def _signal(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)  # its own session: the run and anything it started
 
 
-def _report(state: KitRun, launched: list[Launched], estimates: dict[str, Estimate],
-            quality: Launched | None) -> int:
-    """Per-variant outcome and speed into the timing log; the exit code of the whole job."""
+def _report(state: KitRun, launched: list[Launched], keys: list) -> int:
+    """Per-run outcome and speed into the timing log; the exit code of the whole job."""
+    from .flops import train_flops_per_image
+
     rows, code = {}, 0
-    for v in state.variants:
-        record = _record_of(state.runs, state.settings.profile, v)
-        item = next((x for x in launched if x.variant == v), None)
+    quality = next((x for x in launched if x.variant == "sr_quality"), None)
+    for key in keys:
+        record = _record_of(state.runs, state.settings.profile, key.variant, key.seed)
+        item = next((x for x in launched if x.variant == key.variant and x.seed == key.seed), None)
         row = {"started": item is not None, "exit_code": item.process.returncode if item else None,
-               "wall_s": (item.ended - item.started) if item and item.ended else None,
-               "estimated_alone_s": estimates[v].alone_s}
+               "wall_s": (item.ended - item.started) if item and item.ended else None}
         if record is not None:
             epochs = record.get("epochs", [])
-            width, px = record["config"]["width"], record.get("input_px", 32 * VARIANTS[v].scale)
+            width, px = record["config"]["width"], record.get("input_px", 32 * VARIANTS[key.variant].scale)
             img_s = [e["train_images_per_s"] for e in epochs]
             mean_img_s = sum(img_s) / len(img_s) if img_s else None
             row.update({
@@ -918,23 +909,19 @@ def _report(state: KitRun, launched: list[Launched], estimates: dict[str, Estima
                 "peak_fraction": (mean_img_s * train_flops_per_image(px, width) / BF16_PEAK_FLOPS
                                   if mean_img_s else None),
                 "upscale_s": record.get("upscale_seconds"),
+                "numerics": record.get("numerics"),
                 "max_test_acc": record.get("summary", {}).get("max_test_acc"),
                 "final_test_acc": record.get("summary", {}).get("final_test_acc"),
             })
         else:
             row["status"] = "not run" if item is None else "failed"
-        rows[v] = row
+        rows[str(key)] = row
         stopped = item is not None and item.process.returncode in (0, PARTIAL_EXIT_CODE, 130, -signal.SIGKILL)
         if item is not None and not stopped:
             code = 1  # a failed run: its log is in the archive
-        elif row["status"] != "complete" and code == 0:
-            code = PARTIAL_EXIT_CODE  # stopped at the deadline, or not started: rerun to resume / start it
-        state.log(_row_text(v, row))
-    sharing = [rows[v]["peak_fraction"] for v in rows if rows[v].get("peak_fraction") and rows[v]["started"]]
-    if len(sharing) > 1:
-        state.timing["started_runs_peak_fraction_sum"] = sum(sharing)
-        state.log(f"[kit] the {len(sharing)} runs sharing the GPU reached {sum(sharing):.1%} of bf16 peak together "
-                  "(sum of their mean rates; they did not all run for the whole time)")
+        elif row["status"] != "complete" and code == 0 and item is not None:
+            code = PARTIAL_EXIT_CODE  # stopped at the deadline: rerun to resume
+        state.log(_row_text(str(key), row))
     if quality is not None:
         state.timing["sr_quality_exit_code"] = quality.process.returncode
         state.log(f"[kit] sr-quality exit code {quality.process.returncode}")
@@ -942,15 +929,15 @@ def _report(state: KitRun, launched: list[Launched], estimates: dict[str, Estima
     return code
 
 
-def _row_text(variant: str, row: dict) -> str:
+def _row_text(name: str, row: dict) -> str:
     if "epochs_done" not in row:
-        return f"[kit] result {variant:>10}: {row['status']}"
+        return f"[kit] result {name:>13}: {row['status']}"
     fmt = (lambda v, spec: "-" if v is None else format(v, spec))  # noqa: E731
-    return (f"[kit] result {variant:>10}: {row['status']}, {row['epochs_done']}/{row['epochs']} epochs at "
+    return (f"[kit] result {name:>13}: {row['status']}, {row['epochs_done']}/{row['epochs']} epochs at "
             f"{row['px']} px, {fmt(row['mean_epoch_s'], '.1f')} s/epoch (+{fmt(row['mean_eval_s'], '.1f')} s eval), "
             f"{fmt(row['train_images_per_s'], '.0f')} img/s = {fmt(row['peak_fraction'], '.1%')} of bf16 peak, "
-            f"upscaling {fmt(row['upscale_s'], '.0f')} s; max {fmt(row['max_test_acc'], '.2f')}%, "
-            f"final {fmt(row['final_test_acc'], '.2f')}%")
+            f"upscaling {fmt(row['upscale_s'], '.0f')} s, wall {fmt(row['wall_s'], '.0f')} s; "
+            f"max {fmt(row['max_test_acc'], '.2f')}%, final {fmt(row['final_test_acc'], '.2f')}%")
 
 
 def pack(state: KitRun, lines: list[str]) -> Path:
@@ -987,6 +974,12 @@ def pack(state: KitRun, lines: list[str]) -> Path:
         for name in (MANIFEST, DIFF):
             if (state.kit / name).is_file():
                 shutil.copy2(state.kit / name, stage / f"kit_{name}")
+        from .gpu_probe import PROBE_FILE
+
+        if (state.work / PROBE_FILE).is_file():
+            shutil.copy2(state.work / PROBE_FILE, stage / PROBE_FILE)
+        if state.window_ends:
+            ship_partial(state)
         write_json(stage / "timing.json", state.timing)
         (stage / TIMING_LOG).write_text("\n".join(lines) + "\n")
         archive = state.out / ARCHIVE
@@ -1005,14 +998,73 @@ def pack(state: KitRun, lines: list[str]) -> Path:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def ship_partial(state: KitRun) -> None:
+    """The window ends with a run unfinished: cut its checkpoint into pieces under work/ship; piece 1 (with the
+    seal) goes into $OUT now, the others with `srlib kit ship N` in the calls after this one."""
+    from .partial import ship
+    from .runs import CHECKPOINT
+
+    runs = state.runs
+    partial = [c.parent for c in sorted(runs.glob(f"*/*/seed*/{CHECKPOINT}"))] if runs.is_dir() else []
+    if not partial:
+        return
+    if len(partial) > 1:
+        state.log(f"[kit] {len(partial)} runs are unfinished; only {partial[0].relative_to(runs)} is shipped "
+                  "(one partial at a time); the others start afresh in a later window")
+    seal = ship(partial[0], runs, state.work / SHIP_DIR)
+    shutil.copytree(state.work / SHIP_DIR / "1", state.out / "ckpt-1")
+    n = len(seal["stage"]["pieces"])
+    state.timing["shipped"] = {"run": seal["run"], "epochs_done": seal["epochs_done"], "pieces": n}
+    state.log(f"[kit] checkpoint of {seal['run']} after epoch {seal['epochs_done']}: piece 1 of {n} in "
+              f"{state.out / 'ckpt-1'}; fetch the others now, each in its own call: "
+              + "; ".join(f"`bash scripts/gpu_paper.sh ship {i}`" for i in range(2, n + 1)))
+
+
+def ship_piece(index: int, out: Path, work: Path | None = None) -> Path:
+    """Piece `index` of the shipped checkpoint into `out/ckpt-<index>` (a call of its own: 64 MiB each way)."""
+    work = (work or Path(tempfile.gettempdir()) / "srlib-kit").resolve()
+    source = work / SHIP_DIR / str(index)
+    if not source.is_dir():
+        raise KitError(f"{source} does not exist: no checkpoint piece {index} was cut on this machine (it went back "
+                       "when the machine did; the run resumes from its last shipped checkpoint instead)")
+    target = out / f"ckpt-{index}"
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
+
+
 # ---------------------------------------------------------------- unpack (back here)
 
-UNPACKED = ("runs/", "logs/", "timing.json", TIMING_LOG, f"kit_{MANIFEST}", f"kit_{DIFF}")
+UNPACKED = ("runs/", "logs/", "timing.json", TIMING_LOG, f"kit_{MANIFEST}", f"kit_{DIFF}", "gpu_probe.json")
+PARTIAL_DIR = "partial"
 
 
-def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line) -> list[Path]:
-    """Records (and predictions, sr-quality) to `results/<profile>/<variant>/seed<k>/`, the rest to
-    `results/gpu-<start time>/`. A complete record is never replaced by a partial one."""
+def _dataset_of(record: dict) -> str | None:
+    return record.get("data", {}).get("dataset", {}).get("content_sha256")
+
+
+def _refuse_other_data(stage: Path, results: Path) -> None:
+    """Records of different datasets are never mixed in one folder: a record there on other data stays, and the
+    archive is not unpacked until it has moved to its own set."""
+    from .runs import RECORD
+
+    for record in sorted((stage / "runs").glob(f"*/*/seed*/{RECORD}")):
+        target = results / record.parent.relative_to(stage / "runs") / RECORD
+        if target.is_file():
+            old, new = json.loads(target.read_text()), json.loads(record.read_text())
+            if _dataset_of(old) != _dataset_of(new):
+                raise KitError(f"{target.parent} holds a record on other data (content sha256 "
+                               f"{str(_dataset_of(old))[:16]}..., the archive's is {str(_dataset_of(new))[:16]}...); "
+                               f"move those records to their own set (e.g. {results.name}-jpeg75/) first; nothing "
+                               "was unpacked")
+
+
+def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
+           pieces: list[Path] | None = None) -> list[Path]:
+    """Records (and predictions, sr-quality) to `results/<profile>/<variant>/seed<k>/`, the probe table to
+    `results/gpu_probe.json`, the rest to `results/gpu-<start time>/`. A complete record is never replaced by a
+    partial one, nor a record by one on other data. `pieces`: the shipped checkpoint's piece folders (ckpt-N),
+    kept under `results/partial/` until the run completes."""
+    from .partial import keep
     from .runs import RECORD
 
     if not archive.is_file():
@@ -1031,6 +1083,7 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line) 
         # Every member was checked above (plain files, relative, known names); the data filter checks again.
         tar.extractall(tmp, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         stage = Path(tmp)
+        _refuse_other_data(stage, results)
         timing = json.loads((stage / "timing.json").read_text())
         stamp = timing["started"].replace(":", "").replace("+0000", "Z").replace("+00:00", "Z")
         for record in sorted((stage / "runs").glob(f"*/*/seed*/{RECORD}")):
@@ -1047,6 +1100,10 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line) 
                 shutil.copy2(path, target / path.name)
                 written.append(target / path.name)
             log(f"[kit] {relative}: {new.get('status')}, {len(new.get('epochs', []))} epochs -> {target}")
+            done = results / PARTIAL_DIR / relative.as_posix().replace("/", "-")
+            if new.get("status") == "complete" and done.is_dir():
+                shutil.rmtree(done)  # its checkpoint stays in git history
+                log(f"[kit] {relative} completed: removed its checkpoint pieces {done}")
         for quality in sorted((stage / "runs").glob("*/sr_quality.json")):
             target = results / quality.relative_to(stage / "runs")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -1060,7 +1117,15 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line) 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
                 written.append(target)
+        if (stage / "gpu_probe.json").is_file():
+            shutil.copy2(stage / "gpu_probe.json", results / "gpu_probe.json")
+            written.append(results / "gpu_probe.json")
+            log(f"[kit] probe table -> {results / 'gpu_probe.json'}")
         log(f"[kit] timing log and run logs -> {window}")
+    if pieces:
+        kept = keep(pieces, results / PARTIAL_DIR)
+        written.append(kept)
+        log(f"[kit] checkpoint pieces -> {kept} (not a result; commit it, `srlib kit assemble` stages it back)")
     return written
 
 
@@ -1077,10 +1142,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the Parquet copy of CIFAR-10 (default: $SRLIB_DATA_PARQUET)")
     a.add_argument("--weights-dir", default=os.environ.get("SRLIB_WEIGHTS_DIR"),
                    help="folder with dctlsa_x{2,4}.safetensors (default: $SRLIB_WEIGHTS_DIR)")
-    a.add_argument("--variants", nargs="+", default=["A"],
-                   help="variants, goals (A = original resize_x2 sr_x2; B = resize_x4 sr_x4) or sets "
-                        "(study = all five)")
+    a.add_argument("--variants", nargs="+", default=["study"],
+                   help="variants the queue may hold (default: study = all five; goals A = original resize_x2 "
+                        "sr_x2, B = resize_x4 sr_x4); the queue itself is what --results lacks")
     a.add_argument("--wheel", help="a spandrel wheel to use instead of downloading one")
+    a.add_argument("--transport", choices=["webp", "png"], default="webp",
+                   help="how the data travels: lossless WebP (default; 2 calls for CIFAR-10) or the PNG files (3)")
+    a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds the queue holds (default 0 1 2)")
+    a.add_argument("--results", default=str(ROOT / "results" / "paper"),
+                   help="the records whose missing runs make the queue (default: results/paper)")
     a.set_defaults(func=cmd_assemble)
 
     c = kit_sub.add_parser("check", help="only the size check of the files one device command would send")
@@ -1094,6 +1164,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--budget", type=float, default=560.0,
                    help="seconds for the whole job, packing included (default 560, for a 600 s command)")
     r.add_argument("--pack-reserve", type=float, default=40.0, help="seconds kept at the end for packing")
+    r.add_argument("--window-left-s", type=float,
+                   help="device seconds left in this window when the command starts (device tool status: "
+                        "budget_left_s); runs start only if they end within it (default: --budget)")
     r.add_argument("--work", help="work folder; keep it for a rerun to resume (default: $TMPDIR/srlib-kit)")
     r.add_argument("--start-all", action="store_true",
                    help="start every variant even when the estimate says it will not finish (a rerun resumes)")
@@ -1106,16 +1179,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     u = kit_sub.add_parser("unpack", help="records of an archive from the GPU into results/paper")
     u.add_argument("archive", help=f"the {ARCHIVE} that `srlib kit run` wrote")
     u.add_argument("--results", default=str(ROOT / "results" / "paper"))
+    u.add_argument("--pieces", nargs="*", default=[], help="ckpt-N folders of a shipped checkpoint (all calls')")
     u.set_defaults(func=cmd_unpack)
+
+    q = kit_sub.add_parser("probe", help="on the GPU machine: check the staged pieces present; the sharing probe")
+    q.add_argument("--kit", default=str(ROOT / "kit"))
+    q.add_argument("--out", default=os.environ.get("OUT", "results/gpu"))
+    q.add_argument("--work", help="work folder shared with `kit run` (default: $TMPDIR/srlib-kit)")
+    q.add_argument("--no-probe", action="store_true", help="only check the pieces (a committed table exists)")
+    q.add_argument("--budget", type=float, default=90.0, help="seconds for the probe (default 90)")
+    q.set_defaults(func=cmd_probe)
+
+    s = kit_sub.add_parser("ship", help="on the GPU machine: piece N of a shipped checkpoint into OUT/ckpt-N")
+    s.add_argument("index", type=int)
+    s.add_argument("--out", default=os.environ.get("OUT", "results/gpu"))
+    s.add_argument("--work", help="work folder of `kit run` (default: $TMPDIR/srlib-kit)")
+    s.set_defaults(func=cmd_ship)
 
 
 def cmd_assemble(args: argparse.Namespace) -> int:
     if not args.parquet:
         raise KitError("no Parquet dataset given: pass --parquet DIR or set SRLIB_DATA_PARQUET "
-                       "(e.g. to the shared cifar10-jpeg-parquet copy)")
-    assemble(Path(args.kit), Path(args.parquet), Path(args.weights_dir) if args.weights_dir else None,
-             expand(args.variants), Path(args.wheel) if args.wheel else None)
-    print(f"kit ready; on the GPU machine run `bash scripts/gpu_paper.sh` with carry [\"{Path(args.kit).name}\"]")
+                       "(the lossless cifar10-png-parquet copy)")
+    kit, results = Path(args.kit), Path(args.results)
+    manifest, _ = assemble(kit, Path(args.parquet), Path(args.weights_dir) if args.weights_dir else None,
+                           expand(args.variants), Path(args.wheel) if args.wheel else None,
+                           transport=args.transport, results=results, seeds=tuple(args.seeds))
+    print("\n".join(describe_window(kit.resolve(), manifest, results)))
     return 0
 
 
@@ -1129,11 +1219,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_kit(Path(args.kit), Path(args.out), expand(args.variants) if args.variants else None,
                    budget_s=args.budget, pack_reserve_s=args.pack_reserve, dry_run=args.dry_run,
                    work=Path(args.work) if args.work else None, start_all=args.start_all,
-                   train_args=shlex.split(args.train_args), probe_steps=args.probe_steps)
+                   train_args=shlex.split(args.train_args), probe_steps=args.probe_steps,
+                   window_left_s=args.window_left_s)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Check every staged piece this machine holds; unless --no-probe, run the sharing probe and keep its table
+    in the work folder (for `kit run` in the next call) and in OUT."""
+    from .gpu_probe import PROBE_FILE, probe, table_lines, write_table
+    from .staging import verify_piece
+
+    kit = Path(args.kit)
+    for folder in sorted((kit / STAGE_CARRY).iterdir()) if (kit / STAGE_CARRY).is_dir() else []:
+        print(f"[kit] {verify_piece(folder)}", flush=True)
+    for folder in sorted((kit / CKPT_DIR).iterdir()) if (kit / CKPT_DIR).is_dir() else []:
+        print(f"[kit] {verify_piece(folder)}", flush=True)
+    if args.no_probe:
+        return 0
+    settings = PAPER
+    config = run_config(settings, [])
+    table = probe(config, budget_s=args.budget, log=lambda m: print(m, flush=True))
+    work = (Path(args.work) if args.work else Path(tempfile.gettempdir()) / "srlib-kit").resolve()
+    write_table(table, work / PROBE_FILE, Path(args.out) / PROBE_FILE)
+    print("\n".join(table_lines(table)))
+    return 0
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    target = ship_piece(args.index, Path(args.out), Path(args.work) if args.work else None)
+    print(f"[kit] checkpoint piece {args.index} -> {target}")
+    return 0
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    written = unpack(Path(args.archive), Path(args.results))
+    written = unpack(Path(args.archive), Path(args.results), pieces=[Path(p) for p in args.pieces])
     print(f"{len(written)} file(s) written under {args.results}")
     return 0
 

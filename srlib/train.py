@@ -116,10 +116,14 @@ class GraphedStep:
     One graph per (batch shape, learning rate), because the learning rate is baked into the captured optimizer
     kernels; StepLR makes three. Capturing needs a few eager warm-up steps (lazy state, library handles); they run
     on a copy of the state that is put back afterwards, so the protocol sees exactly one step per batch.
+
+    `stream`: the stream to warm up and capture on. Runs that replay graphs concurrently need one each: graphs
+    captured on one stream share its cuBLAS workspace (pytorch/pytorch#193402), so concurrent replays would race.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16: bool, warmup: int = 3):
-        self.model, self.optimizer, self.bf16, self.warmup = model, optimizer, bf16, warmup
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16: bool, warmup: int = 3,
+                 stream: torch.cuda.Stream | None = None):
+        self.model, self.optimizer, self.bf16, self.warmup, self.stream = model, optimizer, bf16, warmup, stream
         self.graphs: dict[tuple, tuple] = {}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +145,7 @@ class GraphedStep:
         saved = [t.detach().clone() for t in self._tensors()]
         had_momentum = {id(p) for p in self.model.parameters() if "momentum_buffer" in self.optimizer.state[p]}
         static_x, static_y = x.clone(), y.clone()
-        side = torch.cuda.Stream()
+        side = self.stream or torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
@@ -155,7 +159,7 @@ class GraphedStep:
                     self.optimizer.state[p]["momentum_buffer"].zero_()
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=self.stream):
             loss, logits = train_step(self.model, self.optimizer, static_x, static_y, self.bf16)
         return graph, static_x, static_y, loss, logits
 

@@ -67,15 +67,21 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SRLIB_DATA_DIR", str(tmp_path / "no-data-here"))
 
 
-@pytest.fixture(scope="session")
-def real_data() -> str:
-    """The real CIFAR-10 (canonical or ImageFolder copy) named by SRLIB_DATA; skip when absent."""
-    path = os.environ.get("SRLIB_DATA")
+def _real_copy(variable: str, what: str) -> str:
+    """The folder an environment variable names (each shared copy has its own); skip when absent, fail when
+    SRLIB_REQUIRE_REAL says the copies are there."""
+    path = os.environ.get(variable)
     if not path or not Path(path).is_dir():
         if os.environ.get("SRLIB_REQUIRE_REAL"):
-            pytest.fail("SRLIB_REQUIRE_REAL is set but SRLIB_DATA does not name a data directory")
-        pytest.skip("set SRLIB_DATA to run tests on real CIFAR-10")
+            pytest.fail(f"SRLIB_REQUIRE_REAL is set but {variable} does not name {what}")
+        pytest.skip(f"set {variable} to {what} to run this test")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_data() -> str:
+    """The study's CIFAR-10 (canonical batches or the lossless Parquet copy) named by SRLIB_DATA."""
+    return _real_copy("SRLIB_DATA", "the study's CIFAR-10 (e.g. the lossless cifar10-png-parquet copy)")
 
 
 @pytest.fixture(scope="session")
@@ -105,15 +111,20 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def real_parquet() -> str:
-    """The Parquet (Hugging Face layout) copy of the real data: SRLIB_DATA_PARQUET, else `<SRLIB_DATA>-parquet`
-    (the shared copies sit side by side: cifar10-jpeg and cifar10-jpeg-parquet); skip when absent."""
-    path = os.environ.get("SRLIB_DATA_PARQUET") or (os.environ.get("SRLIB_DATA", "").rstrip("/") + "-parquet")
-    if not Path(path).is_dir() or path == "-parquet":
-        if os.environ.get("SRLIB_REQUIRE_REAL"):
-            pytest.fail("SRLIB_REQUIRE_REAL is set but neither SRLIB_DATA_PARQUET nor <SRLIB_DATA>-parquet "
-                        "names a Parquet copy of the data")
-        pytest.skip("set SRLIB_DATA_PARQUET (or keep a <SRLIB_DATA>-parquet copy) to test Parquet on real data")
-    return path
+    """The lossless Parquet copy of canonical CIFAR-10 (what the GPU kit ships): SRLIB_DATA_PARQUET."""
+    return _real_copy("SRLIB_DATA_PARQUET", "the lossless Parquet copy of CIFAR-10 (cifar10-png-parquet)")
+
+
+@pytest.fixture(scope="session")
+def real_jpeg() -> str:
+    """The JPEG q75 ImageFolder copy (a tested input, not the study's data): SRLIB_DATA_JPEG."""
+    return _real_copy("SRLIB_DATA_JPEG", "the JPEG ImageFolder copy of CIFAR-10 (cifar10-jpeg)")
+
+
+@pytest.fixture(scope="session")
+def real_jpeg_parquet() -> str:
+    """The same JPEG files in Parquet (Hugging Face layout): SRLIB_DATA_JPEG_PARQUET."""
+    return _real_copy("SRLIB_DATA_JPEG_PARQUET", "the JPEG Parquet copy of CIFAR-10 (cifar10-jpeg-parquet)")
 
 
 def make_tiny_sr_checkpoint(path: Path, scale: int, seed: int = 0) -> Path:

@@ -118,3 +118,20 @@ def test_identity_is_found_in_a_cache_without_it(imagefolder, tmp_path):
     arrays, meta = load_arrays(cache)
     save_arrays(cache, arrays, {k: v for k, v in meta.items() if k != "content_sha256"})
     assert load_dataset(imagefolder, cache_dir=tmp_path).identity["content_sha256"] == first.identity["content_sha256"]
+
+
+# `srlib data --load` on the lossless copy; the round trip above shows canonical batches holding the same pixels
+# in the same order hash the same, so records made from torchvision's download are found and reused.
+CANONICAL_CIFAR10_SHA256 = "c8cc1b7842dbae1862bce9c40c43a954228b05864b94dce7128f835e6c6f375a"
+
+
+def test_the_lossless_copy_is_canonical_cifar10(real_parquet, shared_cache):
+    """Checked against published facts of canonical CIFAR-10, then its content hash pinned."""
+    ds = load_dataset(real_parquet, cache_dir=shared_cache)
+    assert ds.identity["lossy"] is False and (ds.identity["train_count"], ds.identity["test_count"]) == (50_000, 10_000)
+    assert ds.train_y[:5].tolist() == [6, 9, 9, 4, 1] and ds.test_y[:5].tolist() == [3, 8, 8, 0, 6]
+    # keras x_train[0], first pixels of row 0 (HWC), as printed in many public notebooks
+    assert ds.train_x[0, :, 0, :3].T.tolist() == [[59, 62, 63], [43, 46, 45], [50, 48, 43]]
+    mean = ds.train_x.reshape(50_000, 3, -1).mean(axis=(0, 2)) / 255
+    assert mean == pytest.approx([0.49139968, 0.48215841, 0.44653091], abs=5e-9)  # the published train means
+    assert ds.identity["content_sha256"] == CANONICAL_CIFAR10_SHA256

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,13 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import CLASSES, _image
+from test_data import CANONICAL_CIFAR10_SHA256
 
 from srlib import kit
 from srlib.cli import main
-
-# `pip download --no-deps --only-binary=:all: --python-version 3.12 spandrel==0.4.2`, measured on the prepared
-# machine on 2026-11-28: the size the limit test counts when pip cannot reach its registry (CI may not).
-SPANDREL_WHEEL_BYTES = 320_811
+from srlib.errors import SrlibError
 
 
 def write_parquet(root: Path, train_per_class: int = 6, test_per_class: int = 3) -> Path:
@@ -74,6 +73,21 @@ def git_repo(root: Path) -> Path:
     return root
 
 
+def wheel_from_installed(folder: Path, package: str = "spandrel") -> Path:
+    """A wheel of the installed package, zipped (deflate, as pip's wheels are) from its installed files: the size
+    the limit test counts when pip cannot reach its registry, measured instead of typed in."""
+    from importlib.metadata import distribution
+
+    dist = distribution(package)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{package}-{dist.version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for file in dist.files or []:
+            if file.suffix != ".pyc" and "__pycache__" not in file.parts and Path(file.locate()).is_file():
+                z.write(file.locate(), str(file))
+    return path
+
+
 def spandrel_wheel(folder: Path) -> Path:
     """A stand-in named like the installed spandrel's wheel, so no test needs the network; never installed,
     because `kit run` installs only wheels whose exact version is missing."""
@@ -94,24 +108,54 @@ def test_assemble_fills_the_kit_and_records_commit_and_diff(repo, tmp_path):
     manifest, size = kit.assemble(repo / "kit", parquet, None, ["original", "resize_x2"],
                                   wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None)
     k = repo / "kit"
-    assert sorted(manifest["data"]["files"]) == ["plain_text/test-00000-of-00001.parquet",
-                                                 "plain_text/train-00000-of-00001.parquet"]
-    assert (k / "data" / "plain_text" / "train-00000-of-00001.parquet").is_file()
+    assert sorted(manifest["data"]["stage"]["files"]) == ["plain_text/test-00000-of-00001.parquet",
+                                                          "plain_text/train-00000-of-00001.parquet"]
+    assert manifest["data"]["transport"] == "webp" and manifest["data"]["lossy"] is False
+    assert [p["index"] for p in manifest["data"]["stage"]["pieces"]] == [1] and (k / "stage" / "1").is_dir()
+    assert manifest["queue"] == [["original", s] if i % 2 == 0 else ["resize_x2", s]
+                                 for s in (0, 1, 2) for i in range(2)]  # nothing done yet, in study order
     assert manifest["weights"] == {}  # no SR variant: no weights travel
     assert manifest["source"]["commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, text=True,
                                                           capture_output=True).stdout.strip()
     assert manifest["source"]["dirty"] and manifest["source"]["untracked"] == ["new.py"]
     diff = (k / kit.DIFF).read_text()
     assert "+x = 2" in diff and "+y = 3" in diff
-    sent = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
+    # One call (one data piece): the repository's files and the kit, but not the WebP copy made on the way
+    sent = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts
+               and "transport" not in p.parts)
     assert size.total == sent and size.margin == kit.DEVICE_LIMIT_BYTES - sent
+    calls = kit.window_calls(k, manifest, probe_table=False)
+    assert len(calls) == 1 and calls[0]["carry"][-1] == "kit/stage/1" and "run --window-left-s" in calls[0]["command"]
+
+
+def test_data_staged_in_pieces_goes_one_call_each_and_a_missing_piece_stops_the_run(repo, tmp_path):
+    """Three pieces: two staging calls (the first probes), then training with the last piece; each call carries
+    only its own piece folder. On the GPU side a missing piece is one clear error before anything trains."""
+    parquet = write_parquet(tmp_path / "pq", train_per_class=20)
+    total = sum(p.stat().st_size for p in (tmp_path / "pq").rglob("*.parquet"))
+    manifest, _ = kit.assemble(repo / "kit", parquet, None, ["original"], wheel=spandrel_wheel(tmp_path / "w"),
+                               root=repo, log=lambda *_: None, transport="png", piece_bytes=total // 3 + 1)
+    calls = kit.window_calls(repo / "kit", manifest, probe_table=False)
+    assert [c["carry"] for c in calls[:2]] == [["kit/stage/1"], ["kit/stage/2"]]
+    assert calls[0]["command"] == "bash scripts/gpu_paper.sh probe" and calls[1]["command"].endswith("--no-probe")
+    assert calls[2]["carry"][-1] == "kit/stage/3" and "kit" not in calls[2]["carry"]  # never the parent folder
+    lines = kit.describe_window(repo / "kit", manifest, repo / "results" / "paper")
+    assert sum(line.startswith("  call ") for line in lines) == 3
+    assert "queue: original s0, original s1, original s2" in lines
+    from srlib.kit_data import unstage
+    from srlib.staging import StagingError
+
+    shutil.rmtree(repo / "kit" / "stage" / "2")  # the call that should have brought it did not happen
+    with pytest.raises(StagingError, match=r"data piece 2 of 3 .* is missing: send piece 2 of 3 in its own call"):
+        unstage(repo / "kit", manifest["data"], tmp_path / "data", tmp_path / "cache")
+    assert not (tmp_path / "data").exists()
 
 
 def test_assemble_refuses_a_kit_folder_that_is_not_ignored_and_a_missing_dataset(repo, tmp_path):
     parquet = write_parquet(tmp_path / "pq")
     with pytest.raises(kit.KitError, match="not git-ignored"):
         kit.assemble(repo / "other", parquet, None, ["original"], root=repo, log=lambda *_: None)
-    with pytest.raises(kit.KitError, match="SRLIB_DATA_PARQUET"):
+    with pytest.raises(SrlibError, match="SRLIB_DATA_PARQUET"):
         kit.assemble(repo / "kit", tmp_path / "nothing", None, ["original"], root=repo, log=lambda *_: None)
     with pytest.raises(kit.KitError, match="SRLIB_WEIGHTS_DIR"):
         kit.assemble(repo / "kit", parquet, tmp_path, ["sr_x2"], root=repo, log=lambda *_: None)
@@ -138,35 +182,13 @@ def test_install_wheels_puts_missing_packages_into_a_site_folder(tmp_path, monke
     assert (tmp_path / "site" / "srlib_kit_probe" / "__init__.py").is_file()
 
 
-def test_plan_starts_complete_pairs_first_and_only_what_fits():
-    probes = {32: kit.Probe(32, 30, 1.0, 4000.0, 0.05), 64: kit.Probe(64, 30, 1.0, 6000.0, 0.30)}
-    sr_speed = {"sr x2": 5000.0}
-    est = {v: kit.estimate_run(v, 45, 50_000, 10_000, probes, sr_speed) for v in ("original", "resize_x2", "sr_x2")}
-    # original alone: 45 epochs x (50,000 + 10,000/3 test images) / 4000 img/s = 600 s of steps
-    assert est["original"].compute_s == pytest.approx(600.0)
-    assert est["resize_x2"].compute_s == pytest.approx(400.0)
-    assert est["sr_x2"].upscale_s == pytest.approx(12.0)
-    # the pair shares the GPU at the best efficiency seen: 20 + 400 + 412 = 832 s; original's work counts at
-    # 0.05 / 0.30 of its 600 s, so all three take 932 s; times the sharing safety factor
-    assert kit.shared_wall_s([est["resize_x2"], est["sr_x2"]]) == pytest.approx(832 * kit.SHARING_SAFETY)
-    assert kit.shared_wall_s(list(est.values())) == pytest.approx(932 * kit.SHARING_SAFETY)
-    variants = ["original", "resize_x2", "sr_x2"]
-    assert kit.plan(est, variants, seconds=1100)[0] == ["resize_x2", "sr_x2", "original"]
-    chosen, skipped = kit.plan(est, variants, seconds=1000)
-    assert chosen == ["resize_x2", "sr_x2"] and "not started" in skipped["original"]
-    chosen, skipped = kit.plan(est, variants, seconds=800)  # the pair does not fit, original alone does
-    assert chosen == ["original"] and set(skipped) == {"resize_x2", "sr_x2"}
-    assert kit.plan(est, variants, seconds=100)[0] == []
-    assert kit.plan(est, variants, seconds=100, start_all=True)[0] == ["resize_x2", "sr_x2", "original"]
-
-
 def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     """`srlib kit run --dry-run` on a CPU: wheel check, probe, plan, parallel `srlib train` with a deadline,
     sr-quality when weights are at hand, one archive; then `srlib kit unpack` and a rerun that trains nothing."""
     weights = Path(os.environ.get("SRLIB_WEIGHTS_DIR", "weights"))
     variants = ["original", "resize_x2"] + (["sr_x2"] if (weights / "dctlsa_x2.safetensors").is_file() else [])
     kit.assemble(repo / "kit", write_parquet(tmp_path / "pq"), weights, variants,
-                 wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None)
+                 wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None, seeds=(0,))
     out, work = tmp_path / "OUT", tmp_path / "work"
     args = ["kit", "run", "--dry-run", "--kit", str(repo / "kit"), "--out", str(out), "--work", str(work),
             "--budget", "300"]
@@ -179,11 +201,12 @@ def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
         assert f"runs/smoke/{v}/seed0/record.json" in names and f"runs/smoke/{v}/seed0/predictions.npz" in names
     assert ("runs/smoke/sr_quality.json" in names) == ("sr_x2" in variants)
     log = (out / kit.TIMING_LOG).read_text()
-    assert "probe train  32 px" in log and "probe train  64 px" in log and "of bf16 peak" in log
+    assert "probe alone  32 px" in log and "probe alone  64 px" in log and "of bf16 peak" in log
+    assert "content sha256" in log and "verified" in log  # the staged data was checked before training
     timing = json.loads(tar_member(out / kit.ARCHIVE, "timing.json"))
-    # A complete resize/SR pair goes first; without the SR weights there is no pair, so the order is as given.
-    assert timing["chosen"] == (["resize_x2", "sr_x2", "original"] if "sr_x2" in variants else variants)
-    assert all(timing["runs"][v]["status"] == "complete" for v in variants)
+    # The queue's order (the study's); measured speeds alone only, so one run after another
+    assert timing["plan"]["runs"] == [f"{v} s0" for v in variants] and timing["plan"]["mode"] == "alone"
+    assert all(timing["runs"][f"{v} s0"]["status"] == "complete" for v in variants)
     record = json.loads(tar_member(out / kit.ARCHIVE, "runs/smoke/original/seed0/record.json"))
     assert record["provenance"]["git"]["commit"]  # the repo here has .git; on the GPU the kit fills it in
 
@@ -196,7 +219,7 @@ def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     # Run again on the same work folder (a warm machine): every run is complete, nothing is started.
     assert main(args) == 0
     timing = json.loads(tar_member(out / kit.ARCHIVE, "timing.json"))
-    assert timing["chosen"] == [] and all(e["epochs_left"] == 0 for e in timing["estimates"].values())
+    assert timing["plan"]["runs"] == [] and all(r["status"] == "complete" for r in timing["runs"].values())
 
 
 def tar_member(archive: Path, name: str) -> str:
@@ -230,21 +253,24 @@ def test_unpack_keeps_a_complete_record_and_refuses_foreign_entries(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_kit_for_all_five_variants_and_this_repository_fit_the_device_limit(real_parquet, weights_dir, tmp_path):
-    """What one device command sends: this checkout's files + the kit with both SR scales, under 64 MiB."""
-    extra = 0
+def test_the_lossless_kit_for_all_five_variants_fits_each_call(real_parquet, weights_dir, tmp_path):
+    """Every call of a window (this checkout's files + the call's carried paths) stays under 64 MiB, with the
+    lossless data in two WebP pieces (or three PNG ones) and both SR scales' weights."""
     try:
         wheel = tmp_path / "wheels" / kit.fetch_wheel(tmp_path / "wheels")["file"]
-    except kit.KitError as exc:  # no registry: count the real wheel's measured size instead
-        print(f"pip download failed ({exc}); counting the measured {SPANDREL_WHEEL_BYTES} bytes")
-        wheel = spandrel_wheel(tmp_path / "fake")
-        extra = SPANDREL_WHEEL_BYTES - wheel.stat().st_size
-    _, size = kit.assemble(tmp_path / "kit", Path(real_parquet), weights_dir, kit.expand(["study"]), wheel=wheel,
-                           check_location=False, log=print)
-    size = kit.SizeCheck(size.repo_bytes, size.kit_bytes + extra)
-    print(size.describe())
-    assert size.kit_bytes > 55 * 2**20  # the whole dataset and both scales' weights are in it
-    assert size.margin > 0, size.describe()
+    except kit.KitError as exc:  # no registry here: a wheel zipped from the installed package instead
+        print(f"pip download failed ({exc}); using a wheel made from the installed spandrel")
+        wheel = wheel_from_installed(tmp_path / "fake")
+    sizes = {}
+    for transport, pieces in (("webp", 2), ("png", 3)):
+        manifest, size = kit.assemble(tmp_path / "kit", Path(real_parquet), weights_dir, kit.expand(["study"]),
+                                      wheel=wheel, check_location=False, log=print, transport=transport)
+        assert manifest["data"]["content_sha256"] == CANONICAL_CIFAR10_SHA256 and not manifest["data"]["lossy"]
+        assert len(manifest["data"]["stage"]["pieces"]) == pieces, transport
+        calls = kit.window_calls(tmp_path / "kit", manifest, probe_table=False)
+        sizes[transport] = [size.repo_bytes + kit._carried_bytes(tmp_path / "kit", c["carry"]) for c in calls]
+        assert max(sizes[transport]) <= kit.DEVICE_LIMIT_BYTES, size.describe()
+    print({t: [f"{b / 2**20:.1f} MiB" for b in v] for t, v in sizes.items()})
 
 
 @pytest.mark.slow
@@ -277,3 +303,70 @@ def test_sweep_with_records_renders_them_names_the_missing_and_never_trains(imag
     assert records_profile(records) == "smoke"
     with pytest.raises(ConfigError, match="holds no records"):
         records_profile(tmp_path / "executed")
+
+
+def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pieces(tmp_path):
+    def archive(path: Path, files: dict[str, str]) -> Path:
+        with tarfile.open(path, "w:gz") as tar:
+            for name, text in files.items():
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    def record(sha: str) -> str:
+        return json.dumps({"status": "complete", "epochs": [{}] * 45, "data": {"dataset": {"content_sha256": sha}}})
+
+    timing = json.dumps({"started": "2026-11-29T10:00:00+00:00"})
+    results = tmp_path / "results"
+    jpeg = {"runs/paper/original/seed0/record.json": record("653d"), "timing.json": timing}
+    kit.unpack(archive(tmp_path / "a.tar.gz", jpeg), results, log=lambda *_: None)
+    lossless = {"runs/paper/original/seed0/record.json": record("c8cc"), "timing.json": timing,
+                "gpu_probe.json": json.dumps({"rows": []})}
+    with pytest.raises(kit.KitError, match="record on other data .* nothing was unpacked"):
+        kit.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None)
+    assert "653d" in (results / "paper/original/seed0/record.json").read_text()
+    assert not (results / "gpu_probe.json").exists()
+    # once the JPEG records have moved to their own set, the lossless ones unpack, the probe table with them
+    (results / "paper").rename(tmp_path / "moved")
+    pieces = tmp_path / "ckpt-1"
+    pieces.mkdir()
+    (pieces / "piece.json").write_text(json.dumps({"index": 1}))
+    (pieces / "seal.json").write_text(json.dumps({"run": "paper/sr_x4/seed0"}))
+    kit.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None, pieces=[pieces])
+    assert "c8cc" in (results / "paper/original/seed0/record.json").read_text()
+    assert (results / "gpu_probe.json").is_file() and (results / "partial/paper-sr_x4-seed0/1/piece.json").is_file()
+
+
+def test_a_window_that_ends_ships_the_unfinished_runs_checkpoint_in_calls(tmp_path):
+    """Piece 1 (with the seal) goes into $OUT with the archive; `kit ship 2` brings the next; both unpack into
+    results/partial, and they never exceed what a call returns (8 files, 16 MiB each)."""
+    from srlib import partial
+
+    work, out = tmp_path / "work", tmp_path / "OUT"
+    run = work / "runs" / "paper" / "sr_x4" / "seed0"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(np.random.default_rng(2).integers(0, 256, 70 * 2**20 // 7, np.uint8).tobytes())
+    (run / "record.json").write_text(json.dumps({"status": "partial", "epochs": [{}] * 20}))
+    out.mkdir()
+    state = kit.KitRun(tmp_path / "kit", out, work, kit.PAPER, ["sr_x4"], 0.0, 0.0, 0.0, lambda *_: None,
+                       window_ends=True)
+    kit.ship_partial(state)
+    assert state.timing["shipped"] == {"run": "paper/sr_x4/seed0", "epochs_done": 20, "pieces": 1}
+    files = [p for p in (out / "ckpt-1").iterdir()]
+    assert len(files) + 2 <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)  # + archive + timing.log
+    with pytest.raises(kit.KitError, match="no checkpoint piece 2"):
+        kit.ship_piece(2, out, work)
+    big = work / "runs" / "paper" / "sr_x4" / "seed0" / "checkpoint.pt"
+    big.write_bytes(np.random.default_rng(3).integers(0, 256, 89_000_000, np.uint8).tobytes())  # paper size
+    shutil.rmtree(out / "ckpt-1")
+    kit.ship_partial(state)
+    assert state.timing["shipped"]["pieces"] == 2
+    second = kit.ship_piece(2, tmp_path / "OUT2", work)
+    for folder in (out / "ckpt-1", second):
+        sizes = [p.stat().st_size for p in folder.iterdir()]
+        assert len(sizes) <= 6 and max(sizes) <= 16 * 2**20 and sum(sizes) <= 62 * 2**20
+    kept = partial.keep([out / "ckpt-1", second], tmp_path / "results" / "partial")
+    assert partial.restore(kept, tmp_path / "later").joinpath("checkpoint.pt").read_bytes() == big.read_bytes()
+

@@ -328,14 +328,14 @@ def test_bad_parquet_is_one_clear_error(tmp_path, capsys, make, problem, fix):
 # --- the shared copies: the ImageFolder tree and its Parquet twin --------------------------------------
 
 @pytest.fixture(scope="session")
-def real_pair(real_data, real_parquet, shared_cache, tmp_path_factory):
-    """Both shared copies, each decoded from its own files (the Parquet one into a fresh cache), timed."""
+def real_pair(real_jpeg, real_jpeg_parquet, shared_cache, tmp_path_factory):
+    """Both shared JPEG copies, each decoded from its own files (the Parquet one into a fresh cache), timed."""
     seconds = {}
     t0 = time.perf_counter()
-    folder = load_dataset(real_data, cache_dir=shared_cache)  # usually cached already by other tests
+    folder = load_dataset(real_jpeg, cache_dir=shared_cache)
     seconds["folder"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    parquet = load_dataset(real_parquet, cache_dir=tmp_path_factory.mktemp("parquet-cache"))
+    parquet = load_dataset(real_jpeg_parquet, cache_dir=tmp_path_factory.mktemp("parquet-cache"))
     seconds["parquet"] = time.perf_counter() - t0
     print(f"\n[test_parquet] load seconds: {seconds}")
     return folder, parquet
@@ -343,8 +343,7 @@ def real_pair(real_data, real_parquet, shared_cache, tmp_path_factory):
 
 def test_real_parquet_copy_is_the_folder_copy(real_pair):
     folder, parquet = real_pair
-    if folder.identity["source"] != "imagefolder":
-        pytest.skip("SRLIB_DATA is not the ImageFolder copy the Parquet one was made from")
+    assert folder.identity["source"] == "imagefolder" and folder.identity["lossy"] is True
     assert parquet.identity["source"] == "parquet" and parquet.identity["lossy"] is True
     assert (parquet.identity["train_count"], parquet.identity["test_count"]) == (50_000, 10_000)
     assert parquet.classes == folder.classes == tuple(data_mod.CIFAR10_CLASSES)
@@ -353,11 +352,11 @@ def test_real_parquet_copy_is_the_folder_copy(real_pair):
         assert np.array_equal(getattr(parquet, name), getattr(folder, name)), name
 
 
-def test_real_parquet_copy_shares_the_folder_copys_cache(real_pair, real_parquet, shared_cache, monkeypatch):
+def test_real_parquet_copy_shares_the_folder_copys_cache(real_pair, real_jpeg_parquet, shared_cache, monkeypatch):
     """Same JPEG bytes, labels and classes row by row, so the folder's decoded arrays are found."""
     def no_decoding(*_):
         raise AssertionError("the Parquet copy's fingerprint differs from the folder copy's")
 
     monkeypatch.setattr(data_mod, "_decode_parquet", no_decoding)
-    again = load_dataset(real_parquet, cache_dir=shared_cache)
+    again = load_dataset(real_jpeg_parquet, cache_dir=shared_cache)
     assert again.identity["content_sha256"] == real_pair[0].identity["content_sha256"]

@@ -1,0 +1,209 @@
+"""What a GPU window runs: the queue from what the results lack, and the runs that complete in the time left.
+
+Speeds come only from measurements (srlib.gpu_probe's table): aggregate training images/s of N runs
+sharing the GPU in a mode (`alone`, `mps`, `processes`, `streams`) at each input size. Nothing assumes
+that sharing is faster: where the probe says it is not, the runs go one after another.
+
+A run starts only if the estimate says it ends within the device time left in the window; a run that
+fits starts even when the one before it in the queue (its pair) does not, so no time is left idle. A run
+that cannot end within any window (an x4 run at a slow setting) is started alone with a deadline and
+its checkpoint comes back, to be resumed in a later window (srlib.partial).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VARIANT_ORDER = ("original", "resize_x2", "sr_x2", "resize_x4", "sr_x4")  # each seed's runs, in this order
+SEEDS = (0, 1, 2)
+EVAL_COST = 1 / 3  # a test image costs about a forward pass, a third of a training step
+RUN_STARTUP_S = 20.0  # a `srlib train` process: import torch, CUDA context, data to the GPU, graph capture
+SAFETY = 1.1  # estimates are stretched by this before they are compared with the time left
+LAUNCHABLE = ("alone", "mps", "processes")  # modes in which `srlib kit run` starts `srlib train` processes
+FASTER_NUMERICS = {"nondeterministic": ["--no-deterministic"], "compile": ["--compile", "--no-cuda-graphs"]}
+SPAN_MIN_S = 240.0  # a spanning run is started only with at least this much time: a few epochs and its checkpoint
+
+
+@dataclass(frozen=True)
+class RunKey:
+    variant: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.variant} s{self.seed}"
+
+
+def queue(results: Path, content_sha256: str, profile: str = "paper", seeds: tuple[int, ...] = SEEDS,
+          variants: tuple[str, ...] = VARIANT_ORDER) -> list[RunKey]:
+    """The runs `results` lacks, in study order: per seed original, resize_x2, sr_x2, resize_x4, sr_x4. A record
+    made on other data (another content hash, e.g. the JPEG copy) does not count as done."""
+    from .runs import load_records
+
+    done = {(r["config"]["variant"], r["config"]["seed"]) for r in load_records(results, profile, predictions=False)
+            if r.get("data", {}).get("dataset", {}).get("content_sha256") == content_sha256}
+    return [RunKey(v, s) for s in seeds for v in variants if (v, s) not in done]
+
+
+@dataclass(frozen=True)
+class Speed:
+    mode: str  # alone | mps | processes | streams
+    px: int
+    n: int  # runs sharing the GPU
+    images_per_s: float  # all n runs together
+    identical: bool = True  # every run's weights after the probe's steps were bit-identical to the run alone
+    numerics: str = "default"  # default | nondeterministic | benchmark | compile (alone only)
+
+
+@dataclass
+class SpeedTable:
+    rows: list[Speed]
+
+    def aggregate(self, mode: str, px: int, n: int, numerics: str = "default") -> float | None:
+        """Measured images/s of `n` runs together; for an unmeasured n, that of the largest measured n below it
+        (a third run is assumed to add nothing). One run computing is a run alone, whatever the mode."""
+        own = [r for r in self.rows if r.mode == mode and r.px == px and r.numerics == numerics]
+        if not own:
+            return None
+        measured = {r.n: r.images_per_s for r in own if r.n <= n}
+        alone = [r.images_per_s for r in self.rows
+                 if r.mode == "alone" and r.n == 1 and r.px == px and r.numerics == numerics]
+        if 1 not in measured and alone:
+            measured[1] = alone[0]
+        return measured[max(measured)] if measured else None
+
+    def usable_modes(self) -> list[str]:
+        """Modes whose runs were bit-identical to runs alone (sharing must not change the numbers)."""
+        rows = [r for r in self.rows if r.numerics == "default"]  # other numerics are not meant to be identical
+        modes = dict.fromkeys(r.mode for r in rows)
+        return [m for m in modes if all(r.identical for r in rows if r.mode == m)]
+
+    def numerics_at(self, px: int) -> list[str]:
+        return [r.numerics for r in self.rows if r.mode == "alone" and r.px == px and r.n == 1]
+
+    @classmethod
+    def from_json(cls, rows: list[dict]) -> SpeedTable:
+        fields = Speed.__dataclass_fields__
+        return cls([Speed(**{k: v for k, v in r.items() if k in fields}) for r in rows])
+
+
+@dataclass(frozen=True)
+class RunNeed:
+    key: RunKey
+    px: int
+    images: float  # training images plus test images at EVAL_COST, over the epochs left
+    setup_s: float  # process start-up and upscaling, before the run computes
+
+    @classmethod
+    def of(cls, key: RunKey, epochs_left: int, n_train: int, n_test: int, upscale_s: float = 0.0) -> RunNeed:
+        from .config import VARIANTS
+
+        return cls(key, 32 * VARIANTS[key.variant].scale, epochs_left * (n_train + EVAL_COST * n_test),
+                   RUN_STARTUP_S + upscale_s)
+
+
+def finish_times(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int,
+                 numerics: list[str] | None = None) -> list[float]:
+    """Seconds until each run ends, started in order with at most `slots` at a time. A computing run gets
+    1/n of the aggregate rate measured for n runs of its own size, n being how many compute at that moment
+    (mixed sizes are approximated by the same-size measurements). inf where a speed was not measured."""
+    numerics = numerics or ["default"] * len(needs)
+    pending = list(range(len(needs)))
+    setup = {i: needs[i].setup_s for i in pending}
+    left = {i: needs[i].images for i in pending}
+    done: dict[int, float] = {}
+    active: list[int] = []
+    now = 0.0
+    while pending or active:
+        while pending and len(active) < slots:
+            active.append(pending.pop(0))
+        computing = [i for i in active if setup[i] <= 0]
+        rates = {}
+        for i in computing:
+            total = table.aggregate(mode, needs[i].px, len(computing), numerics[i])
+            if not total:
+                return [float("inf")] * len(needs)
+            rates[i] = total / len(computing)
+        steps = [setup[i] for i in active if setup[i] > 0] + [left[i] / rates[i] for i in computing]
+        dt = min(steps)
+        now += dt
+        for i in list(active):
+            if setup[i] > 0:
+                setup[i] -= dt
+            else:
+                left[i] -= rates[i] * dt
+            if setup[i] <= 1e-9 and left[i] <= 1e-6 * max(1.0, needs[i].images):
+                done[i] = now
+                active.remove(i)
+            elif setup[i] <= 1e-9:
+                setup[i] = 0.0
+    return [done[i] for i in range(len(needs))]
+
+
+@dataclass
+class WindowPlan:
+    mode: str
+    slots: int
+    runs: list[RunKey] = field(default_factory=list)
+    numerics: dict[str, str] = field(default_factory=dict)  # str(RunKey) -> numerics, where not the default
+    estimated_s: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+    span: RunKey | None = None  # started alone with a deadline; its checkpoint comes back
+
+    def train_args(self, key: RunKey) -> list[str]:
+        return FASTER_NUMERICS.get(self.numerics.get(str(key), "default"), [])
+
+    def describe(self) -> list[str]:
+        lines = [f"mode {self.mode}, up to {self.slots} at a time: " + (", ".join(
+            f"{k}{' (' + self.numerics[str(k)] + ')' if str(k) in self.numerics else ''}" for k in self.runs)
+            or "no run completes in the time left") + (f"; ~{self.estimated_s:.0f} s" if self.runs else "")]
+        if self.span:
+            lines.append(f"{self.span}: cannot end within one window; started alone until the deadline, its "
+                         "checkpoint comes back in pieces (srlib kit ship) and resumes in a later window")
+        lines += [f"{k}: {why}" for k, why in self.skipped.items()]
+        return lines
+
+
+def _greedy(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int, seconds: float) -> WindowPlan:
+    plan = WindowPlan(mode, slots)
+    chosen: list[RunNeed] = []
+    chosen_numerics: list[str] = []
+    for need in needs:
+        options = ["default"] + ([n for n in table.numerics_at(need.px) if n in FASTER_NUMERICS]
+                                 if mode == "alone" else [])
+        for numerics in options:
+            times = finish_times(chosen + [need], table, mode, slots, chosen_numerics + [numerics])
+            if max(times) * SAFETY <= seconds:
+                chosen.append(need)
+                chosen_numerics.append(numerics)
+                plan.estimated_s = max(times) * SAFETY
+                break
+        else:
+            alone = finish_times([need], table, mode, 1)[0] * SAFETY
+            plan.skipped[str(need.key)] = (f"not started: ~{alone:.0f} s alone in mode {mode}, with the runs before it "
+                                           f"more than the {seconds:.0f} s left")
+    plan.runs = [n.key for n in chosen]
+    plan.numerics = {str(n.key): m for n, m in zip(chosen, chosen_numerics, strict=True) if m != "default"}
+    return plan
+
+
+def plan_window(needs: list[RunNeed], table: SpeedTable, seconds: float, window_s: float,
+                modes: tuple[str, ...] = LAUNCHABLE) -> WindowPlan:
+    """The best launchable plan for `seconds` of device time left: most runs completed, then the earliest end.
+    `window_s`: the compute time a fresh window offers. A run at the head of the queue that can never end within
+    one (at any measured setting) is started alone and spans windows; a run that would fit a fresh window but not
+    the time left waits, while later runs that fit use the time."""
+    if needs and seconds >= SPAN_MIN_S:
+        head = needs[0]
+        fastest = min(finish_times([head], table, "alone", 1, [m])[0]
+                      for m in ["default", *(n for n in table.numerics_at(head.px) if n in FASTER_NUMERICS)])
+        if fastest * SAFETY > window_s:  # it fits no window: it goes first, alone, and spans windows
+            later = {str(n.key): "after the spanning run" for n in needs[1:]}
+            return WindowPlan("alone", 1, span=head.key, skipped=later)
+    candidates = []
+    for mode in [m for m in table.usable_modes() if m in modes]:
+        for slots in ((1,) if mode == "alone" else (2, 4)):
+            candidates.append(_greedy(needs, table, mode, slots, seconds))
+    if not candidates:
+        return WindowPlan("alone", 1, skipped={str(n.key): "no measured speed" for n in needs})
+    return max(candidates, key=lambda p: (len(p.runs), -p.estimated_s, p.mode == "alone"))

@@ -1,0 +1,392 @@
+"""Do runs really share the GPU? A probe of aggregate training speed, and NVIDIA MPS start/stop.
+
+Without MPS, processes on one GPU take turns (time slicing), so several `srlib train` processes are not
+faster than one after another unless measured so. The probe measures aggregate training images/s of N
+runs (N = 1, 2, 4) at 32, 64 and 128 px in each mode the machine offers:
+
+- `alone`: one run (N = 1), in this process;
+- `streams`: N runs in this process, each on its own CUDA stream, each run's graph captured on that stream
+  (graphs captured on one shared stream share its cuBLAS workspace), every graph captured before any
+  concurrent work;
+- `mps`: N worker processes under an MPS control daemon (when `nvidia-cuda-mps-control` exists), or
+  `processes`: the same without MPS, when it does not.
+
+Every run starts from the same seed and batches, so its weights after the probe's steps must be
+bit-identical to the run alone; the table says whether they were. At 128 px it also times other numerics
+alone (non-deterministic cuDNN, cudnn.benchmark, torch.compile) when time allows. The table goes to
+`results/paper/gpu_probe.json`, from where later windows read it (srlib.gpu_plan), re-checking one size.
+
+Needs a CUDA GPU, except the MPS control (tested on a CPU against a fake control binary).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import SrlibError
+
+PROBE_SCHEMA = 1
+PROBE_FILE = "gpu_probe.json"
+SIZES = (32, 64, 128)
+SHARING = (1, 2, 4)
+STEPS = 40  # timed steps per run and setting
+MPS_BINARY = "nvidia-cuda-mps-control"
+MPS_SEARCH = ("/usr/local/nvidia/bin", "/usr/bin", "/usr/local/cuda/bin")
+BF16_PEAK_FLOPS = 790e12  # measured on the H200 (8192^3 bf16 matmul); the yardstick of "fraction of peak"
+WORKER_WAIT_S = 60.0  # a worker gives up waiting for the others after this
+
+
+class ProbeError(SrlibError):
+    pass
+
+
+# ---------------------------------------------------------------- MPS control
+
+
+def find_mps_control(search: tuple[str, ...] = MPS_SEARCH) -> Path | None:
+    found = shutil.which(MPS_BINARY) or next((str(Path(d) / MPS_BINARY) for d in search
+                                              if (Path(d) / MPS_BINARY).is_file()), None)
+    return Path(found) if found else None
+
+
+@contextlib.contextmanager
+def mps_daemon(binary: Path, root: Path = Path("/tmp"), timeout_s: float = 30.0) -> Iterator[dict]:
+    """Start an MPS control daemon with its pipe and log folders under `root`; yield the environment its clients
+    need; quit the daemon on the way out, whatever happened inside."""
+    pipe = Path(tempfile.mkdtemp(prefix="srlib-mps-pipe-", dir=root))
+    logs = Path(tempfile.mkdtemp(prefix="srlib-mps-log-", dir=root))
+    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
+    # A thread percentage would cap each client's share of the GPU; the probe measures them uncapped.
+    env.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
+    try:
+        done = subprocess.run([str(binary), "-d"], env=env, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ProbeError(f"could not start the MPS control daemon {binary} ({exc})") from exc
+    if done.returncode != 0:
+        raise ProbeError(f"{binary} -d failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+    try:
+        yield env
+    finally:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run([str(binary)], input="quit\n", env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+# ---------------------------------------------------------------- one probe run
+
+
+def _state_sha256(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ProbeRun:
+    """One run of the probe: the study's model, optimizer and training step on fixed random batches; every
+    ProbeRun of a size starts from the same weights and sees the same batches."""
+
+    def __init__(self, px: int, config, device, numerics, stream=None, n_batches: int = 4):
+        import torch
+
+        from .model import resnet18
+        from .train import GraphedStep
+
+        torch.manual_seed(0)
+        fmt = torch.channels_last if numerics.channels_last else torch.contiguous_format
+        self.model = resnet18(num_classes=10, width=config.width).to(device, memory_format=fmt)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum)
+        self.model.train()
+        g = torch.Generator().manual_seed(1)
+        n = config.batch_size * n_batches
+        self.x = torch.randint(0, 256, (n, 3, px, px), dtype=torch.uint8, generator=g).to(device)
+        self.y = torch.randint(0, 10, (n,), generator=g).to(device)
+        self.flips = (torch.rand(n, generator=g) < 0.5).to(device)
+        self.batch, self.n_batches, self.numerics, self.stream = config.batch_size, n_batches, numerics, stream
+        if stream is not None:  # the weights and batches were made on the current stream
+            stream.wait_stream(torch.cuda.current_stream())
+        self.step_model = torch.compile(self.model) if numerics.compile else self.model
+        self.graph = GraphedStep(self.model, self.optimizer, numerics.bf16, stream=stream) \
+            if numerics.cuda_graphs else None
+
+    def step(self, i: int) -> None:
+        import torch
+
+        from .train import make_batch, train_step
+
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            k = i % self.n_batches
+            idx = torch.arange(k * self.batch, (k + 1) * self.batch, device=self.x.device)
+            x, y = make_batch(self.x, self.y, idx, self.flips, self.numerics.channels_last)
+            if self.graph is not None:
+                self.graph(x, y)
+            else:
+                train_step(self.step_model, self.optimizer, x, y, self.numerics.bf16)
+
+    def sha256(self) -> str:
+        return _state_sha256(self.model)
+
+
+def _numerics(config, device, variant: str):
+    """The protocol's numerics, or one of the faster settings timed at 128 px."""
+    from dataclasses import replace
+
+    from .numerics import resolve_numerics
+
+    base = resolve_numerics(config, device)
+    if variant == "nondeterministic":
+        return replace(base, deterministic=False)
+    if variant == "benchmark":
+        return replace(base, deterministic=False)  # plus cudnn.benchmark, set around the timing
+    if variant == "compile":
+        return replace(base, compile=True, cuda_graphs=False)
+    return base
+
+
+@contextlib.contextmanager
+def _backend(numerics, benchmark: bool) -> Iterator[None]:
+    import torch
+
+    from .numerics import deterministic_algorithms
+
+    was = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        with deterministic_algorithms(numerics.deterministic):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = was
+
+
+def time_in_process(px: int, n: int, config, device, steps: int = STEPS, variant: str = "default",
+                    streams: bool = False) -> tuple[float, list[str]]:
+    """(aggregate images/s, weight hashes) of n runs in this process; n > 1 runs share the GPU only with `streams`
+    (one each). On a CPU (the kit's dry run) it times the plain step."""
+    import torch
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    numerics = _numerics(config, device, variant)
+    with _backend(numerics, variant == "benchmark"):
+        runs = [ProbeRun(px, config, device, numerics, torch.cuda.Stream() if streams and cuda else None)
+                for _ in range(n)]
+        for run in runs:  # every graph captured (and compiled) before any concurrent work
+            run.step(0)
+        sync()
+        started = time.perf_counter()
+        for i in range(1, steps + 1):
+            for run in runs:
+                run.step(i)
+        sync()
+        seconds = time.perf_counter() - started
+        hashes = [run.sha256() for run in runs]
+    del runs
+    if cuda:
+        torch.cuda.empty_cache()
+    return n * steps * config.batch_size / seconds, hashes
+
+
+# ---------------------------------------------------------------- worker processes (mps / processes)
+
+
+def _wait_for(folder: Path, pattern: str, count: int, deadline: float) -> None:
+    while len(list(folder.glob(pattern))) < count:
+        if time.time() > deadline:
+            raise ProbeError(f"timed out waiting for {count} x {pattern} in {folder}")
+        time.sleep(0.002)
+
+
+def worker(spec_path: Path, rank: int) -> None:
+    """One probe process: for each phase (px, n) with rank < n, build the run, take the capture step, wait for the
+    others, time the steps, write (start, end, weight hash); wait for the phase to end before the next."""
+    import torch
+
+    from .config import TrainConfig
+    from .numerics import deterministic_algorithms
+
+    spec = json.loads(spec_path.read_text())
+    folder = spec_path.parent
+    config = TrainConfig(**spec["config"])
+    device = torch.device(spec.get("device", "cuda"))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    numerics = _numerics(config, device, "default")
+    with deterministic_algorithms(numerics.deterministic):
+        for p, (px, n) in enumerate(spec["phases"]):
+            deadline = time.time() + WORKER_WAIT_S
+            if rank < n:
+                run = ProbeRun(px, config, device, numerics)
+                run.step(0)
+                sync()
+                (folder / f"ready-{p}-{rank}").touch()
+                _wait_for(folder, f"ready-{p}-*", n, deadline)
+                started = time.time()
+                for i in range(1, spec["steps"] + 1):
+                    run.step(i)
+                sync()
+                ended = time.time()
+                result = {"start": started, "end": ended, "sha256": run.sha256()}
+                (folder / f"result-{p}-{rank}.json").write_text(json.dumps(result))
+                del run
+            _wait_for(folder, f"result-{p}-*.json", n, deadline + WORKER_WAIT_S)
+
+
+def time_in_processes(phases: list[tuple[int, int]], config, steps: int, env: dict,
+                      timeout_s: float, device: str = "cuda") -> dict[tuple[int, int], tuple[float, list[str]]]:
+    """Aggregate images/s and weight hashes for each (px, n) phase, from max(n) worker processes started once."""
+    from .kit import ROOT
+
+    folder = Path(tempfile.mkdtemp(prefix="srlib-probe-"))
+    spec = folder / "spec.json"
+    spec.write_text(json.dumps({"phases": phases, "steps": steps, "config": config.to_dict(), "device": device}))
+    batch = config.batch_size
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))}
+    workers = []
+    for rank in range(max(n for _, n in phases)):
+        with (folder / f"worker-{rank}.log").open("w") as handle:
+            workers.append(subprocess.Popen([sys.executable, "-m", "srlib.gpu_probe", "worker", str(spec), str(rank)],
+                                            cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT))
+    try:
+        for w in workers:
+            w.wait(timeout=max(1.0, timeout_s))
+    except subprocess.TimeoutExpired:
+        for w in workers:
+            w.kill()
+    results = {}
+    for p, (px, n) in enumerate(phases):
+        parts = [json.loads(f.read_text()) for f in sorted(folder.glob(f"result-{p}-*.json"))]
+        if len(parts) == n:
+            span = max(r["end"] for r in parts) - min(r["start"] for r in parts)
+            results[(px, n)] = (n * steps * batch / span, [r["sha256"] for r in parts])
+    if len(results) < len(phases):
+        tail = (folder / "worker-0.log").read_text()[-400:] if (folder / "worker-0.log").is_file() else ""
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ProbeError(f"{len(phases) - len(results)} of {len(phases)} phases did not finish; worker 0: {tail}")
+    shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+# ---------------------------------------------------------------- the probe
+
+
+@dataclass
+class Row:
+    mode: str
+    px: int
+    n: int
+    images_per_s: float
+    peak_fraction: float
+    identical: bool
+    numerics: str = "default"
+
+
+def peak_fraction(images_per_s: float, px: int, width: int) -> float:
+    from .flops import train_flops_per_image
+
+    return images_per_s * train_flops_per_image(px, width) / BF16_PEAK_FLOPS
+
+
+def probe(config, budget_s: float = 90.0, steps: int = STEPS, sizes: tuple[int, ...] = SIZES,
+          sharing: tuple[int, ...] = SHARING, log: Callable[[str], None] = print, device=None) -> dict:
+    """The sharing probe on this machine's GPU, within about `budget_s`; returns the table (see module doc)."""
+    import torch
+
+    device = device or torch.device("cuda")
+    started = time.perf_counter()
+    left = lambda: budget_s - (time.perf_counter() - started)  # noqa: E731
+    rows: list[Row] = []
+    alone: dict[int, str] = {}
+
+    def add(mode: str, px: int, n: int, img_s: float, hashes: list[str], numerics: str = "default") -> None:
+        identical = all(h == alone.get(px) for h in hashes)
+        rows.append(Row(mode, px, n, img_s, peak_fraction(img_s, px, config.width), identical, numerics))
+        log(f"[probe] {mode:>9} {px:>3} px x{n} {numerics:>16}: {img_s:9.0f} img/s, {rows[-1].peak_fraction:6.1%} "
+            f"of bf16 peak, weights {'identical' if identical else 'NOT identical'} to the run alone")
+
+    for px in sizes:
+        img_s, hashes = time_in_process(px, 1, config, device, steps)
+        alone[px] = hashes[0]
+        add("alone", px, 1, img_s, hashes)
+    for n in (k for k in sharing if k > 1):
+        for px in sizes:
+            if left() < 10:
+                break
+            add("streams", px, n, *time_in_process(px, n, config, device, steps, streams=True))
+    binary = find_mps_control()
+    mode = "mps" if binary else "processes"
+    phases = [(px, n) for n in sharing if n > 1 for px in sizes]
+    mps_note = str(binary) if binary else "absent: processes measured without MPS (time slicing)"
+    if left() > 25:
+        try:
+            with mps_daemon(binary) if binary else contextlib.nullcontext(dict(os.environ)) as env:
+                measured = time_in_processes(phases, config, steps, env, left() - 15, device.type)
+            for (px, n), (img_s, hashes) in measured.items():
+                add(mode, px, n, img_s, hashes)
+        except ProbeError as exc:
+            mps_note = f"failed: {exc}"
+            log(f"[probe] {mode}: {exc}")
+    largest = max(sizes)
+    for variant in ("nondeterministic", "benchmark", "compile"):
+        if left() < (45 if variant == "compile" else 8):
+            log(f"[probe] {variant} at {largest} px: skipped, {left():.0f} s of the probe's budget left")
+            continue
+        try:
+            add("alone", largest, 1, *time_in_process(largest, 1, config, device, steps, variant=variant), variant)
+        except Exception as exc:  # noqa: BLE001 - a setting that fails here is one the runs will not use
+            log(f"[probe] {variant} at {largest} px failed: {type(exc).__name__}: {exc}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"schema": PROBE_SCHEMA, "device": name, "torch": torch.__version__,
+            "steps": steps, "batch_size": config.batch_size, "width": config.width, "mps": mps_note,
+            "seconds": time.perf_counter() - started, "bf16_peak_flops": BF16_PEAK_FLOPS,
+            "rows": [asdict(r) for r in rows]}
+
+
+def recheck(table: dict, config, px: int, steps: int = STEPS, log: Callable[[str], None] = print) -> float:
+    """One N = 1 measurement at `px` against the table's; the ratio (measured / table) the planner scales by."""
+    import torch
+
+    img_s, _ = time_in_process(px, 1, config, torch.device("cuda"), steps)
+    recorded = next(r["images_per_s"] for r in table["rows"]
+                    if r["mode"] == "alone" and r["px"] == px and r["n"] == 1 and r["numerics"] == "default")
+    log(f"[probe] re-check alone {px} px: {img_s:.0f} img/s, the table says {recorded:.0f} ({img_s / recorded:.2f}x)")
+    return img_s / recorded
+
+
+def table_lines(table: dict) -> list[str]:
+    """The probe table as text: mode x size x N -> img/s, % of bf16 peak, identical."""
+    lines = [f"{'mode':>9} {'px':>4} {'N':>2} {'numerics':>16} {'img/s':>9} {'peak':>6} identical"]
+    for r in table["rows"]:
+        lines.append(f"{r['mode']:>9} {r['px']:>4} {r['n']:>2} {r['numerics']:>16} {r['images_per_s']:9.0f} "
+                     f"{r['peak_fraction']:6.1%} {'yes' if r['identical'] else 'no'}")
+    return lines
+
+
+def write_table(table: dict, *paths: Path) -> None:
+    from .store import write_json
+
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 3 and args[0] == "worker":
+        worker(Path(args[1]), int(args[2]))
+        return 0
+    print("usage: python -m srlib.gpu_probe worker SPEC RANK (started by the probe itself)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
