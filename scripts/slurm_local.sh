@@ -8,16 +8,17 @@
 # Installs nothing: it needs Debian's `slurm-wlm` and `munge` (apt-get install slurm-wlm munge) and runs as
 # the user who can start them (root in CI containers). Everything it writes -- munge key and socket,
 # slurm.conf, state, spool and logs -- lives in $SRLIB_SLURM_DIR (default /tmp/srlib-slurm-$USER), so it
-# touches no system configuration and never talks to another munged or slurmctld.
+# touches no system configuration and never talks to another munged or slurmctld. Its two ports are picked
+# free at each start (not Slurm's 6817/6818, which a workstation's own Slurm usually holds); set
+# SRLIB_SLURM_CTLD_PORT / SRLIB_SLURM_D_PORT to fix them.
 set -euo pipefail
 
 dir="${SRLIB_SLURM_DIR:-/tmp/srlib-slurm-$(id -un)}"
-ctld_port="${SRLIB_SLURM_CTLD_PORT:-6817}"
-slurmd_port="${SRLIB_SLURM_D_PORT:-6818}"
 host="$(hostname -s)"
 conf="$dir/slurm.conf"
 
 need() {
+  command -v python3 >/dev/null 2>&1 || { echo "slurm_local: python3 not found (it picks the free ports)" >&2; exit 1; }
   for b in munged slurmctld slurmd sinfo; do
     command -v "$b" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$b" >/dev/null 2>&1 || {
       echo "slurm_local: $b not found; install Debian's slurm-wlm and munge (apt-get install slurm-wlm munge)" >&2
@@ -29,8 +30,19 @@ need() {
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+free_ports() {
+  # Two ports nobody listens on now: bound together (so they differ), then released for the daemons.
+  python3 -c 'import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("", 0))
+print(*(x.getsockname()[1] for x in s))'
+}
+
 write_conf() {
-  local mem_mb
+  local mem_mb ctld_port slurmd_port
+  read -r ctld_port slurmd_port < <(free_ports)
+  ctld_port="${SRLIB_SLURM_CTLD_PORT:-$ctld_port}"
+  slurmd_port="${SRLIB_SLURM_D_PORT:-$slurmd_port}"
   mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)  # a bit under the machine's
   # cred_expire: Slurm holds a requeued job that long before restarting it (default 120 s; tests requeue).
   cat >"$conf" <<EOF
@@ -78,7 +90,8 @@ start() {
     munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.socket" \
       --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed"
   fi
-  write_conf
+  # A running controller keeps the ports its slurm.conf names; new ones only for a fresh start.
+  if ! alive "$dir/slurmctld.pid" && ! alive "$dir/slurmd.pid"; then write_conf; fi
   export SLURM_CONF="$conf"
   alive "$dir/slurmctld.pid" || slurmctld -f "$conf"
   alive "$dir/slurmd.pid" || slurmd -f "$conf"

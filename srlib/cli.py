@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import sys
 import time
 
-from .config import PRECISIONS, PROFILES, STUDY_VARIANTS, VARIANTS, TrainConfig, make_config
+from .config import PROFILES, STUDY_VARIANTS, VARIANTS, add_config_options, config_overrides, make_config
 from .errors import PARTIAL_EXIT_CODE, SrlibError
 from .upscale import sr_models
 
@@ -20,28 +19,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="where decoded and upscaled arrays are cached ($SRLIB_CACHE_DIR, ./cache)")
 
 
-_NOT_OPTIONS = ("variant", "profile", "seed")  # given by their own arguments
-
-
-def _add_config_options(p: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, with the field's help (and unit); unset = the profile's value."""
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _NOT_OPTIONS:
-            continue
-        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif f.name == "precision":
-            p.add_argument(flag, choices=PRECISIONS, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-            p.add_argument(flag, type=kind, help=help_text)
-
-
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=list(PROFILES),
                    help="protocol defaults (default: paper with CUDA, else preview)")
-    _add_config_options(p)
+    add_config_options(p)
     p.add_argument("--out", default="runs", help="records go to OUT/<profile>/<variant>/seed<k>/ (default: runs)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--deadline", type=_deadline, help="stop cleanly after the last epoch that ends before this: "
@@ -60,12 +41,6 @@ def _deadline(text: str) -> float:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is neither seconds nor an ISO date-time") from exc
-
-
-def config_overrides(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields the command line set (None = not set: the profile decides)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.name not in _NOT_OPTIONS and getattr(args, f.name, None) is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -152,11 +127,17 @@ def _add_scaleout_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slurm-time", default="4:00:00", help="per run: minutes, H:MM:SS or D-HH:MM:SS "
                    "(default 4:00:00); a run that hits it is requeued and resumes from its last epoch")
     g.add_argument("--slurm-gres", help="e.g. gpu:1")
-    g.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per run (default 4)")
+    g.add_argument("--slurm-cpus", type=int, help="CPUs per run (default: 4, or all CPUs of the partition's largest "
+                   "node when it has fewer); a task asks max(--slurm-cpus, --threads)")
     g.add_argument("--slurm-mem", help="memory per run, e.g. 16G")
     g.add_argument("--slurm-array-parallelism", type=int, default=64, help="runs at once (default 64)")
     g.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
                    help="any other sbatch option, repeatable: --slurm-option account=proj --slurm-option qos=high")
+    g.add_argument("--slurm-signal-delay", type=int, metavar="SECONDS", help="Slurm warns a task this long before "
+                   "--slurm-time so it checkpoints and is requeued (default: 120, or a quarter of a shorter time "
+                   "limit; Slurm may warn up to a minute earlier)")
+    g.add_argument("--slurm-skip-check", action="store_true", help="submit without first asking sbatch --test-only "
+                   "whether a node of the partition can run a task (for clusters that do not allow --test-only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs")
     p.add_argument("--notebooks-out", default="book/executed")
     p.add_argument("--no-analysis", action="store_true")
-    _add_config_options(p)  # e.g. --epochs 1 --train-size 20: the same overrides for every run
+    add_config_options(p)  # e.g. --epochs 1 --train-size 20: the same overrides for every run
     _add_scaleout_options(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, what is done, caches to build, "
                    "disk, estimated time) and the checks' verdict; start nothing")
@@ -210,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.set_defaults(func=lambda a: __import__("srlib.sweep", fromlist=["cmd_sweep"]).cmd_sweep(a))
 
-    p = sub.add_parser("status", help="each run of a sweep: done, running (where, since, epoch), queued, failed")
+    p = sub.add_parser("status", help="each run of a sweep: done, running (where, since, epoch), queued (why it "
+                       "waits), failed (why, log files)")
     p.add_argument("--out", default="runs")
     p.add_argument("--profile", choices=list(PROFILES), help="default: every profile under --out")
     p.set_defaults(func=lambda a: __import__("srlib.sweep", fromlist=["cmd_status"]).cmd_status(a))
@@ -230,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "accuracy check is now benchmarks/accuracy_check.py")
     p.set_defaults(func=lambda a: __import__("srlib.bench", fromlist=["cmd_bench"]).cmd_bench(a))
 
-    from .kit import add_parser as add_kit_parser  # light: imports torch only when a kit command runs
+    from .orchestration.kit.commands import add_parser as add_kit_parser  # light: torch only when a kit command runs
 
     add_kit_parser(sub)
     return parser

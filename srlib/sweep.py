@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +34,9 @@ __all__ = ["NOTEBOOKS", "ROOT", "SweepResult", "cmd_status", "cmd_sweep", "finis
 ANALYSIS = ("sr_quality.ipynb", "compare.ipynb")
 BOOK_NOTEBOOKS = ROOT / "book" / "executed"  # where the book (_toc.yml) looks for executed notebooks
 SLURM_POLL_S = 3.0
+# A reason that never clears, seen on this many looks in a row, ends the sweep: just after submitting, Slurm says
+# PartitionConfig for any partition limit, and names the limit (e.g. PartitionTimeLimit) at its next scheduling pass.
+FATAL_LOOKS = 3
 
 
 @dataclass
@@ -135,8 +138,9 @@ class Reporter:
         more = f" +{len(running) - 4}" if len(running) > 4 else ""
         eta = self._eta(running, counts["queued"])
         text = (f"[sweep] {counts['done']}/{len(states)} done, {counts['running']} running"
-                f"{' (' + ', '.join(epochs) + more + ')' if epochs else ''}, {counts['queued']} queued, "
-                f"{counts['failed']} failed | {(time.time() - self.started_at) / 60:.1f} min{eta}")
+                f"{' (' + ', '.join(epochs) + more + ')' if epochs else ''}, {counts['queued']} queued"
+                f"{_why_queued(states)}, {counts['failed']} failed | {(time.time() - self.started_at) / 60:.1f} min"
+                f"{eta}")
         if self.live and self.log is print:
             if text != self._shown:
                 sys.stdout.write("\r\x1b[K" + text[:max(20, _columns() - 1)])
@@ -157,6 +161,16 @@ class Reporter:
 
     def close(self) -> None:
         self._clear()
+
+
+def _why_queued(states: dict[str, RunState]) -> str:
+    """Slurm's reasons for the queued runs: ' (Resources)', or ' (3 Priority, 2 Resources)' when they differ."""
+    reasons = Counter(st.reason for st in states.values() if st.state == "queued" and st.reason)
+    if not reasons:
+        return ""
+    if len(reasons) == 1:
+        return f" ({next(iter(reasons))})"
+    return " (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")"
 
 
 def _columns() -> int:
@@ -227,7 +241,7 @@ def sweep(profile: str, seeds: int = 1, variants: list[str] | tuple[str, ...] = 
         elif executor == "local":
             _run_local(todo, slots, reporter, result, out, profile, overrides)
         else:
-            slurm = slurm or SlurmOptions()
+            slurm = ex.with_default_cpus(slurm or SlurmOptions())
             pinned = threads or slurm.cpus
             if not _run_slurm(todo, slurm, pinned, reporter, result, out, profile, overrides, wait, finish_kwargs,
                               analysis):
@@ -339,6 +353,8 @@ def _run_slurm(todo: list[Task], options: SlurmOptions, threads: int, reporter: 
                       "waiting for them instead of submitting them again")
     folder = out / profile / "slurm"
     if submit:
+        if options.check:  # a request no node can run would pend for ever: refuse it now, naming the option
+            ex.check_slurm_request(folder, options, threads)
         ids = ex.submit_slurm(submit, folder, options, f"srlib-{profile}", threads)
         result.submitted = ids
         reporter.line(f"[sweep] submitted {len(ids)} Slurm task(s) as array job {ids[0].split('_')[0]}; "
@@ -361,50 +377,86 @@ def _wait_slurm(tasks: list[Task], reporter: Reporter, result: SweepResult, out:
                 overrides: dict) -> None:
     by_name = {t.name: t for t in tasks}
     seen: dict[str, str] = {}
-    gone_once: set[str] = set()  # ended without a record: trust it on the second look (shared-FS caching)
+    gone_once: set[str] = set()  # gone from the queue without saying so: trust it on the second look (shared FS)
+    stuck: dict[str, int] = {}  # consecutive looks that found a task pending for a reason that never clears
     pending = set(by_name)
     while pending:
         ids = [(ex.read_job(by_name[n].run_dir) or {}).get("job_id") for n in pending]
         queue = ex.slurm_queue([i for i in ids if i])
         states = {}
-        for name in list(by_name):
-            task = by_name[name]
+        for name, task in by_name.items():
             if name not in pending:
                 states[name] = RunState("done" if name in result.done else "failed")
                 continue
             record = _record(out, profile, task, overrides)
             job = ex.read_job(task.run_dir) or {}
+            entry = (queue or {}).get(job.get("job_id"))
             # The record is written before the notebook is: done once the worker says so or has left the queue.
-            ended = job.get("state") == "done" or (queue is not None and job.get("job_id") not in queue)
+            ended = job.get("state") == "done" or (queue is not None and not (entry and entry.live))
             state = ex.run_state(Path(task.run_dir), record is not None and ended, queue)
-            if state.state == "missing" or (state.state == "failed" and name not in gone_once
-                                            and "ended without" in state.detail):
+            unsaid = state.state == "missing" or (state.state == "failed" and job.get("state") != "failed")
+            if unsaid and name not in gone_once:
                 gone_once.add(name)
-                state = RunState("running", "", state.job)
+                state = RunState("running" if seen.get(name) == "running" else "queued", "", state.job)
             states[name] = state
-            previous = seen.get(name)
-            if state.state == "running" and previous != "running":
-                host = f" on {state.job['host']}" if state.job.get("state") == "running" else ""
-                reporter.started(task, f"Slurm job {state.job.get('job_id')}{host}",
-                                 again=previous == "queued" and name in reporter.starts)
-            if state.state == "done":
-                result.done.append(name)
-                reporter.finished(task, record)
-                pending.discard(name)
-            elif state.state == "failed":
-                why = state.detail
-                log_line = ex.last_error_line(task.log)
-                if log_line and log_line not in why:
-                    why = f"{why} ({log_line})"
-                _fail(task, why, reporter, result)
-                slurm_log = state.job.get("slurm_log")
-                if slurm_log:
-                    result.logs[name] = f"{task.log} (Slurm: {slurm_log})"
+            _report_change(task, state, seen.get(name), record, reporter, result)
+            if state.state in ("done", "failed"):
                 pending.discard(name)
             seen[name] = state.state
         reporter.progress(states, by_name)
+        for name, st in states.items():
+            stuck[name] = stuck.get(name, 0) + 1 if st.state == "queued" and st.reason in ex.FATAL_REASONS else 0
+        never = {n: states[n] for n, looks in stuck.items() if looks >= FATAL_LOOKS}
+        if never:
+            _cancel_unrunnable(never, states, by_name, reporter, result)
         if pending:
             time.sleep(SLURM_POLL_S)
+
+
+def _report_change(task: Task, state: RunState, previous: str | None, record: dict | None, reporter: Reporter,
+                   result: SweepResult) -> None:
+    """One line when a task starts (again), finishes or fails; a failure is named with its log files."""
+    if state.state == "running" and previous != "running":
+        host = f" on {state.job['host']}" if state.job.get("state") == "running" else ""
+        reporter.started(task, f"Slurm job {state.job.get('job_id')}{host}",
+                         again=previous == "queued" and task.name in reporter.starts)
+    if state.state == "done":
+        result.done.append(task.name)
+        reporter.finished(task, record)
+    elif state.state == "failed":
+        why = state.detail
+        log_line = ex.last_error_line(task.log)
+        if log_line and log_line not in why:
+            why = f"{why} ({log_line})"
+        if state.job.get("state") != "failed":  # seen in the queue only: `srlib status` says it after squeue forgets
+            ex.write_job(task, "failed", executor="slurm", job_id=state.job.get("job_id"), why=state.detail,
+                         slurm_log=state.job.get("slurm_log"))
+        _fail(task, why, reporter, result)
+        slurm_log = state.job.get("slurm_log")
+        if slurm_log:
+            result.logs[task.name] = f"{task.log} (Slurm: {slurm_log})"
+
+
+def _cancel_unrunnable(never: dict[str, RunState], states: dict[str, RunState], by_name: dict[str, Task],
+                       reporter: Reporter, result: SweepResult) -> None:
+    """Slurm says a task can never start (its request does not fit): cancel this sweep's pending tasks, mark them
+    failed (a rerun submits them again, after the request check), and end the sweep with the reason and the fix."""
+    waiting = {n: st for n, st in states.items() if st.state == "queued" and st.job.get("job_id")}
+    ex.cancel_slurm([st.job["job_id"] for st in waiting.values()])
+    name, first = next(iter(never.items()))
+    fix = ex.FATAL_REASONS[first.reason]
+    for n, st in waiting.items():
+        why = f"Slurm job {st.job['job_id']} was cancelled by the sweep: pending with reason {st.reason or '?'}"
+        if st.reason in ex.FATAL_REASONS:
+            why += f", which never clears: {ex.FATAL_REASONS[st.reason]}"
+        ex.write_job(by_name[n], "failed", executor="slurm", job_id=st.job["job_id"], why=why,
+                     slurm_log=st.job.get("slurm_log"))
+        result.failed[n] = why
+    reporter.close()
+    running = sum(st.state == "running" for st in states.values())
+    left = f"; {running} running task(s) go on (a rerun waits for them)" if running else ""
+    raise SrlibError(f"Slurm will never start {by_name[name].label} (job {first.job['job_id']}): pending with "
+                     f"reason {first.reason}: {fix}; the sweep cancelled its {len(waiting)} pending task(s){left}")
 
 
 def finish(profile: str, out: str | os.PathLike, notebooks_out: str | os.PathLike, data: str | None = None,
@@ -524,13 +576,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     width = max(len(name) for name, _ in rows)
     for name, st in rows:
-        detail = st.detail
-        if st.state == "failed" and st.job.get("log"):
-            detail = f"{detail}; log: {st.job['log']}"
-        print(f"{name:<{width}}  {st.state:<8} {detail}".rstrip())
+        print(f"{name:<{width}}  {st.state:<8} {_status_detail(st)}".rstrip())
     counts = {s: sum(st.state == s for _, st in rows) for s in ("done", "running", "queued", "failed", "missing")}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
     return 0
+
+
+def _status_detail(st: RunState) -> str:
+    """A failed run names its log files (the run's, and Slurm's when the task got that far); a queued one, why."""
+    if st.state != "failed":
+        return st.detail
+    logs = [f"log: {st.job['log']}"] if st.job.get("log") and Path(st.job["log"]).is_file() else []
+    if st.job.get("slurm_log") and Path(st.job["slurm_log"]).is_file():
+        logs.append(f"Slurm log: {st.job['slurm_log']}")
+    return "; ".join([st.detail, *logs]) if logs else st.detail
 
 
 # --- command line ----------------------------------------------------------------------------------------
@@ -540,7 +599,8 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
 
     return SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, gres=args.slurm_gres,
                         cpus=args.slurm_cpus, mem=args.slurm_mem, array_parallelism=args.slurm_array_parallelism,
-                        extra=parse_sbatch_options(args.slurm_option))
+                        extra=parse_sbatch_options(args.slurm_option), signal_delay=args.slurm_signal_delay,
+                        check=not args.slurm_skip_check)
 
 
 def records_profile(records: str | os.PathLike) -> str:
@@ -576,7 +636,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     profile = args.profile or (records_profile(records) if records else default_profile())
     overrides = {}
     if hasattr(args, "epochs"):  # the config options the CLI defines for train and sweep
-        from .cli import config_overrides
+        from .config import config_overrides
 
         overrides = config_overrides(args)
     if getattr(args, "dry_run", False):

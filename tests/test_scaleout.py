@@ -1,6 +1,8 @@
-"""Scale-out: parallel local workers, a real single-node Slurm (scripts/slurm_local.sh), the cache lock and
-the kernel-start race. "The same result" = equal per-epoch losses and accuracies and equal per-image
-predictions, every run pinned to one torch thread."""
+"""Scale-out: parallel local workers, a real single-node Slurm (scripts/slurm_local.sh) and the faults its users
+meet (a request no node can run, a task cancelled while pending, a time limit, a second Slurm on the machine;
+reasons this cluster cannot produce through a faked squeue), the cache lock and the kernel-start race. "The
+same result" = equal per-epoch losses and accuracies and equal per-image predictions, every run pinned to one
+torch thread."""
 
 from __future__ import annotations
 
@@ -42,9 +44,10 @@ def outcome(out: Path, variant: str, seed: int = 0, profile: str = "smoke") -> d
 
 def run_sweep(root: Path, data: Path, name: str, variants=VARIANTS, overrides=SMALL, **kwargs):
     lines: list[str] = []
+    kwargs.setdefault("analysis", False)
     result = sweep("smoke", 1, variants, out=root / name / "runs", notebooks_out=root / name / "nb", data=str(data),
-                   cache_dir=str(root / "cache"), overrides=overrides, analysis=False, threads=1, live=False,
-                   log=lines.append, **kwargs)
+                   cache_dir=str(root / "cache"), overrides=overrides, threads=1, live=False, log=lines.append,
+                   **kwargs)
     return result, lines
 
 
@@ -353,3 +356,359 @@ def test_slurm_needs_a_profile_and_understands_slurm_times(capsys):
         "account": "proj", "qos": "high", "exclusive": ""}
     with pytest.raises(Exception, match="not a Slurm time"):
         ex.slurm_minutes("2h")
+
+
+# --- what Slurm says while a sweep waits (a faked squeue: reasons this test cluster cannot produce) ---------
+
+FAKE_SQUEUE = """#!/bin/sh
+# Prints $FAKE_SLURM/squeue.<n> on its n-th call (from 0), then squeue.last: the queue as the test scripts it.
+n=$(cat "$FAKE_SLURM/calls" 2>/dev/null || echo 0)
+echo $((n + 1)) >"$FAKE_SLURM/calls"
+if [ -f "$FAKE_SLURM/squeue.$n" ]; then cat "$FAKE_SLURM/squeue.$n"; else cat "$FAKE_SLURM/squeue.last"; fi
+"""
+FAKE_SCANCEL = '#!/bin/sh\necho "$@" >>"$FAKE_SLURM/scancelled"\n'
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    """A squeue and scancel on the PATH that play back what the test writes (no cluster); returns their folder."""
+    folder = tmp_path / "fake-slurm"
+    folder.mkdir()
+    for name, text in (("squeue", FAKE_SQUEUE), ("scancel", FAKE_SCANCEL)):
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    monkeypatch.setenv("FAKE_SLURM", str(folder))
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    import srlib.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "SLURM_POLL_S", 0.01)
+    looks, real_queue = [], ex.slurm_queue
+
+    def look(*args, **kwargs):  # a wait loop that never ends fails the test instead of hanging it
+        looks.append(args)
+        assert len(looks) < 300, "the sweep is still waiting after 300 looks at the queue"
+        return real_queue(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "slurm_queue", look)
+    return folder
+
+
+def _queued_tasks(tmp_path: Path, variants: list[str]) -> list[Task]:
+    """Tasks as a sweep leaves them after submitting array job 7: job.json says queued, with their job ids."""
+    from srlib.sweep import train_tasks
+
+    tasks = train_tasks("smoke", 1, variants, tmp_path / "runs", tmp_path / "nb", {}, {})
+    for i, task in enumerate(tasks):
+        ex.write_job(task, "queued", executor="slurm", job_id=f"7_{i}", slurm_log=str(tmp_path / f"7_{i}.err"))
+    return tasks
+
+
+def _wait(tmp_path: Path, tasks: list[Task]):
+    from srlib.sweep import Reporter, SweepResult, _wait_slurm
+
+    lines: list[str] = []
+    reporter = Reporter(lines.append, live=False)
+    reporter.PLAIN_EVERY_S = 0
+    result = SweepResult()
+    try:
+        _wait_slurm(tasks, reporter, result, tmp_path / "runs", "smoke", {})
+    finally:
+        reporter.close()
+    return result, lines
+
+
+@pytest.mark.parametrize("reason", sorted(ex.FATAL_REASONS))
+def test_a_reason_that_never_clears_ends_the_sweep_and_cancels_its_pending_tasks(tmp_path, fake_slurm, reason):
+    from srlib.errors import SrlibError
+
+    tasks = _queued_tasks(tmp_path, ["original", "resize_x2"])
+    for n in range(3):  # a reason that never clears is trusted once it did not clear for three looks
+        (fake_slurm / f"squeue.{n}").write_text(f"7_0|PENDING|{reason}\n7_1|PENDING|Priority\n")
+    (fake_slurm / "squeue.last").write_text("7_0|CANCELLED|{reason}\n7_1|CANCELLED|Priority\n")
+    with pytest.raises(SrlibError) as raised:
+        _wait(tmp_path, tasks)
+    said = str(raised.value)
+    assert f"Slurm will never start original seed 0 (job 7_0): pending with reason {reason}: " in said, said
+    assert ex.FATAL_REASONS[reason] in said and "the sweep cancelled its 2 pending task(s)" in said, said
+    assert sorted((fake_slurm / "scancelled").read_text().split()) == ["7_0", "7_1"]
+    rows = dict(status(tmp_path / "runs"))
+    assert rows["smoke/original/seed0"].state == "failed", rows
+    assert rows["smoke/original/seed0"].detail == (f"Slurm job 7_0 was cancelled by the sweep: pending with reason "
+                                                   f"{reason}, which never clears: {ex.FATAL_REASONS[reason]}")
+    assert rows["smoke/resize_x2/seed0"].detail.endswith("pending with reason Priority")
+
+
+@pytest.mark.parametrize("reason", ["Resources", "Priority", "BeginTime", "ReqNodeNotAvail, UnavailableNodes:n[1-2]",
+                                    "QOSMaxJobsPerUserLimit"])
+def test_a_reason_that_clears_is_shown_and_a_task_that_leaves_the_queue_unstarted_fails(tmp_path, fake_slurm, capsys,
+                                                                                         reason):
+    from srlib.cli import main
+
+    tasks = _queued_tasks(tmp_path, ["original"])
+    for n in range(3):
+        (fake_slurm / f"squeue.{n}").write_text(f"7_0|PENDING|{reason}\n")
+    (fake_slurm / "squeue.last").write_text("")  # gone: cancelled while pending, or purged
+    code = reason.split(",")[0]
+    assert main(["status", "--out", str(tmp_path / "runs")]) == 0  # squeue's first answer
+    row = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(rf"smoke/original/seed0  queued   Slurm job 7_0 pending: {code}( \(.+\))?", row), row
+    if code in ex.WAITING_REASONS:
+        assert f"({ex.WAITING_REASONS[code]})" in row
+
+    result, lines = _wait(tmp_path, tasks)
+    assert any(f", 1 queued ({code}), 0 failed" in line for line in lines), lines
+    assert list(result.failed) == ["smoke-original-seed0"]
+    assert result.failed["smoke-original-seed0"] == ("Slurm job 7_0 left the queue before it started (cancelled or "
+                                                     "purged); rerun the sweep")
+    assert not (fake_slurm / "scancelled").exists()
+
+
+def test_the_progress_line_counts_each_reason():
+    from srlib.executors import RunState
+    from srlib.sweep import _why_queued
+
+    states = {"a": RunState("queued", reason="Priority"), "b": RunState("queued", reason="Resources"),
+              "c": RunState("queued", reason="Priority"), "d": RunState("running", reason="")}
+    assert _why_queued(states) == " (2 Priority, 1 Resources)"
+    assert _why_queued({"a": RunState("queued")}) == ""
+
+
+def test_squeue_lines_and_slurm_option_defaults():
+    assert ex.parse_squeue("5_1|PENDING|ReqNodeNotAvail, UnavailableNodes:n1\n5_2|CANCELLED|None\n") == {
+        "5_1": ex.QueueEntry("PENDING", "ReqNodeNotAvail"), "5_2": ex.QueueEntry("CANCELLED", "None")}
+    assert ex.QueueEntry("PENDING").live and not ex.QueueEntry("CANCELLED").live
+    # The warning before the time limit: 120 s, a quarter of a short limit, never the whole limit.
+    assert [ex.SlurmOptions(time=t).signal_delay_s() for t in ("4:00:00", "8", "2")] == [120, 120, 30]
+    assert ex.SlurmOptions(time="2", signal_delay=45).signal_delay_s() == 45
+    with pytest.raises(Exception, match="--slurm-signal-delay 120 s must be above 0 and below --slurm-time"):
+        ex.SlurmOptions(time="2", signal_delay=120).signal_delay_s()
+    assert ex.SlurmOptions(cpus=2).cpus_per_task(threads=3) == 3 and ex.SlurmOptions().cpus_per_task(1) == 4
+
+
+# --- Slurm faults a cluster user meets (the real single-node Slurm) -----------------------------------------
+
+def _largest_node_cpus() -> int:
+    found = ex.partition_info(None)
+    assert found is not None and found.cpus > 0, found
+    return found.cpus
+
+
+def _cli_slurm_sweep(root: Path, data: Path, name: str, *extra: str) -> list[str]:
+    return ["sweep", "--executor", "slurm", "--profile", "smoke", "--variants", "original", "--epochs", "1",
+            "--train-size", "20", "--test-size", "10", "--no-analysis", "--no-book", "--out", str(root / name / "runs"),
+            "--notebooks-out", str(root / name / "nb"), "--data", str(data), "--cache-dir", str(root / "cache"),
+            "--slurm-time", "10", *extra]
+
+
+def test_a_request_no_node_can_satisfy_is_refused_before_submitting(tmp_path, slurm_cluster, capsys):
+    from srlib.cli import main
+
+    data = make_imagefolder(tmp_path / "data")
+    cpus = _largest_node_cpus()
+    assert ex.with_default_cpus(ex.SlurmOptions()).cpus == min(ex.DEFAULT_SLURM_CPUS, cpus)  # the default fits
+    refusals = {
+        ("--slurm-cpus", str(cpus + 1)): f"--slurm-cpus {cpus + 1}, but the largest node of partition local has "
+                                         f"{cpus} CPUs; lower it or choose another --slurm-partition",
+        ("--slurm-cpus", "1", "--threads", str(cpus + 1)):
+            f"--threads {cpus + 1} (each task asks max(--slurm-cpus, --threads) CPUs), but the largest node of "
+            f"partition local has {cpus} CPUs; lower it or choose another --slurm-partition",
+        ("--slurm-mem", "64T"): "--slurm-mem 64T, but the largest node of partition local has ",
+        ("--slurm-gres", "gpu:1"): "--slurm-gres gpu:1, but no node of partition local has gpu (GRES there: none)",
+        ("--slurm-partition", "nosuch"): "--slurm-partition nosuch: Slurm says ",
+    }
+    for options, said in refusals.items():
+        assert main(_cli_slurm_sweep(tmp_path, data, "refused", *options)) == 2, options
+        err = capsys.readouterr().err
+        assert err.startswith(f"srlib: error: {said}") and err.count("\n") == 1, (options, err)
+    assert not list((tmp_path / "refused").rglob("job.json"))  # nothing was submitted
+
+
+@pytest.fixture
+def short_partition(slurm_cluster):
+    """A partition `short` with a 1-minute MaxTime on the test node, for the time-limit faults."""
+    made = subprocess.run(["scontrol", "create", "PartitionName=short", "Nodes=ALL", "MaxTime=1", "State=UP"],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot add a partition to this Slurm: {made.stderr.strip()}")
+    yield "short"
+    subprocess.run(["scontrol", "delete", "PartitionName=short"], capture_output=True)
+
+
+def test_a_time_limit_above_the_partitions_is_refused(tmp_path, short_partition):
+    data = make_imagefolder(tmp_path / "data")
+    options = ex.SlurmOptions(partition=short_partition, time="10", cpus=1)
+    with pytest.raises(Exception, match=r"^--slurm-time 10 \(10 min\), but partition short allows at most 1 min; "):
+        run_sweep(tmp_path, data, "too-long", ["original"], executor="slurm", slurm=options)
+
+
+@pytest.mark.parametrize("fault", ["PartitionConfig", "PartitionTimeLimit"])
+def test_a_pending_task_that_can_never_start_ends_the_sweep(tmp_path, slurm_cluster, short_partition, capsys,
+                                                            fault):
+    """The check skipped (--slurm-skip-check): Slurm takes the array and leaves it pending for ever."""
+    from srlib.cli import main
+
+    data = make_imagefolder(tmp_path / "data")
+    asks = (["--slurm-cpus", str(_largest_node_cpus() + 1)] if fault == "PartitionConfig" else
+            ["--slurm-cpus", "1", "--slurm-partition", short_partition])
+    args = _cli_slurm_sweep(tmp_path, data, fault, "--variants", "original", "resize_x2", "--slurm-skip-check", *asks)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    fix = re.escape(ex.FATAL_REASONS[fault])
+    assert re.fullmatch(rf"srlib: error: Slurm will never start original seed 0 \(job \d+_0\): pending with reason "
+                        rf"{fault}: {fix}; the sweep cancelled its 2 pending task\(s\)\n", err), err
+    rows = dict(status(tmp_path / fault / "runs"))
+    assert [row.state for row in rows.values()] == ["failed", "failed"], rows
+    job_ids = [row.job["job_id"] for row in rows.values()]
+    assert not any(entry.live for entry in (ex.slurm_queue(job_ids) or {}).values())
+    assert rows["smoke/original/seed0"].detail == (f"Slurm job {job_ids[0]} was cancelled by the sweep: pending with "
+                                                   f"reason {fault}, which never clears: {ex.FATAL_REASONS[fault]}")
+
+
+def _in_thread(target, *args, **kwargs):
+    """Run `target` in a thread; returns a function that joins it and gives its result (or raises its error)."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = target(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def join(timeout: float):
+        thread.join(timeout)
+        assert not thread.is_alive(), "still running"
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return join
+
+
+def _job_ids(runs: Path) -> dict[str, str]:
+    return {name: row.job.get("job_id") for name, row in status(runs)}
+
+
+def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study, slurm_cluster, monkeypatch):
+    from srlib.sweep import Reporter
+
+    root, data = study
+    monkeypatch.setattr(Reporter, "PLAIN_EVERY_S", 0)  # every look at the queue is one progress line
+    later = ex.SlurmOptions(cpus=1, time="10", extra={"begin": "now+3600"})  # pending (BeginTime) for an hour
+    runs, lines = root / "cancelled" / "runs", []
+    join = _in_thread(sweep, "smoke", 1, ["original", "resize_x2"], out=runs, notebooks_out=root / "cancelled" / "nb",
+                      data=str(data), cache_dir=str(root / "cache"), overrides=SMALL, analysis=False, threads=1,
+                      live=False, log=lines.append, executor="slurm", slurm=later)
+    _wait_for(lambda: any(", 2 queued (BeginTime), 0 failed" in line for line in lines), 120,
+              "the progress line to say why both tasks wait")
+    ids = _job_ids(runs)
+    first, second = ids["smoke/original/seed0"], ids["smoke/resize_x2/seed0"]
+    row = dict(status(runs))["smoke/resize_x2/seed0"]
+    waits = ex.WAITING_REASONS["BeginTime"]
+    assert (row.state, row.detail) == ("queued", f"Slurm job {second} pending: BeginTime ({waits})")
+    subprocess.run(["scontrol", "update", f"jobid={first}", "StartTime=now"], check=True)  # this one may start
+    subprocess.run(["scancel", second], check=True)
+    result = join(300)
+    assert result.done == ["smoke-original-seed0"], (result, lines)
+    assert result.failed == {"smoke-resize_x2-seed0": f"Slurm job {second} was cancelled before it started; rerun the "
+                                                      "sweep to submit it again"}, lines
+    row = dict(status(runs))["smoke/resize_x2/seed0"]
+    assert (row.state, row.detail) == ("failed", result.failed["smoke-resize_x2-seed0"])
+
+    result, lines = run_sweep(root, data, "cancelled", ["original", "resize_x2"], **SLURM)
+    assert len(result.submitted) == 1 and result.skipped == ["smoke-original-seed0"], (result, lines)
+    assert result.done == ["smoke-resize_x2-seed0"] and not result.failed, (result, lines)
+    for v in ("original", "resize_x2"):
+        assert outcome(runs, v) == outcome(root / "sequential" / "runs", v), v
+
+
+def test_no_wait_leaves_the_analysis_to_a_dependent_slurm_job(study, slurm_cluster, weights_dir, monkeypatch):
+    import pickle
+
+    import submitit
+
+    root, data = study
+    monkeypatch.setenv("SRLIB_WEIGHTS_DIR", str(weights_dir.resolve()))  # the SR-quality page, run by the job
+    result, lines = run_sweep(root, data, "no-wait", ["original"], wait=False, analysis=True, **SLURM)
+    assert len(result.submitted) == 1, lines
+    found = [re.search(r"follow as Slurm job (\d+) \(afterany\)", line) for line in lines]
+    finisher = next(m.group(1) for m in found if m)
+    _wait_for(lambda: not any(e.live for e in (ex.slurm_queue([finisher]) or {}).values()), 600,
+              "the analysis job to end")
+    job = submitit.SlurmJob(folder=root / "no-wait" / "runs" / "smoke" / "slurm" / "%j", job_id=finisher)
+    outcome_of_job, said = pickle.loads(job.paths.result_pickle.read_bytes())
+    assert (outcome_of_job, said) == ("success", "analysis: 2 done, 0 failed"), said
+    assert (root / "no-wait" / "runs" / "smoke" / "original" / "seed0" / "record.json").is_file()  # it ran after
+    for notebook in ("sr_quality.ipynb", "compare.ipynb"):
+        assert (root / "no-wait" / "nb" / notebook).is_file(), notebook
+
+
+def _epochs_lasting(seconds: float, data: Path, cache: Path, scratch: Path, **config) -> int:
+    """How many epochs of this run take about `seconds` on this machine now, from two epochs timed here."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SRLIB_THREADS": "1"}
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in config.items()]
+    subprocess.run([sys.executable, "-m", "srlib", "train", "--profile", "smoke", "--epochs", "2", *options,
+                    "--out", str(scratch), "--data", str(data), "--cache-dir", str(cache)], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=600)
+    record = json.loads(next(scratch.rglob("record.json")).read_text())
+    return max(6, round(seconds / max(e["seconds"] for e in record["epochs"])))
+
+
+def test_a_task_past_its_time_limit_is_requeued_and_ends_with_the_same_record(tmp_path, slurm_cluster):
+    """A 2-minute limit, warned 30 s before it (Slurm may warn up to a minute earlier, so at 60-90 s): submitit
+    checkpoints and requeues the task, which resumes from its last epoch and ends as an uninterrupted run does."""
+    data = make_imagefolder(tmp_path / "data", train_per_class=100, test_per_class=3)
+    config = {"variant": "resize_x2", "train_size": 1000, "test_size": 30}
+    # About 100 s of training: past the first warning, and done within the three requeues submitit allows.
+    epochs = _epochs_lasting(100, data, tmp_path / "cache", tmp_path / "timing", **config)
+    longer = {"epochs": epochs, "train_size": 1000, "test_size": 30}
+    reference = _in_thread(run_sweep, tmp_path, data, "plain", ["resize_x2"], longer, jobs=1)
+    options = ex.SlurmOptions(cpus=1, time="2", signal_delay=30)
+    result, lines = run_sweep(tmp_path, data, "slurm", ["resize_x2"], longer, executor="slurm", slurm=options)
+    assert not reference(600)[0].failed
+    assert not result.failed, (result.failed, lines)
+    assert any(line.startswith("[sweep] again  resize_x2 seed 0") for line in lines), lines
+    folder = tmp_path / "slurm" / "runs" / "smoke" / "resize_x2" / "seed0"
+    record = json.loads((folder / "record.json").read_text())
+    assert record["resumes"] and record["resumes"][0]["from_epoch"] >= 1, record["resumes"]
+    slurm_log = Path(ex.read_job(folder)["slurm_log"]).read_text()
+    assert "this job is timed-out" in slurm_log and "DUE TO JOB REQUEUE" in slurm_log, slurm_log[-2000:]
+    assert outcome(tmp_path / "slurm" / "runs", "resize_x2") == outcome(tmp_path / "plain" / "runs", "resize_x2")
+
+
+def test_a_second_test_slurm_starts_beside_a_running_one(tmp_path, slurm_cluster):
+    """Slurm's default ports held (as a workstation's own Slurm holds them) and this session's cluster up: another
+    cluster from scripts/slurm_local.sh picks free ports and its own folders, and runs a job."""
+    held = []
+    for port in (6817, 6818):
+        sock = socket.socket()
+        try:
+            sock.bind(("", port))
+            sock.listen()
+            held.append(sock)
+        except OSError:  # already held, by a real Slurm or another process: as good for this test
+            sock.close()
+    state = tmp_path / "second"
+    env = {**os.environ, "SRLIB_SLURM_DIR": str(state)}
+    env.pop("SRLIB_SLURM_CTLD_PORT", None)
+    env.pop("SRLIB_SLURM_D_PORT", None)
+    script = str(ROOT / "scripts" / "slurm_local.sh")
+    try:
+        started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stderr
+        conf = started.stdout.strip().rsplit("=", 1)[1]
+        ports = dict(re.findall(r"^(SlurmctldPort|SlurmdPort)=(\d+)$", Path(conf).read_text(), re.M))
+        first = dict(re.findall(r"^(SlurmctldPort|SlurmdPort)=(\d+)$", Path(slurm_cluster).read_text(), re.M))
+        assert not {"6817", "6818", *first.values()} & set(ports.values()), (ports, first)
+        ran = subprocess.run(["srun", "-N1", "-n1", "hostname"], env={**env, "SLURM_CONF": conf}, capture_output=True,
+                             text=True, timeout=120)
+        assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr
+        assert subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0  # the session's one still answers
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+        for sock in held:
+            sock.close()
