@@ -286,18 +286,3 @@ def format_table(result: dict) -> str:
               f"srlib {r['srlib_img_s']:8.1f}  {'-' if r['ratio'] is None else format(r['ratio'], '5.2f') + 'x'}"
               for r in result["upscale"]]
     return "\n".join(lines)
-
-
-def cmd_bench(args) -> int:
-    from .store import write_json
-
-    out = Path(args.json) if args.json else None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    result = run_bench(px=list(args.px), steps=args.steps, images=args.images, device=args.device,
-                       diff_dir=out.parent if out is not None else None)
-    print(format_table(result))
-    if out is not None:
-        write_json(out, result)
-        print(f"\nwrote {out}")
-    return 0

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .config import TrainConfig
+from .errors import ConfigError
 from .store import load_arrays, read_json
 
 RECORD = "record.json"
@@ -112,3 +113,17 @@ def find_finished(out: str | os.PathLike, config: TrainConfig, dataset_sha256: s
     if dataset_sha256 is not None and record.get("data", {}).get("dataset", {}).get("content_sha256") != dataset_sha256:
         return None
     return record
+
+
+def records_profile(records: str | os.PathLike) -> str:
+    """The one profile that has records in a records folder (`--records` without `--profile`)."""
+    if not Path(records).is_dir():
+        raise ConfigError(f"--records {records}: no such folder; unpack the GPU results first (srlib kit unpack)")
+    profiles = sorted({p.parents[2].name for p in record_paths(records)})
+    if not profiles:
+        raise ConfigError(f"--records {records} holds no records (<profile>/<variant>/seed<k>/record.json); "
+                          "unpack the GPU results there first (srlib kit unpack), or name the profile with --profile")
+    if len(profiles) != 1:
+        raise ConfigError(f"--records {records} holds records of {len(profiles)} profiles ({', '.join(profiles)}); "
+                          "name one with --profile")
+    return profiles[0]

@@ -13,10 +13,8 @@ the kernels print goes to a log file beside each executed notebook (`<notebook>.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,12 +23,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import executors as ex
-from .config import PROFILES, STUDY_VARIANTS, VARIANTS, default_profile, expand_variants, make_config
+from .config import PROFILES, STUDY_VARIANTS, VARIANTS, expand_variants, make_config
 from .errors import ConfigError, SrlibError
 from .executors import NOTEBOOKS, ROOT, RunState, SlurmOptions, Task
 from .store import directory_lock, write_json
 
-__all__ = ["NOTEBOOKS", "ROOT", "SweepResult", "cmd_status", "cmd_sweep", "finish", "status", "sweep"]
+__all__ = ["NOTEBOOKS", "ROOT", "SweepResult", "finish", "status", "sweep"]
 ANALYSIS = ("sr_quality.ipynb", "compare.ipynb")
 BOOK_NOTEBOOKS = ROOT / "book" / "executed"  # where the book (_toc.yml) looks for executed notebooks
 SLURM_POLL_S = 3.0
@@ -567,106 +565,3 @@ def status(out: str | os.PathLike = "runs", profile: str | None = None) -> list[
             finished = False
         rows.append((f"{d.parent.parent.name}/{d.parent.name}/{d.name}", ex.run_state(d, finished, queue)))
     return rows
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    rows = status(args.out, args.profile)
-    if not rows:
-        print(f"no runs under {Path(args.out).resolve()}" + (f" for profile {args.profile}" if args.profile else ""))
-        return 0
-    width = max(len(name) for name, _ in rows)
-    for name, st in rows:
-        print(f"{name:<{width}}  {st.state:<8} {_status_detail(st)}".rstrip())
-    counts = {s: sum(st.state == s for _, st in rows) for s in ("done", "running", "queued", "failed", "missing")}
-    print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    return 0
-
-
-def _status_detail(st: RunState) -> str:
-    """A failed run names its log files (the run's, and Slurm's when the task got that far); a queued one, why."""
-    if st.state != "failed":
-        return st.detail
-    logs = [f"log: {st.job['log']}"] if st.job.get("log") and Path(st.job["log"]).is_file() else []
-    if st.job.get("slurm_log") and Path(st.job["slurm_log"]).is_file():
-        logs.append(f"Slurm log: {st.job['slurm_log']}")
-    return "; ".join([st.detail, *logs]) if logs else st.detail
-
-
-# --- command line ----------------------------------------------------------------------------------------
-
-def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    from .executors import parse_sbatch_options
-
-    return SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, gres=args.slurm_gres,
-                        cpus=args.slurm_cpus, mem=args.slurm_mem, array_parallelism=args.slurm_array_parallelism,
-                        extra=parse_sbatch_options(args.slurm_option), signal_delay=args.slurm_signal_delay,
-                        check=not args.slurm_skip_check)
-
-
-def records_profile(records: str | os.PathLike) -> str:
-    """The one profile that has records in a records folder (`--records` without `--profile`)."""
-    from .runs import record_paths
-
-    if not Path(records).is_dir():
-        raise ConfigError(f"--records {records}: no such folder; unpack the GPU results first (srlib kit unpack)")
-    profiles = sorted({p.parents[2].name for p in record_paths(records)})
-    if not profiles:
-        raise ConfigError(f"--records {records} holds no records (<profile>/<variant>/seed<k>/record.json); "
-                          "unpack the GPU results there first (srlib kit unpack), or name the profile with --profile")
-    if len(profiles) != 1:
-        raise ConfigError(f"--records {records} holds records of {len(profiles)} profiles ({', '.join(profiles)}); "
-                          "name one with --profile")
-    return profiles[0]
-
-
-def _interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt  # so the sweep stops its workers, as for Ctrl-C
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
-    executor = getattr(args, "executor", "local")
-    if executor == "slurm" and not args.profile:
-        raise ConfigError("--executor slurm needs --profile (paper, preview or smoke): the login node that submits "
-                          "usually has no GPU, so the default (paper with CUDA, else preview) would guess wrong")
-    records = getattr(args, "records", None)
-    if records:
-        args.out = records
-    profile = args.profile or (records_profile(records) if records else default_profile())
-    overrides = {}
-    if hasattr(args, "epochs"):  # the config options the CLI defines for train and sweep
-        from .config import config_overrides
-
-        overrides = config_overrides(args)
-    if getattr(args, "dry_run", False):
-        from .preflight import format_plan, sweep_plan
-
-        plan = sweep_plan(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
-                          args.cache_dir, overrides, analysis=not args.no_analysis)
-        print(format_plan(plan) + "\ndry run: nothing was started")
-        plan.raise_problems(listed_above=True)
-        return 0
-    result = sweep(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data, args.cache_dir,
-                   overrides=overrides, analysis=not args.no_analysis, executor=executor,
-                   jobs=getattr(args, "jobs", None), runs_per_gpu=getattr(args, "runs_per_gpu", 1),
-                   threads=getattr(args, "threads", None),
-                   slurm=slurm_options(args) if executor == "slurm" else None,
-                   wait=not getattr(args, "no_wait", False), book=not getattr(args, "no_book", True),
-                   records_only=bool(records))
-    if result.submitted and getattr(args, "no_wait", False):
-        return 0
-    print(f"[sweep] {len(result.done)} notebook(s) done in {result.seconds / 60:.1f} min, "
-          f"{len(result.skipped)} already up to date, {len(result.failed)} failed")
-    for name, why in result.failed.items():
-        print(f"[sweep]   FAILED {name}: {why}; log: {result.logs.get(name, '?')}")
-    if result.missing:
-        print(f"[sweep] no record (named in the book as not run): {', '.join(result.missing)}")
-    for line in result.verdicts:
-        print(f"[sweep] {line}")
-    if result.index:
-        print(f"[sweep] report: {result.index}")
-    if result.failed:
-        raise SrlibError(f"{len(result.failed)} notebook(s) failed: {', '.join(result.failed)}; "
-                         "the others finished (rerun the same command to retry only what is missing or failed)")
-    return 0
