@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper protocol on the GPU machine: `srlib kit probe|run|ship` (see srlib/kit.py).
+# The paper protocol on the GPU machine: `srlib kit probe|run|ship` (see srlib/orchestration/kit/).
 #
 # Here, first:  srlib kit assemble --parquet DIR     (DIR or $SRLIB_DATA_PARQUET: the lossless copy; SRLIB_WEIGHTS_DIR)
 #               It prints the window's calls, each with its carry list and command, for example:

@@ -158,6 +158,49 @@ def image_grid(columns: dict[str, np.ndarray], size_px: int = 128) -> plt.Figure
     return fig
 
 
+def case_grid(columns: dict[str, np.ndarray], captions: list[str], title: str) -> plt.Figure:
+    """Rows = test images, columns = the versions the classifier saw (uint8 NCHW, shown at one size with
+    nearest interpolation), and each row's caption (true and predicted labels) beside it."""
+    names, n = list(columns), len(captions)
+    cell = 1.45  # inches per image: three images and a caption column fill the page's width
+    fig, axes = plt.subplots(n, len(names) + 1, figsize=(PAGE_WIDTH, cell * n + 0.7), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * len(names) + [1.5]})
+    for i in range(n):
+        for j, name in enumerate(names):
+            ax = axes[i][j]
+            ax.imshow(columns[name][i].transpose(1, 2, 0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=SMALL)
+        axes[i][-1].axis("off")
+        axes[i][-1].text(0.02, 0.5, captions[i], fontsize=SMALL, va="center", ha="left",
+                         transform=axes[i][-1].transAxes)
+    fig.suptitle(title, fontsize=FONT)
+    fig.tight_layout()
+    return fig
+
+
+def cost_plot(frame: pd.DataFrame) -> plt.Figure:
+    """Final accuracy (mean, 95% t-interval over seeds) against training compute (PFLOP, log scale), one
+    point per variant (`srlib.cost_report.cost_frame`)."""
+    colours = palette(list(frame.index))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 4.0))
+    for variant, row in frame.iterrows():
+        half = row["accuracy_half"]
+        ax.errorbar(row["pflop"], row["accuracy"], yerr=None if pd.isna(half) else half, fmt="o", capsize=3,
+                    color=colours[variant], label=variant)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training compute per run (PFLOP, log scale)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(alpha=0.3)
+    _readable(ax)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.04 + 0.05 * math.ceil(len(labels) / 4), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=SMALL, frameon=False)
+    return fig
+
+
 class ScrollTable:
     """A DataFrame shown as an HTML table that scrolls sideways inside the page when it is wider than
     the text column (instead of being cut off), every float to `digits` decimals; plain text elsewhere."""
@@ -186,3 +229,11 @@ def table(frame: pd.DataFrame, caption: str | None = None, digits: int = 2,
     """`frame` for the page: sideways scrolling when wide, one number format (`digits` decimals), and a
     sentence instead of an empty table."""
     return ScrollTable(frame, caption, digits, empty)
+
+
+def split_table(frame: pd.DataFrame, max_columns: int, caption: str | None = None,
+                digits: int = 2) -> list[ScrollTable]:
+    """A table too wide for the text column as consecutive tables of at most `max_columns` columns each, every
+    one with the index (so each reads on its own); the caption goes with the first."""
+    parts = [frame.iloc[:, k:k + max_columns] for k in range(0, max(frame.shape[1], 1), max_columns)]
+    return [table(part, caption if k == 0 else None, digits) for k, part in enumerate(parts)]

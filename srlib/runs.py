@@ -22,6 +22,8 @@ from .config import TrainConfig
 from .errors import ConfigError
 from .store import load_arrays, read_json
 
+ROOT = Path(__file__).resolve().parent.parent  # the project: notebooks/, book/, _config.yml
+NOTEBOOKS = ROOT / "notebooks"
 RECORD = "record.json"
 PREDICTIONS = "predictions.npz"
 CHECKPOINT = "checkpoint.pt"

@@ -15,15 +15,9 @@ from srlib.analysis import (
     caveats,
     comparison_stats,
     comparisons,
-    crossed_bootstrap,
-    detectable_difference,
     differences_table,
     fmt_p,
     headline,
-    load_records,
-    mcnemar,
-    mcnemar_counts,
-    mean_ci,
     missing_runs,
     order_variants,
     per_class_accuracy,
@@ -33,45 +27,65 @@ from srlib.analysis import (
     require_records,
     results_table,
     run_summary,
+    selection_table,
+    verdicts,
+)
+from srlib.errors import SrlibError
+from srlib.statistics import (
+    crossed_bootstrap,
+    detectable_difference,
+    mcnemar,
+    mcnemar_counts,
+    mean_ci,
     seeds_needed,
     sign_flip_test,
     t_test_power,
     variance_components,
-    verdicts,
 )
-from srlib.errors import SrlibError
 from srlib.store import save_arrays, write_json
 
 LABELS = np.repeat(np.arange(10), 10)  # 100 test images, 10 per class
 
 
-def record(variant: str, seed: int, final: float | None = None, wrong: list[int] | None = None) -> dict:
-    """A complete record; `wrong` are the test images it misclassifies (as class (y + 1) % 10).
-    `final` defaults to the accuracy those predictions have."""
+def record(variant: str, seed: int, final: float | None = None, wrong: list[int] | None = None,
+           dataset: str = "d" * 64) -> dict:
+    """A complete record whose summary agrees with its epochs; `wrong` are the test images it misclassifies
+    (as class (y + 1) % 10). `final` defaults to the accuracy those predictions have (another value makes a
+    record whose predictions disagree with its summary: fine for the statistics, refused when read)."""
     predictions = LABELS.copy()
     for i in wrong or []:
         predictions[i] = (LABELS[i] + 1) % 10
     final = 100.0 * float(np.mean(predictions == LABELS)) if final is None else final
     return {
+        "schema": 2,
         "status": "complete",
-        "config": {"variant": variant, "seed": seed, "profile": "smoke", "width": 8, "epochs": 2},
-        "input_px": 32,
+        "config": _config(variant, seed),
+        "input_px": 32 * int(variant.partition("_x")[2][:1] or 1),
         "model": {"name": "resnet18", "width": 8, "parameters": 1234567},
         "precision": "fp32",
         "epochs": [{"epoch": 1, "test_acc": final - 1, "test_loss": 1.5, "train_loss": 1.7},
                    {"epoch": 2, "test_acc": final, "test_loss": 1.2, "train_loss": 1.4}],
-        "summary": {"max_test_acc": final + 1, "top5_mean_test_acc": final + 0.5, "final_test_acc": final,
+        "summary": {"max_test_acc": final, "top5_mean_test_acc": final - 0.5, "final_test_acc": final,
                     "best_epoch": 2, "train_seconds": 12.4},
         "provenance": {"device": {"cpu": "test cpu"}, "git": {"commit": "abc", "dirty": False},
                        "versions": {"torch": "2.9.0"}},
         "data": {"dataset": {"classes": [f"c{k}" for k in range(10)], "source": "imagefolder", "lossy": True,
-                             "path": "/data/cifar", "content_sha256": "d" * 64},
+                             "path": "/data/cifar", "content_sha256": dataset},
                  "train_subset": {"size": 2000}, "test_subset": {"size": len(LABELS)},
                  "upscaler": {"method": "none", "scale": 1}},
         "predictions": "predictions.npz",
         "_predictions": predictions,
         "_labels": LABELS,
     }
+
+
+def _config(variant: str, seed: int) -> dict:
+    """The config a smoke run of this variant writes (so `find_finished` knows it), a minimal one otherwise."""
+    from srlib.config import VARIANTS, make_config
+
+    if variant not in VARIANTS:
+        return {"variant": variant, "seed": seed, "profile": "smoke", "width": 8, "epochs": 2}
+    return {**make_config(variant, "smoke", seed).to_dict(), "width": 8, "epochs": 2}
 
 
 def random_records(variants: dict[str, float], seeds: int, rng: np.random.Generator) -> list[dict]:
@@ -222,9 +236,9 @@ def test_differences_are_paired_by_seed_and_only_over_shared_seeds():
     row = differences_table(records).loc["SR − resize at x2"]
     assert row["seeds"] == 2
     # differences 1 and 3 pp: mean 2, t(0.975, df=1) = 12.7062 times s = sqrt(2) over sqrt(2)
-    assert row["Δ final (pp)"] == "+2.00 ± 12.71"
+    assert row["Δ final (pp)"] == "+2 ± 13"  # to the precision the interval supports: 2 significant digits of it
     # per seed, images 1 and 2 are right only for sr_x2: exact McNemar 2 vs 0 gives p = 0.5 per seed
-    assert row["McNemar p per seed"] == "0.500, 0.500"
+    assert selection_table(records).loc["SR − resize at x2", "McNemar p per seed"] == "0.500, 0.500"
     # the same two images flip for both seeds: 2 of the 2**2 swaps reach |total| = 4
     assert row["permutation p"] == "0.500"
 
@@ -233,13 +247,14 @@ def test_one_seed_says_what_cannot_be_concluded():
     records = [record("sr_x4", 0, wrong=[1, 2]), record("resize_x4", 0, wrong=list(range(10, 30)))]
     assert results_table(records).loc["sr_x4", "final (%)"] == "98.00"
     (line,) = verdicts(records)
-    assert line.startswith("SR − resize at x4: +18.00 pp [")
+    assert line.startswith("SR − resize at x4: +18.0 pp [+10.0, +27.0]")  # decimals as the interval supports
     expected = sm_mcnemar([[78, 20], [2, 0]], exact=True).pvalue  # 20 images only A right, 2 only B right
     assert f"beyond test-image noise (McNemar p = {expected:#.3g})" in line
     assert "training noise is unmeasured" in line
     assert power_table(records).loc["SR − resize at x4", "seeds for 0.5 pp"] == "— (needs ≥ 2 seeds)"
     assert "One seed per variant" in " ".join(caveats(records))
-    assert headline([record("original", 0, 30.0)]).startswith("No paired SR/resize runs")
+    lonely = [record("original", 0, 30.0), record("sr_x2", 0, 40.0)]
+    assert headline(lonely, lonely).startswith("sr_x2 has no resize_x2 run of the same seed among these runs")
 
 
 def test_verdict_with_seeds_gives_interval_test_and_the_seeds_that_would_detect_half_a_point():
@@ -274,6 +289,9 @@ def test_missing_runs_are_named_with_the_command_that_makes_them(tmp_path):
                     "with `srlib sweep --profile smoke --seeds 2` (finished runs are reused)."]
     with pytest.raises(SrlibError, match=r"no finished runs of profile 'smoke' under .*srlib sweep --profile smoke"):
         require_records(str(tmp_path), "smoke")
+    paper = [{**r, "config": {**r["config"], "profile": "paper"}} for r in records]
+    (note,) = [c for c in caveats(paper) if c.startswith("Missing runs")]
+    assert "on a GPU: `srlib kit assemble --variants sr_x4`" in note
 
 
 def test_per_class_accuracy_reads_the_predictions():
@@ -283,17 +301,81 @@ def test_per_class_accuracy_reads_the_predictions():
     assert table.loc["original", "c5"] == pytest.approx(100.0)
 
 
-def test_load_records_keeps_complete_runs_with_their_predictions(tmp_path):
-    for variant, status in (("original", "complete"), ("sr_x2", "running")):
-        folder = tmp_path / "smoke" / variant / "seed0"
-        folder.mkdir(parents=True)
-        body = {k: v for k, v in record(variant, 0, 50.0, wrong=[3]).items() if not k.startswith("_")}
-        write_json(folder / "record.json", {**body, "status": status})
-        save_arrays(folder / "predictions.npz", {"predictions": record(variant, 0, 50.0, wrong=[3])["_predictions"],
-                                                 "labels": LABELS})
-    records = load_records(tmp_path, "smoke")
-    assert [r["config"]["variant"] for r in records] == ["original"]
+def _write(out, r: dict, body: dict | None = None) -> None:
+    folder = out / r["config"]["profile"] / r["config"]["variant"] / f"seed{r['config']['seed']}"
+    folder.mkdir(parents=True)
+    write_json(folder / "record.json", body if body is not None else {k: v for k, v in r.items() if k[0] != "_"})
+    save_arrays(folder / "predictions.npz", {"predictions": r["_predictions"], "labels": r["_labels"]})
+
+
+def test_records_whose_parts_disagree_are_named_and_left_out(tmp_path):
+    from srlib.record_checks import load_checked
+
+    good = record("original", 0, wrong=[3])
+    _write(tmp_path, good)
+    _write(tmp_path, record("original", 1, wrong=[4]))  # a second run with the same labels: they are the majority
+    _write(tmp_path, record("sr_x2", 0, wrong=[3]), {**record("sr_x2", 0), "status": "running"})  # unfinished
+    _write(tmp_path, record("resize_x2", 0, 50.0, wrong=[3]))  # its predictions score 99%
+    late = record("sr_x4", 0, wrong=[3])
+    _write(tmp_path, late, {k: v for k, v in {**late, "summary": {**late["summary"], "max_test_acc": 100.0}}.items()
+                            if k[0] != "_"})
+    short = record("resize_x4", 0, wrong=[3])
+    _write(tmp_path, short, {k: v for k, v in {**short, "epochs": short["epochs"][:1]}.items() if k[0] != "_"})
+    odd = record("nearest_x2", 0, wrong=[3])
+    _write(tmp_path, odd, {k: v for k, v in {**odd, "schema": 99}.items() if k[0] != "_"})
+    swapped = record("nearest_x4", 0, wrong=[3])
+    swapped["_labels"] = np.roll(LABELS, 1)
+    swapped["_predictions"] = swapped["_labels"].copy()
+    swapped["_predictions"][3] = (swapped["_predictions"][3] + 1) % 10
+    _write(tmp_path, swapped)
+    broken = record("sr_x2", 1, wrong=[3])
+    _write(tmp_path, broken, {k: v for k, v in {**broken, "summary": {**broken["summary"], "final_test_acc": math.nan}}
+                              .items() if k[0] != "_"})
+    (tmp_path / "smoke" / "sr_x2@swift-srgan" / "seed0").mkdir(parents=True)
+    (tmp_path / "smoke" / "sr_x2@swift-srgan" / "seed0" / "record.json").write_text('{"schema": 2, "stat')
+
+    records, rejected = load_checked(tmp_path, "smoke")
+    assert [(r["config"]["variant"], r["config"]["seed"]) for r in records] == [("original", 0), ("original", 1)]
     assert int(np.sum(records[0]["_predictions"] != records[0]["_labels"])) == 1
+    why = {p.split("/smoke/")[1].split("/")[0]: reason for p, reason in rejected}
+    assert why.pop("sr_x2") == "its accuracies are not all finite numbers (NaN or inf)"  # seed 1; seed 0 unfinished
+    assert why == {
+        "resize_x2": "its predictions score 99.00% but its summary says 50.00% final",
+        "sr_x4": "summary max_test_acc 100.00 disagrees with its per-epoch metrics (99.00)",
+        "resize_x4": "it has 1 epochs of metrics but its config asks for 2; summary final_test_acc 99.00 disagrees "
+                     "with its per-epoch metrics (98.00); summary max_test_acc 99.00 disagrees with its per-epoch "
+                     "metrics (98.00); summary top5_mean_test_acc 98.50 disagrees with its per-epoch metrics (98.00)",
+        "nearest_x2": "unknown record schema 99 (this report reads schema 2)",
+        "nearest_x4": "its labels differ from the other runs' on the same test images",
+        "sr_x2@swift-srgan": "unreadable (JSONDecodeError: truncated or not JSON)",
+    }
+    loaded = require_records(tmp_path, "smoke")
+    assert len(loaded.rejected) == 7 and loaded.rejected[0][0].startswith("smoke/")  # relative: no machine's path
+
+
+def test_records_on_two_datasets_are_kept_apart():
+    from srlib import cost_report, reference, where_sr_helps
+    from srlib.record_checks import select_dataset
+
+    rng = np.random.default_rng(4)
+    lossless = [{**r, "data": {**r["data"], "dataset": {**r["data"]["dataset"], "lossy": False}}}
+                for r in random_records({"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.18}, 2, rng)]
+    jpeg = [record(v, s, wrong=list(range(k)), dataset="e" * 64) for s in (0, 1)
+            for k, v in enumerate(("original", "resize_x2", "sr_x2"))]
+    both = lossless + jpeg
+    for pooled in (comparison_stats, results_table, per_class_accuracy, caveats, cost_report.cost_table,
+                   reference.reference_table, where_sr_helps.disagreements):
+        with pytest.raises(SrlibError, match="made on 2 datasets .* never pooled or compared"):
+            pooled(both)
+    chosen, others = select_dataset(both)
+    assert chosen == lossless  # the first group of equal size in order: runs are never mixed into it
+    assert others == {"a lossy copy of CIFAR-10 (not canonical CIFAR-10), sha256 eeeeeeeeeeee": 6}
+    chosen, others = select_dataset(both, "eee")
+    assert chosen == jpeg and list(others) == [
+        "a CIFAR-10-like dataset that is not canonical CIFAR-10, sha256 dddddddddddd"]
+    # each dataset's differences are its own: the JPEG runs differ by exactly one image per step
+    (st,) = [st for st in comparison_stats(jpeg) if st.comparison.label == "SR − resize at x2"]
+    assert st.mean == pytest.approx(-1.0)
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -301,9 +383,10 @@ def test_load_records_keeps_complete_runs_with_their_predictions(tmp_path):
 def test_run_summary_states_the_run_in_one_sentence():
     text = run_summary(record("sr_x2", 3, 61.234))
     assert text == (
-        "**sr_x2**, seed 3, profile `smoke`: 32 px inputs, ResNet-18 width 8 (1,234,567 parameters), 2 epochs on "
-        "2,000 training / 100 test images of the imagefolder CIFAR-10 (lossy JPEG copy). Max test accuracy 62.23% "
-        "(epoch 2), mean of the 5 best epochs 61.73%, final 61.23%; 12 s of training on test cpu (fp32).")
+        "**sr_x2**, seed 3, profile `smoke`: 64 px inputs, ResNet-18 width 8 (1,234,567 parameters), 2 epochs on "
+        "2,000 training / 100 test images of a lossy copy of CIFAR-10 (not canonical CIFAR-10), sha256 dddddddddddd. "
+        "Max test accuracy 61.23% (epoch 2), mean of the 5 best epochs 60.73%, final 61.23%; 12 s of training on "
+        "test cpu (fp32).")
 
 
 def test_provenance_table_lists_config_and_identity_as_text():
@@ -324,7 +407,7 @@ def test_without_predictions_the_verdict_falls_back_to_the_t_interval_and_says_s
         del r["_predictions"], r["_labels"]
     (line,) = verdicts(records)
     # differences 1 and 2 pp: mean 1.5, t(0.975, 1) * 0.7071 / sqrt(2) = 6.353
-    assert line == ("SR − resize at x2: +1.50 pp [−4.85, +7.85] (t-interval over seeds; without per-image "
+    assert line == ("SR − resize at x2: +1.5 pp [−4.9, +7.9] (t-interval over seeds; without per-image "
                     "predictions test-image sampling is not included); not distinguishable from 0 with 2 seeds.")
 
 

@@ -19,9 +19,12 @@ import pytest
 from conftest import CLASSES, _image
 from test_data import CANONICAL_CIFAR10_SHA256
 
-from srlib import kit
 from srlib.cli import main
 from srlib.errors import SrlibError
+from srlib.orchestration.kit import archive as kit_archive
+from srlib.orchestration.kit import assemble as kit_assemble
+from srlib.orchestration.kit import common as kit_common
+from srlib.orchestration.kit import run as kit_run
 
 
 def write_parquet(root: Path, train_per_class: int = 6, test_per_class: int = 3) -> Path:
@@ -105,8 +108,8 @@ def test_assemble_fills_the_kit_and_records_commit_and_diff(repo, tmp_path):
     parquet = write_parquet(tmp_path / "pq")
     (repo / "code.py").write_text("x = 2\n")  # a dirty tree: the diff travels
     (repo / "new.py").write_text("y = 3\n")  # untracked, not ignored: in the diff too
-    manifest, size = kit.assemble(repo / "kit", parquet, None, ["original", "resize_x2"],
-                                  wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None)
+    manifest, size = kit_assemble.assemble(repo / "kit", parquet, None, ["original", "resize_x2"],
+                                           wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None)
     k = repo / "kit"
     assert sorted(manifest["data"]["stage"]["files"]) == ["plain_text/test-00000-of-00001.parquet",
                                                           "plain_text/train-00000-of-00001.parquet"]
@@ -118,13 +121,13 @@ def test_assemble_fills_the_kit_and_records_commit_and_diff(repo, tmp_path):
     assert manifest["source"]["commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, text=True,
                                                           capture_output=True).stdout.strip()
     assert manifest["source"]["dirty"] and manifest["source"]["untracked"] == ["new.py"]
-    diff = (k / kit.DIFF).read_text()
+    diff = (k / kit_common.DIFF).read_text()
     assert "+x = 2" in diff and "+y = 3" in diff
     # One call (one data piece): the repository's files and the kit, but not the WebP copy made on the way
     sent = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts
                and "transport" not in p.parts)
-    assert size.total == sent and size.margin == kit.DEVICE_LIMIT_BYTES - sent
-    calls = kit.window_calls(k, manifest, probe_table=False)
+    assert size.total == sent and size.margin == kit_common.DEVICE_LIMIT_BYTES - sent
+    calls = kit_assemble.window_calls(k, manifest, probe_table=False)
     assert len(calls) == 1 and calls[0]["carry"][-1] == "kit/stage/1" and "run --window-left-s" in calls[0]["command"]
 
 
@@ -133,17 +136,18 @@ def test_data_staged_in_pieces_goes_one_call_each_and_a_missing_piece_stops_the_
     only its own piece folder. On the GPU side a missing piece is one clear error before anything trains."""
     parquet = write_parquet(tmp_path / "pq", train_per_class=20)
     total = sum(p.stat().st_size for p in (tmp_path / "pq").rglob("*.parquet"))
-    manifest, _ = kit.assemble(repo / "kit", parquet, None, ["original"], wheel=spandrel_wheel(tmp_path / "w"),
-                               root=repo, log=lambda *_: None, transport="png", piece_bytes=total // 3 + 1)
-    calls = kit.window_calls(repo / "kit", manifest, probe_table=False)
+    manifest, _ = kit_assemble.assemble(repo / "kit", parquet, None, ["original"],
+                                        wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None,
+                                        transport="png", piece_bytes=total // 3 + 1)
+    calls = kit_assemble.window_calls(repo / "kit", manifest, probe_table=False)
     assert [c["carry"] for c in calls[:2]] == [["kit/stage/1"], ["kit/stage/2"]]
     assert calls[0]["command"] == "bash scripts/gpu_paper.sh probe" and calls[1]["command"].endswith("--no-probe")
     assert calls[2]["carry"][-1] == "kit/stage/3" and "kit" not in calls[2]["carry"]  # never the parent folder
-    lines = kit.describe_window(repo / "kit", manifest, repo / "results" / "paper")
+    lines = kit_assemble.describe_window(repo / "kit", manifest, repo / "results" / "paper")
     assert sum(line.startswith("  call ") for line in lines) == 3
     assert "queue: original s0, original s1, original s2" in lines
-    from srlib.kit_data import unstage
-    from srlib.staging import StagingError
+    from srlib.orchestration.kit.data import unstage
+    from srlib.orchestration.kit.staging import StagingError
 
     shutil.rmtree(repo / "kit" / "stage" / "2")  # the call that should have brought it did not happen
     with pytest.raises(StagingError, match=r"data piece 2 of 3 .* is missing: send piece 2 of 3 in its own call"):
@@ -153,31 +157,31 @@ def test_data_staged_in_pieces_goes_one_call_each_and_a_missing_piece_stops_the_
 
 def test_assemble_refuses_a_kit_folder_that_is_not_ignored_and_a_missing_dataset(repo, tmp_path):
     parquet = write_parquet(tmp_path / "pq")
-    with pytest.raises(kit.KitError, match="not git-ignored"):
-        kit.assemble(repo / "other", parquet, None, ["original"], root=repo, log=lambda *_: None)
+    with pytest.raises(kit_common.KitError, match="not git-ignored"):
+        kit_assemble.assemble(repo / "other", parquet, None, ["original"], root=repo, log=lambda *_: None)
     with pytest.raises(SrlibError, match="SRLIB_DATA_PARQUET"):
-        kit.assemble(repo / "kit", tmp_path / "nothing", None, ["original"], root=repo, log=lambda *_: None)
-    with pytest.raises(kit.KitError, match="SRLIB_WEIGHTS_DIR"):
-        kit.assemble(repo / "kit", parquet, tmp_path, ["sr_x2"], root=repo, log=lambda *_: None)
+        kit_assemble.assemble(repo / "kit", tmp_path / "nothing", None, ["original"], root=repo, log=lambda *_: None)
+    with pytest.raises(kit_common.KitError, match="SRLIB_WEIGHTS_DIR"):
+        kit_assemble.assemble(repo / "kit", parquet, tmp_path, ["sr_x2"], root=repo, log=lambda *_: None)
 
 
 def test_fetch_wheel_fails_clearly_when_pip_cannot_download(tmp_path, monkeypatch):
     def offline(command, **_):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version that satisfies")
 
-    monkeypatch.setattr(kit.subprocess, "run", offline)
-    with pytest.raises(kit.KitError, match="--wheel PATH"):
-        kit.fetch_wheel(tmp_path / "wheels", version="0.4.2")
+    monkeypatch.setattr(kit_assemble.subprocess, "run", offline)
+    with pytest.raises(kit_common.KitError, match="--wheel PATH"):
+        kit_assemble.fetch_wheel(tmp_path / "wheels", version="0.4.2")
     # a cached wheel of that version needs no download
     fake_wheel(tmp_path / "wheels", "spandrel", "0.4.2")
-    assert kit.fetch_wheel(tmp_path / "wheels", version="0.4.2")["file"] == "spandrel-0.4.2-py3-none-any.whl"
+    assert kit_assemble.fetch_wheel(tmp_path / "wheels", version="0.4.2")["file"] == "spandrel-0.4.2-py3-none-any.whl"
 
 
 def test_install_wheels_puts_missing_packages_into_a_site_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))  # install_wheels puts the site folder first
     fake_wheel(tmp_path / "kit" / "wheels", "srlib_kit_probe", "0.0.1")
     spandrel_wheel(tmp_path / "kit" / "wheels")  # installed already, at this version: skipped
-    installed = kit.install_wheels(tmp_path / "kit", tmp_path / "site", log=lambda *_: None)
+    installed = kit_run.install_wheels(tmp_path / "kit", tmp_path / "site", log=lambda *_: None)
     assert installed == ["srlib_kit_probe-0.0.1-py3-none-any.whl"]
     assert (tmp_path / "site" / "srlib_kit_probe" / "__init__.py").is_file()
 
@@ -187,38 +191,38 @@ def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     sr-quality when weights are at hand, one archive; then `srlib kit unpack` and a rerun that trains nothing."""
     weights = Path(os.environ.get("SRLIB_WEIGHTS_DIR", "weights"))
     variants = ["original", "resize_x2"] + (["sr_x2"] if (weights / "dctlsa_x2.safetensors").is_file() else [])
-    kit.assemble(repo / "kit", write_parquet(tmp_path / "pq"), weights, variants,
-                 wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None, seeds=(0,))
+    kit_assemble.assemble(repo / "kit", write_parquet(tmp_path / "pq"), weights, variants,
+                          wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None, seeds=(0,))
     out, work = tmp_path / "OUT", tmp_path / "work"
     args = ["kit", "run", "--dry-run", "--kit", str(repo / "kit"), "--out", str(out), "--work", str(work),
             "--budget", "300"]
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == [kit.ARCHIVE, kit.TIMING_LOG]
-    with tarfile.open(out / kit.ARCHIVE) as tar:
+    assert sorted(p.name for p in out.iterdir()) == [kit_common.ARCHIVE, kit_common.TIMING_LOG]
+    with tarfile.open(out / kit_common.ARCHIVE) as tar:
         names = tar.getnames()
     assert not [n for n in names if n.endswith(".pt")]  # no checkpoints come back
     for v in variants:
         assert f"runs/smoke/{v}/seed0/record.json" in names and f"runs/smoke/{v}/seed0/predictions.npz" in names
     assert ("runs/smoke/sr_quality.json" in names) == ("sr_x2" in variants)
-    log = (out / kit.TIMING_LOG).read_text()
+    log = (out / kit_common.TIMING_LOG).read_text()
     assert "probe alone  32 px" in log and "probe alone  64 px" in log and "of bf16 peak" in log
     assert "content sha256" in log and "verified" in log  # the staged data was checked before training
-    timing = json.loads(tar_member(out / kit.ARCHIVE, "timing.json"))
+    timing = json.loads(tar_member(out / kit_common.ARCHIVE, "timing.json"))
     # The queue's order (the study's); measured speeds alone only, so one run after another
     assert timing["plan"]["runs"] == [f"{v} s0" for v in variants] and timing["plan"]["mode"] == "alone"
     assert all(timing["runs"][f"{v} s0"]["status"] == "complete" for v in variants)
-    record = json.loads(tar_member(out / kit.ARCHIVE, "runs/smoke/original/seed0/record.json"))
+    record = json.loads(tar_member(out / kit_common.ARCHIVE, "runs/smoke/original/seed0/record.json"))
     assert record["provenance"]["git"]["commit"]  # the repo here has .git; on the GPU the kit fills it in
 
     results = tmp_path / "results"
-    assert main(["kit", "unpack", str(out / kit.ARCHIVE), "--results", str(results)]) == 0
+    assert main(["kit", "unpack", str(out / kit_common.ARCHIVE), "--results", str(results)]) == 0
     for v in variants:
         assert (results / "smoke" / v / "seed0" / "record.json").is_file()
     assert len(list(results.glob("gpu-*/timing.log"))) == 1
 
     # Run again on the same work folder (a warm machine): every run is complete, nothing is started.
     assert main(args) == 0
-    timing = json.loads(tar_member(out / kit.ARCHIVE, "timing.json"))
+    timing = json.loads(tar_member(out / kit_common.ARCHIVE, "timing.json"))
     assert timing["plan"]["runs"] == [] and all(r["status"] == "complete" for r in timing["runs"].values())
 
 
@@ -240,16 +244,16 @@ def test_unpack_keeps_a_complete_record_and_refuses_foreign_entries(tmp_path):
     timing = json.dumps({"started": "2026-11-28T21:00:00+00:00"})
     results = tmp_path / "results"
     complete = json.dumps({"status": "complete", "epochs": [{}] * 45})
-    kit.unpack(archive(tmp_path / "a.tar.gz", {"runs/paper/sr_x2/seed0/record.json": complete,
-                                               "timing.json": timing}), results, log=lambda *_: None)
+    kit_archive.unpack(archive(tmp_path / "a.tar.gz", {"runs/paper/sr_x2/seed0/record.json": complete,
+                                                       "timing.json": timing}), results, log=lambda *_: None)
     partial = json.dumps({"status": "partial", "epochs": [{}] * 3})
-    kit.unpack(archive(tmp_path / "b.tar.gz", {"runs/paper/sr_x2/seed0/record.json": partial,
-                                               "timing.json": timing}), results, log=lambda *_: None)
+    kit_archive.unpack(archive(tmp_path / "b.tar.gz", {"runs/paper/sr_x2/seed0/record.json": partial,
+                                                       "timing.json": timing}), results, log=lambda *_: None)
     assert json.loads((results / "paper/sr_x2/seed0/record.json").read_text())["status"] == "complete"
     assert (results / "gpu-2026-11-28T210000Z" / "timing.json").is_file()
     for bad in ("../evil.json", "runs/paper/sr_x2/seed0/checkpoint.pt", "other.txt"):
-        with pytest.raises(kit.KitError, match="unexpected entry"):
-            kit.unpack(archive(tmp_path / "c.tar.gz", {bad: "x", "timing.json": timing}), results)
+        with pytest.raises(kit_common.KitError, match="unexpected entry"):
+            kit_archive.unpack(archive(tmp_path / "c.tar.gz", {bad: "x", "timing.json": timing}), results)
 
 
 @pytest.mark.slow
@@ -257,19 +261,20 @@ def test_the_lossless_kit_for_all_five_variants_fits_each_call(real_parquet, wei
     """Every call of a window (this checkout's files + the call's carried paths) stays under 64 MiB, with the
     lossless data in two WebP pieces (or three PNG ones) and both SR scales' weights."""
     try:
-        wheel = tmp_path / "wheels" / kit.fetch_wheel(tmp_path / "wheels")["file"]
-    except kit.KitError as exc:  # no registry here: a wheel zipped from the installed package instead
+        wheel = tmp_path / "wheels" / kit_assemble.fetch_wheel(tmp_path / "wheels")["file"]
+    except kit_common.KitError as exc:  # no registry here: a wheel zipped from the installed package instead
         print(f"pip download failed ({exc}); using a wheel made from the installed spandrel")
         wheel = wheel_from_installed(tmp_path / "fake")
     sizes = {}
     for transport, pieces in (("webp", 2), ("png", 3)):
-        manifest, size = kit.assemble(tmp_path / "kit", Path(real_parquet), weights_dir, kit.expand(["study"]),
-                                      wheel=wheel, check_location=False, log=print, transport=transport)
+        manifest, size = kit_assemble.assemble(tmp_path / "kit", Path(real_parquet), weights_dir,
+                                               kit_common.expand(["study"]), wheel=wheel, check_location=False,
+                                               log=print, transport=transport)
         assert manifest["data"]["content_sha256"] == CANONICAL_CIFAR10_SHA256 and not manifest["data"]["lossy"]
         assert len(manifest["data"]["stage"]["pieces"]) == pieces, transport
-        calls = kit.window_calls(tmp_path / "kit", manifest, probe_table=False)
-        sizes[transport] = [size.repo_bytes + kit._carried_bytes(tmp_path / "kit", c["carry"]) for c in calls]
-        assert max(sizes[transport]) <= kit.DEVICE_LIMIT_BYTES, size.describe()
+        calls = kit_assemble.window_calls(tmp_path / "kit", manifest, probe_table=False)
+        sizes[transport] = [size.repo_bytes + kit_assemble._carried_bytes(tmp_path / "kit", c["carry"]) for c in calls]
+        assert max(sizes[transport]) <= kit_common.DEVICE_LIMIT_BYTES, size.describe()
     print({t: [f"{b / 2**20:.1f} MiB" for b in v] for t, v in sizes.items()})
 
 
@@ -280,7 +285,8 @@ def test_sweep_with_records_renders_them_names_the_missing_and_never_trains(imag
     a variant without a record is named as not run, and nothing is trained or written into DIR."""
     from srlib.config import make_config
     from srlib.errors import ConfigError
-    from srlib.sweep import records_profile, sweep
+    from srlib.orchestration.sweep import sweep
+    from srlib.runs import records_profile
     from srlib.train import train
 
     overrides = dict(epochs=1, width=4, train_size=20, test_size=10)
@@ -321,11 +327,11 @@ def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pi
     timing = json.dumps({"started": "2026-11-29T10:00:00+00:00"})
     results = tmp_path / "results"
     jpeg = {"runs/paper/original/seed0/record.json": record("653d"), "timing.json": timing}
-    kit.unpack(archive(tmp_path / "a.tar.gz", jpeg), results, log=lambda *_: None)
+    kit_archive.unpack(archive(tmp_path / "a.tar.gz", jpeg), results, log=lambda *_: None)
     lossless = {"runs/paper/original/seed0/record.json": record("c8cc"), "timing.json": timing,
                 "gpu_probe.json": json.dumps({"rows": []})}
-    with pytest.raises(kit.KitError, match="record on other data .* nothing was unpacked"):
-        kit.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None)
+    with pytest.raises(kit_common.KitError, match="record on other data .* nothing was unpacked"):
+        kit_archive.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None)
     assert "653d" in (results / "paper/original/seed0/record.json").read_text()
     assert not (results / "gpu_probe.json").exists()
     # once the JPEG records have moved to their own set, the lossless ones unpack, the probe table with them
@@ -334,7 +340,7 @@ def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pi
     pieces.mkdir()
     (pieces / "piece.json").write_text(json.dumps({"index": 1}))
     (pieces / "seal.json").write_text(json.dumps({"run": "paper/sr_x4/seed0"}))
-    kit.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None, pieces=[pieces])
+    kit_archive.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None, pieces=[pieces])
     assert "c8cc" in (results / "paper/original/seed0/record.json").read_text()
     assert (results / "gpu_probe.json").is_file() and (results / "partial/paper-sr_x4-seed0/1/piece.json").is_file()
 
@@ -342,7 +348,7 @@ def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pi
 def test_a_window_that_ends_ships_the_unfinished_runs_checkpoint_in_calls(tmp_path):
     """Piece 1 (with the seal) goes into $OUT with the archive; `kit ship 2` brings the next; both unpack into
     results/partial, and they never exceed what a call returns (8 files, 16 MiB each)."""
-    from srlib import partial
+    from srlib.orchestration.kit import partial
 
     work, out = tmp_path / "work", tmp_path / "OUT"
     run = work / "runs" / "paper" / "sr_x4" / "seed0"
@@ -350,20 +356,20 @@ def test_a_window_that_ends_ships_the_unfinished_runs_checkpoint_in_calls(tmp_pa
     (run / "checkpoint.pt").write_bytes(np.random.default_rng(2).integers(0, 256, 70 * 2**20 // 7, np.uint8).tobytes())
     (run / "record.json").write_text(json.dumps({"status": "partial", "epochs": [{}] * 20}))
     out.mkdir()
-    state = kit.KitRun(tmp_path / "kit", out, work, kit.PAPER, ["sr_x4"], 0.0, 0.0, 0.0, lambda *_: None,
-                       window_ends=True)
-    kit.ship_partial(state)
+    state = kit_common.KitRun(tmp_path / "kit", out, work, kit_common.PAPER, ["sr_x4"], 0.0, 0.0, 0.0,
+                              lambda *_: None, window_ends=True)
+    kit_archive.ship_partial(state)
     assert state.timing["shipped"] == {"run": "paper/sr_x4/seed0", "epochs_done": 20, "pieces": 1}
     files = [p for p in (out / "ckpt-1").iterdir()]
     assert len(files) + 2 <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)  # + archive + timing.log
-    with pytest.raises(kit.KitError, match="no checkpoint piece 2"):
-        kit.ship_piece(2, out, work)
+    with pytest.raises(kit_common.KitError, match="no checkpoint piece 2"):
+        kit_archive.ship_piece(2, out, work)
     big = work / "runs" / "paper" / "sr_x4" / "seed0" / "checkpoint.pt"
     big.write_bytes(np.random.default_rng(3).integers(0, 256, 89_000_000, np.uint8).tobytes())  # paper size
     shutil.rmtree(out / "ckpt-1")
-    kit.ship_partial(state)
+    kit_archive.ship_partial(state)
     assert state.timing["shipped"]["pieces"] == 2
-    second = kit.ship_piece(2, tmp_path / "OUT2", work)
+    second = kit_archive.ship_piece(2, tmp_path / "OUT2", work)
     for folder in (out / "ckpt-1", second):
         sizes = [p.stat().st_size for p in folder.iterdir()]
         assert len(sizes) <= 6 and max(sizes) <= 16 * 2**20 and sum(sizes) <= 62 * 2**20

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import srlib.preflight as preflight
+import srlib.orchestration.preflight as preflight
 from srlib.cli import main
 from srlib.config import make_config
-from srlib.sweep import sweep
+from srlib.orchestration.sweep import sweep
 
 REAL_HOST_ANSWERS = preflight.host_answers  # the autouse fixture below replaces it in every test
 REAL_CREATE_CONNECTION = socket.create_connection
@@ -42,7 +42,7 @@ def forbid_slow_work(mp: pytest.MonkeyPatch) -> list[str]:
     """What takes longer than a check, and a refusal must come before: decoding or downloading the data,
     training, starting a run. Each raises if called (and is listed, in case a caller swallows the error)."""
     import srlib.data
-    import srlib.executors
+    import srlib.orchestration.executors
     import srlib.train
 
     called: list[str] = []
@@ -55,7 +55,8 @@ def forbid_slow_work(mp: pytest.MonkeyPatch) -> list[str]:
 
     for module, name in ((srlib.data, "load_dataset"), (srlib.data, "download_canonical"),
                          (srlib.train, "load_dataset"), (srlib.train, "train"),
-                         (srlib.executors, "execute_notebook"), (srlib.executors, "LocalPool")):
+                         (srlib.orchestration.executors, "execute_notebook"),
+                         (srlib.orchestration.executors, "LocalPool")):
         mp.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
     return called
 

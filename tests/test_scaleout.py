@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from conftest import make_imagefolder
 
-from srlib import executors as ex
 from srlib.errors import LockError
-from srlib.executors import Task
+from srlib.orchestration import executors as ex
+from srlib.orchestration.executors import Task
+from srlib.orchestration.sweep import ROOT, status, sweep
 from srlib.store import file_lock, load_arrays, load_or_build, lock_holder
-from srlib.sweep import ROOT, status, sweep
 
 SMALL = {"epochs": 2, "train_size": 20, "test_size": 10}  # seconds per run; the SR path is not the point here
 VARIANTS = ["original", "resize_x2", "nearest_x2"]
@@ -159,7 +159,8 @@ def test_several_kernels_started_at_once_all_run(tmp_path):
     template = tmp_path / "tiny.ipynb"
     nbformat.write(notebook, template)
     tasks = [Task(f"t{i}", str(template), str(tmp_path / f"t{i}.ipynb"), {"x": i}) for i in range(4)]
-    workers = [subprocess.Popen([sys.executable, "-m", "srlib.executors", json.dumps(t.__dict__)], cwd=ROOT,
+    worker = [sys.executable, "-m", "srlib.orchestration.executors"]
+    workers = [subprocess.Popen([*worker, json.dumps(t.__dict__)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for t in tasks]
     assert [w.wait(180) for w in workers] == [0] * 4
     for i, t in enumerate(tasks):
@@ -324,8 +325,8 @@ def test_a_failing_slurm_run_is_named_while_the_others_finish(study, slurm_clust
 
 
 def test_the_progress_line_shows_each_running_runs_epoch(tmp_path):
-    from srlib.executors import RunState
-    from srlib.sweep import Reporter
+    from srlib.orchestration.executors import RunState
+    from srlib.orchestration.sweep import Reporter
 
     lines: list[str] = []
     reporter = Reporter(lines.append, live=False, slots=2)
@@ -379,7 +380,7 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
         (folder / name).chmod(0o755)
     monkeypatch.setenv("FAKE_SLURM", str(folder))
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
-    import srlib.sweep as sweep_module
+    import srlib.orchestration.sweep as sweep_module
 
     monkeypatch.setattr(sweep_module, "SLURM_POLL_S", 0.01)
     looks, real_queue = [], ex.slurm_queue
@@ -395,7 +396,7 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 
 def _queued_tasks(tmp_path: Path, variants: list[str]) -> list[Task]:
     """Tasks as a sweep leaves them after submitting array job 7: job.json says queued, with their job ids."""
-    from srlib.sweep import train_tasks
+    from srlib.orchestration.sweep import train_tasks
 
     tasks = train_tasks("smoke", 1, variants, tmp_path / "runs", tmp_path / "nb", {}, {})
     for i, task in enumerate(tasks):
@@ -404,7 +405,7 @@ def _queued_tasks(tmp_path: Path, variants: list[str]) -> list[Task]:
 
 
 def _wait(tmp_path: Path, tasks: list[Task]):
-    from srlib.sweep import Reporter, SweepResult, _wait_slurm
+    from srlib.orchestration.sweep import Reporter, SweepResult, _wait_slurm
 
     lines: list[str] = []
     reporter = Reporter(lines.append, live=False)
@@ -464,8 +465,8 @@ def test_a_reason_that_clears_is_shown_and_a_task_that_leaves_the_queue_unstarte
 
 
 def test_the_progress_line_counts_each_reason():
-    from srlib.executors import RunState
-    from srlib.sweep import _why_queued
+    from srlib.orchestration.executors import RunState
+    from srlib.orchestration.sweep import _why_queued
 
     states = {"a": RunState("queued", reason="Priority"), "b": RunState("queued", reason="Resources"),
               "c": RunState("queued", reason="Priority"), "d": RunState("running", reason="")}
@@ -594,7 +595,7 @@ def _job_ids(runs: Path) -> dict[str, str]:
 
 
 def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study, slurm_cluster, monkeypatch):
-    from srlib.sweep import Reporter
+    from srlib.orchestration.sweep import Reporter
 
     root, data = study
     monkeypatch.setattr(Reporter, "PLAIN_EVERY_S", 0)  # every look at the queue is one progress line

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from srlib import partial, staging, transport
 from srlib.data import load_dataset
-from srlib.staging import StagingError
+from srlib.orchestration.kit import partial, staging, transport
+from srlib.orchestration.kit.staging import StagingError
 
 
 def _files(tmp_path: Path) -> dict[str, Path]:

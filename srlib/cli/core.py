@@ -55,7 +55,7 @@ def _deadline(text: str) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..preflight import check_train
+    from ..orchestration.preflight import check_train
     from ..train import train
 
     config = make_config(args.variant, args.profile, args.seed, **config_overrides(args))

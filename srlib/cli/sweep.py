@@ -8,14 +8,14 @@ from pathlib import Path
 
 from ..config import PROFILES, STUDY_VARIANTS, add_config_options, config_overrides, default_profile
 from ..errors import ConfigError, SrlibError
-from ..executors import RunState, SlurmOptions, parse_sbatch_options
+from ..orchestration.executors import RunState, SlurmOptions, parse_sbatch_options
+from ..orchestration.sweep import status, sweep
 from ..runs import records_profile
-from ..sweep import status, sweep
 from .core import add_data_options
 
 
 def add_scaleout_options(p: argparse.ArgumentParser) -> None:
-    """Where the sweep's runs execute (srlib.executors); none of this changes a run's results or identity."""
+    """Where the sweep's runs execute (srlib.orchestration.executors); none of it changes a run's results."""
     p.add_argument("--executor", choices=["local", "slurm"], default="local",
                    help="local: worker processes on this machine; slurm: a job array through submitit")
     p.add_argument("--jobs", type=int, help="local: runs at once (default: GPUs x --runs-per-gpu; on a CPU 1)")
@@ -67,7 +67,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     profile = args.profile or (records_profile(records) if records else default_profile())
     overrides = config_overrides(args)
     if getattr(args, "dry_run", False):
-        from ..preflight import format_plan, sweep_plan
+        from ..orchestration.preflight import format_plan, sweep_plan
 
         plan = sweep_plan(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
                           args.cache_dir, overrides, analysis=not args.no_analysis)

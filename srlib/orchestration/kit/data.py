@@ -1,7 +1,7 @@
 """The GPU kit's data: the study's lossless CIFAR-10, staged in device-call pieces and checked by content hash.
 
-Here (`stage_dataset`): the lossless Parquet copy, optionally re-encoded as lossless WebP (srlib.transport),
-is cut into as few pieces as fit one call each next to the repository (srlib.staging) under `kit/stage/N`.
+Here (`stage_dataset`): the lossless Parquet copy, optionally re-encoded as lossless WebP (kit.transport),
+is cut into as few pieces as fit one call each next to the repository (kit.staging) under `kit/stage/N`.
 There (`unstage`): the pieces the earlier calls left plus the last one are checked and put back together,
 and the decoded data must have the content hash the kit was assembled with; otherwise the job stops with
 one line before anything trains.
@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import SrlibError
+from ...errors import SrlibError
 from .staging import reassemble, split
 
 STAGE_DIR = "stage"
@@ -33,7 +33,7 @@ def _parquet_files(folder: Path) -> dict[str, Path]:
 def stage_dataset(parquet: Path, kit: Path, room_bytes: int, transport: str = "webp",
                   log: Callable[[str], None] = print) -> dict:
     """Stage `parquet` into `kit/stage/1..n` with each piece at most `room_bytes`; the manifest's `data` entry."""
-    from .data import load_dataset
+    from ...data import load_dataset
     from .transport import transcode_webp
 
     if transport not in TRANSPORTS:
@@ -65,7 +65,7 @@ def stage_dataset(parquet: Path, kit: Path, room_bytes: int, transport: str = "w
 
 def unstage(kit: Path, data: dict, target: Path, cache_dir: Path) -> Path:
     """Reassemble the staged data into `target` and check its content hash; returns `target`."""
-    from .data import load_dataset
+    from ...data import load_dataset
 
     n = len(data["stage"]["pieces"])
     reassemble(kit / STAGE_DIR, data["stage"], target,

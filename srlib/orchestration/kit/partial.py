@@ -27,7 +27,7 @@ def ship(run_dir: Path, runs: Path, root: Path, chunk_bytes: int = SHIP_CHUNK_BY
          max_chunks: int = SHIP_MAX_CHUNKS) -> dict:
     """Cut `run_dir`'s checkpoint (a run under `runs`) into piece folders `root/1`, `root/2`, ...; the seal goes
     to `root/1/seal.json` and is returned."""
-    from .runs import CHECKPOINT, RECORD
+    from ...runs import CHECKPOINT, RECORD
 
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.is_file():

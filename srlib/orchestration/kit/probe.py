@@ -14,7 +14,7 @@ runs (N = 1, 2, 4) at 32, 64 and 128 px in each mode the machine offers:
 Every run starts from the same seed and batches, so its weights after the probe's steps must be
 bit-identical to the run alone; the table says whether they were. At 128 px it also times other numerics
 alone (non-deterministic cuDNN, cudnn.benchmark, torch.compile) when time allows. The table goes to
-`results/paper/gpu_probe.json`, from where later windows read it (srlib.gpu_plan), re-checking one size.
+`results/paper/gpu_probe.json`, from where later windows read it (kit.schedule), re-checking one size.
 
 Needs a CUDA GPU, except the MPS control (tested on a CPU against a fake control binary).
 """
@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import SrlibError
+from ...errors import SrlibError
 
 PROBE_SCHEMA = 1
 PROBE_FILE = "gpu_probe.json"
@@ -45,6 +45,7 @@ MPS_BINARY = "nvidia-cuda-mps-control"
 MPS_SEARCH = ("/usr/local/nvidia/bin", "/usr/bin", "/usr/local/cuda/bin")
 BF16_PEAK_FLOPS = 790e12  # measured on the H200 (8192^3 bf16 matmul); the yardstick of "fraction of peak"
 WORKER_WAIT_S = 60.0  # a worker gives up waiting for the others after this
+WORKER_MODULE = "srlib.orchestration.kit.probe"  # `python -m` this, with `worker SPEC RANK`: one probe process
 
 
 class ProbeError(SrlibError):
@@ -100,8 +101,8 @@ class ProbeRun:
     def __init__(self, px: int, config, device, numerics, stream=None, n_batches: int = 4):
         import torch
 
-        from .model import resnet18
-        from .train import GraphedStep
+        from ...model import resnet18
+        from ...train import GraphedStep
 
         torch.manual_seed(0)
         fmt = torch.channels_last if numerics.channels_last else torch.contiguous_format
@@ -123,7 +124,7 @@ class ProbeRun:
     def step(self, i: int) -> None:
         import torch
 
-        from .train import make_batch, train_step
+        from ...train import make_batch, train_step
 
         with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             k = i % self.n_batches
@@ -142,7 +143,7 @@ def _numerics(config, device, variant: str):
     """The protocol's numerics, or one of the faster settings timed at 128 px."""
     from dataclasses import replace
 
-    from .numerics import resolve_numerics
+    from ...numerics import resolve_numerics
 
     base = resolve_numerics(config, device)
     if variant == "nondeterministic":
@@ -158,7 +159,7 @@ def _numerics(config, device, variant: str):
 def _backend(numerics, benchmark: bool) -> Iterator[None]:
     import torch
 
-    from .numerics import deterministic_algorithms
+    from ...numerics import deterministic_algorithms
 
     was = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = benchmark
@@ -176,6 +177,8 @@ def time_in_process(px: int, n: int, config, device, steps: int = STEPS, variant
     import torch
 
     cuda = device.type == "cuda"
+    # The whole device, not srlib.timing.timed's events: those are recorded on one stream and would miss the
+    # work of the runs on their own streams.
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     numerics = _numerics(config, device, variant)
     with _backend(numerics, variant == "benchmark"):
@@ -212,8 +215,8 @@ def worker(spec_path: Path, rank: int) -> None:
     others, time the steps, write (start, end, weight hash); wait for the phase to end before the next."""
     import torch
 
-    from .config import TrainConfig
-    from .numerics import deterministic_algorithms
+    from ...config import TrainConfig
+    from ...numerics import deterministic_algorithms
 
     spec = json.loads(spec_path.read_text())
     folder = spec_path.parent
@@ -244,7 +247,7 @@ def worker(spec_path: Path, rank: int) -> None:
 def time_in_processes(phases: list[tuple[int, int]], config, steps: int, env: dict,
                       timeout_s: float, device: str = "cuda") -> dict[tuple[int, int], tuple[float, list[str]]]:
     """Aggregate images/s and weight hashes for each (px, n) phase, from max(n) worker processes started once."""
-    from .kit import ROOT
+    from .common import ROOT
 
     folder = Path(tempfile.mkdtemp(prefix="srlib-probe-"))
     spec = folder / "spec.json"
@@ -254,7 +257,7 @@ def time_in_processes(phases: list[tuple[int, int]], config, steps: int, env: di
     workers = []
     for rank in range(max(n for _, n in phases)):
         with (folder / f"worker-{rank}.log").open("w") as handle:
-            workers.append(subprocess.Popen([sys.executable, "-m", "srlib.gpu_probe", "worker", str(spec), str(rank)],
+            workers.append(subprocess.Popen([sys.executable, "-m", WORKER_MODULE, "worker", str(spec), str(rank)],
                                             cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT))
     try:
         for w in workers:
@@ -291,7 +294,7 @@ class Row:
 
 
 def peak_fraction(images_per_s: float, px: int, width: int) -> float:
-    from .flops import train_flops_per_image
+    from ...flops import train_flops_per_image
 
     return images_per_s * train_flops_per_image(px, width) / BF16_PEAK_FLOPS
 
@@ -372,7 +375,7 @@ def table_lines(table: dict) -> list[str]:
 
 
 def write_table(table: dict, *paths: Path) -> None:
-    from .store import write_json
+    from ...store import write_json
 
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 3 and args[0] == "worker":
         worker(Path(args[1]), int(args[2]))
         return 0
-    print("usage: python -m srlib.gpu_probe worker SPEC RANK (started by the probe itself)", file=sys.stderr)
+    print(f"usage: python -m {WORKER_MODULE} worker SPEC RANK (started by the probe itself)", file=sys.stderr)
     return 2
 
 

@@ -23,11 +23,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .errors import ConfigError, SrlibError
-from .store import read_json, write_json
+from ..errors import ConfigError, SrlibError
+from ..runs import NOTEBOOKS, ROOT
+from ..store import read_json, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
 KERNEL = "python3"  # the kernel of the interpreter running the sweep (ipykernel's native spec)
 JOB = "job.json"
 # What a kernel that lost the race for its ZMQ ports looks like to papermill (papermill#511, #239):
@@ -266,7 +265,7 @@ def left_before_start(job_id: str, entry: QueueEntry | None) -> str:
 
 
 def _alive(pid) -> bool:
-    from .store import _process_alive
+    from ..store import _process_alive
 
     return isinstance(pid, int) and _process_alive(pid)
 
@@ -331,7 +330,7 @@ class Worker:
 
 
 class LocalPool:
-    """Runs tasks as `python -m srlib.executors` processes, at most `slots.jobs` at once."""
+    """Runs tasks as `python -m srlib.orchestration.executors` processes, at most `slots.jobs` at once."""
 
     STAGGER_S = 1.0  # between kernel starts: fewer ZMQ port collisions to retry
 
@@ -348,7 +347,7 @@ class LocalPool:
         Path(task.log).parent.mkdir(parents=True, exist_ok=True)
         with open(task.log, "w") as log:  # a new attempt starts a new log
             process = subprocess.Popen(
-                [sys.executable, "-m", "srlib.executors", json.dumps(asdict(task))], cwd=ROOT,
+                [sys.executable, "-m", "srlib.orchestration.executors", json.dumps(asdict(task))], cwd=ROOT,
                 env={**os.environ, **self.slots.env(slot)}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: its kernel dies with it
         self._last_start = time.monotonic()
@@ -712,7 +711,7 @@ def parse_squeue(text: str) -> dict[str, QueueEntry]:
 
 
 def main(argv: list[str]) -> int:
-    """Worker entry point: `python -m srlib.executors '<task json>'`."""
+    """Worker entry point: `python -m srlib.orchestration.executors '<task json>'`."""
     task = Task(**json.loads(argv[0]))
     try:
         run_task(task)

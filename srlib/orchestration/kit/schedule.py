@@ -1,13 +1,14 @@
 """What a GPU window runs: the queue from what the results lack, and the runs that complete in the time left.
 
-Speeds come only from measurements (srlib.gpu_probe's table): aggregate training images/s of N runs
+Speeds come only from measurements (the probe's table, kit.probe): aggregate training images/s of N runs
 sharing the GPU in a mode (`alone`, `mps`, `processes`, `streams`) at each input size. Nothing assumes
 that sharing is faster: where the probe says it is not, the runs go one after another.
 
 A run starts only if the estimate says it ends within the device time left in the window; a run that
 fits starts even when the one before it in the queue (its pair) does not, so no time is left idle. A run
 that cannot end within any window (an x4 run at a slow setting) is started alone with a deadline and
-its checkpoint comes back, to be resumed in a later window (srlib.partial).
+its checkpoint comes back, to be resumed in a later window (kit.partial). How long a run's epochs take in
+trained images, and its start-up, is the cost model's (srlib.cost).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VARIANT_ORDER = ("original", "resize_x2", "sr_x2", "resize_x4", "sr_x4")  # each seed's runs, in this order
+from ...config import STUDY_VARIANTS
+
+VARIANT_ORDER = STUDY_VARIANTS  # each seed's runs, in this order
 SEEDS = (0, 1, 2)
-EVAL_COST = 1 / 3  # a test image costs about a forward pass, a third of a training step
-RUN_STARTUP_S = 20.0  # a `srlib train` process: import torch, CUDA context, data to the GPU, graph capture
 SAFETY = 1.1  # estimates are stretched by this before they are compared with the time left
 LAUNCHABLE = ("alone", "mps", "processes")  # modes in which `srlib kit run` starts `srlib train` processes
 FASTER_NUMERICS = {"nondeterministic": ["--no-deterministic"], "compile": ["--compile", "--no-cuda-graphs"]}
@@ -38,7 +39,7 @@ def queue(results: Path, content_sha256: str, profile: str = "paper", seeds: tup
           variants: tuple[str, ...] = VARIANT_ORDER) -> list[RunKey]:
     """The runs `results` lacks, in study order: per seed original, resize_x2, sr_x2, resize_x4, sr_x4. A record
     made on other data (another content hash, e.g. the JPEG copy) does not count as done."""
-    from .runs import load_records
+    from ...runs import load_records
 
     done = {(r["config"]["variant"], r["config"]["seed"]) for r in load_records(results, profile, predictions=False)
             if r.get("data", {}).get("dataset", {}).get("content_sha256") == content_sha256}
@@ -91,15 +92,18 @@ class SpeedTable:
 class RunNeed:
     key: RunKey
     px: int
-    images: float  # training images plus test images at EVAL_COST, over the epochs left
+    images: float  # trained-image equivalents (srlib.cost.epoch_images: test images weighed), over the epochs left
     setup_s: float  # process start-up and upscaling, before the run computes
 
     @classmethod
-    def of(cls, key: RunKey, epochs_left: int, n_train: int, n_test: int, upscale_s: float = 0.0) -> RunNeed:
-        from .config import VARIANTS
+    def of(cls, key: RunKey, epochs_left: int, n_train: int, n_test: int, upscale_s: float = 0.0,
+           width: int | None = None) -> RunNeed:
+        """`width`: the network's (default: the paper protocol's), for what a test image weighs."""
+        from ...config import VARIANTS, make_config
+        from ...cost import RUN_STARTUP_S, epoch_images  # imports torch (FLOP counts): only when planning
 
-        return cls(key, 32 * VARIANTS[key.variant].scale, epochs_left * (n_train + EVAL_COST * n_test),
-                   RUN_STARTUP_S + upscale_s)
+        px, width = VARIANTS[key.variant].px, width or make_config(key.variant, "paper").width
+        return cls(key, px, epochs_left * epoch_images(n_train, n_test, px, width), RUN_STARTUP_S + upscale_s)
 
 
 def finish_times(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int,

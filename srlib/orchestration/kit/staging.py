@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import SrlibError
+from ...errors import SrlibError
 
 STAGE_SCHEMA = 1
 PIECE_FILE = "piece.json"

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from . import cost
-from .config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
-from .data import CANONICAL_DIR, CANONICAL_FILES, CIFAR10_URL, IMAGE_SUFFIXES, default_cache_dir, locate
-from .errors import SrlibError, WeightsError
-from .flops import train_flops_per_image
-from .upscale import (
+from .. import cost
+from ..config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
+from ..data import CANONICAL_DIR, CANONICAL_FILES, CIFAR10_URL, IMAGE_SUFFIXES, default_cache_dir, locate
+from ..errors import SrlibError, WeightsError
+from ..flops import train_flops_per_image
+from ..upscale import (
     DEFAULT_SR_MODEL,
     SRCheckpoint,
     checkpoint_scale,
@@ -145,7 +145,7 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
 
     `analysis`: the analysis notebooks follow (the SR-quality page needs the default SR weights at x2 and x4).
     """
-    from .runs import find_finished, load_records
+    from ..runs import find_finished, load_records
 
     out, cache = Path(out), Path(cache_dir) if cache_dir is not None else default_cache_dir()
     profile = configs[0].profile if configs else ""

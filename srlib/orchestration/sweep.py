@@ -22,11 +22,12 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..config import PROFILES, STUDY_VARIANTS, VARIANTS, expand_variants, make_config
+from ..errors import ConfigError, SrlibError
+from ..runs import NOTEBOOKS, ROOT
+from ..store import directory_lock, write_json
 from . import executors as ex
-from .config import PROFILES, STUDY_VARIANTS, VARIANTS, expand_variants, make_config
-from .errors import ConfigError, SrlibError
-from .executors import NOTEBOOKS, ROOT, RunState, SlurmOptions, Task
-from .store import directory_lock, write_json
+from .executors import RunState, SlurmOptions, Task
 
 __all__ = ["NOTEBOOKS", "ROOT", "SweepResult", "finish", "status", "sweep"]
 ANALYSIS = ("sr_quality.ipynb", "compare.ipynb")
@@ -66,7 +67,7 @@ def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
 
 def train_tasks(profile: str, seeds: int, variants, out: Path, notebooks_out: Path, common: dict,
                 overrides: dict) -> list[Task]:
-    from .runs import run_dir
+    from ..runs import run_dir
 
     tasks = []
     for seed in range(seeds):
@@ -287,7 +288,7 @@ def _write_summary(out: Path, profile: str, seeds: int, variants, result: SweepR
 
 
 def _record(out: Path, profile: str, task: Task, overrides: dict) -> dict | None:
-    from .runs import find_finished
+    from ..runs import find_finished
 
     return find_finished(out, make_config(task.variant, profile, task.seed, **overrides))
 
@@ -466,10 +467,10 @@ def finish(profile: str, out: str | os.PathLike, notebooks_out: str | os.PathLik
     out, notebooks_out = Path(out), Path(notebooks_out)
     result, started = SweepResult(), time.time()
     common = {"profile": profile, "out": str(out), "data": data, "cache_dir": cache_dir}
-    from .runs import record_paths
+    from ..runs import record_paths
 
     records = record_paths(out, profile)
-    from .quality import default_images
+    from ..quality import default_images
 
     params = {**common, "n": default_images(profile)}
     if records_only:  # the SR-quality page shows the measurement saved beside the records (e.g. from the GPU)
@@ -511,8 +512,8 @@ def _run_quietly(task: Task) -> None:
 
     task.log.parent.mkdir(parents=True, exist_ok=True)
     with open(task.log, "w") as log:
-        done = subprocess.run([sys.executable, "-m", "srlib.executors", json.dumps(asdict(task))], cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-m", "srlib.orchestration.executors", json.dumps(asdict(task))],
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise SrlibError(ex.last_error_line(task.log) or f"the worker exited with code {done.returncode}")
 
@@ -520,8 +521,8 @@ def _run_quietly(task: Task) -> None:
 def headline_verdicts(out: Path, profile: str) -> list[str]:
     """SR - resize at each scale, one line each, from srlib.analysis (nothing when it cannot say)."""
     try:
-        from .analysis import comparisons, verdicts
-        from .runs import load_records
+        from ..analysis import comparisons, verdicts
+        from ..runs import load_records
 
         records = load_records(out, profile)
         variants = {r["config"]["variant"] for r in records}
@@ -550,8 +551,8 @@ def _build_book(notebooks_out: Path, log) -> Path | None:
 
 def status(out: str | os.PathLike = "runs", profile: str | None = None) -> list[tuple[str, RunState]]:
     """(run, state) for every run that has a folder under `out` (one profile, or all)."""
-    from .runs import RECORD
-    from .store import read_json
+    from ..runs import RECORD
+    from ..store import read_json
 
     out = Path(out)
     dirs = sorted(p for p in out.glob(f"{profile or '*'}/*/seed*") if p.is_dir())

@@ -1,0 +1,309 @@
+"""`srlib kit assemble` (here): the kit folder filled with what the GPU machine lacks, sized against the device
+tool's limit, and the next window's calls.
+
+What a kit holds: the data staged in pieces (kit.data), the SR weights the variants need (checked by sha256),
+the `spandrel` wheel, the commit and diff of this tree (srlib.provenance), the queue of runs the results lack
+(kit.schedule) and a partial run's checkpoint to resume (kit.partial).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...config import VARIANTS
+from .common import (
+    CKPT_DIR,
+    DEVICE_LIMIT_BYTES,
+    DIFF,
+    FRESH_WINDOW_S,
+    KIT_SCHEMA,
+    MANIFEST,
+    MANIFEST_ROOM_BYTES,
+    ROOT,
+    KitError,
+    check_variants,
+    log_line,
+    now,
+    sr_checkpoints,
+)
+from .data import STAGE_DIR
+
+
+def _git(*args: str, root: Path = ROOT) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KitError(f"git {' '.join(args)} failed ({exc}); the kit is assembled from a git checkout") from exc
+    if done.returncode != 0:
+        raise KitError(f"git {' '.join(args)} failed: {done.stderr.decode(errors='replace').strip()}; "
+                       "assemble the kit inside this project's git checkout")
+    return done.stdout.decode(errors="replace")
+
+
+def sent_files(root: Path = ROOT) -> list[Path]:
+    """The files the device tool sends besides carried paths: tracked + untracked-not-ignored, and shared/."""
+    names = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", root=root).split("\0")
+    files = {root / n for n in names if n and (root / n).is_file() and not (root / n).is_symlink()}
+    shared = root / "shared"
+    if shared.is_dir():
+        files |= {p for p in shared.rglob("*") if p.is_file()}
+    return sorted(files)
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+@dataclass(frozen=True)
+class SizeCheck:
+    repo_bytes: int
+    kit_bytes: int
+    limit_bytes: int = DEVICE_LIMIT_BYTES
+
+    @property
+    def total(self) -> int:
+        return self.repo_bytes + self.kit_bytes
+
+    @property
+    def margin(self) -> int:
+        return self.limit_bytes - self.total
+
+    def describe(self) -> str:
+        mib = 2**20
+        return (f"files sent: repository {self.repo_bytes / mib:.2f} MiB + kit {self.kit_bytes / mib:.2f} MiB = "
+                f"{self.total / mib:.2f} MiB of {self.limit_bytes / mib:.0f} MiB; margin {self.margin / mib:.2f} MiB")
+
+
+def _require_ignored(kit: Path, root: Path) -> None:
+    kit = kit.resolve()
+    if root.resolve() not in kit.parents:
+        raise KitError(f"the kit folder {kit} is outside the repository {root}; the device tool only sends the "
+                       "repository and the paths its `carry` names inside it. Use a folder such as kit/")
+    relative = kit.relative_to(root.resolve())
+    if subprocess.run(["git", "check-ignore", "-q", str(relative) + "/"], cwd=root).returncode != 0:
+        raise KitError(f"{relative}/ is not git-ignored, so it would be sent twice (and could be committed); "
+                       f"add /{relative}/ to .gitignore")
+
+
+def _sha256(path: Path) -> str:
+    from ...store import sha256_file
+
+    return sha256_file(path)
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    if target.is_file() and target.stat().st_size == source.stat().st_size and _sha256(target) == _sha256(source):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def copy_weights(weights_dir: Path, checkpoints: list, target: Path) -> dict:
+    """The registered SR checkpoints the variants need (e.g. dctlsa_x2.safetensors), checked by sha256."""
+    target.mkdir(parents=True, exist_ok=True)
+    wanted = {c.file for c in checkpoints}
+    for old in target.iterdir():
+        if old.is_file() and old.name not in wanted:  # a scale or model not run this time: don't send it
+            old.unlink()
+    copied = {}
+    for entry in checkpoints:
+        source = weights_dir / entry.file
+        if not source.is_file():
+            raise KitError(f"{source} is missing: the {entry.label} SR variants need it. Set SRLIB_WEIGHTS_DIR (or "
+                           f"--weights-dir) to a folder holding {entry.file}")
+        if _sha256(source) != entry.sha256:
+            raise KitError(f"{source} does not have the registered sha256 ({entry.sha256[:16]}...); restore it")
+        _copy_if_changed(source, target / entry.file)
+        copied[entry.file] = {"model": entry.model, "scale": entry.scale, "bytes": source.stat().st_size,
+                              "sha256": entry.sha256}
+    return copied
+
+
+def fetch_wheel(target: Path, package: str = "spandrel", version: str | None = None,
+                wheel: Path | None = None, python_version: str = "3.12") -> dict:
+    """The pure-Python wheel of `package` (the installed version), cached in `target`."""
+    version = version or importlib.metadata.version(package)
+    target.mkdir(parents=True, exist_ok=True)
+    prefix = f"{package.replace('-', '_')}-"
+    for old in target.glob(f"{prefix}*.whl"):
+        if not old.name.startswith(f"{prefix}{version}-"):
+            old.unlink()  # two versions of one package would both be installed
+    if wheel is not None:
+        if not wheel.name.startswith(f"{prefix}{version}-") or wheel.suffix != ".whl":
+            raise KitError(f"--wheel {wheel} is not a {package} {version} wheel ({prefix}{version}-*.whl)")
+        _copy_if_changed(wheel, target / wheel.name)
+    cached = sorted(target.glob(f"{prefix}{version}-*.whl"))
+    if not cached:
+        # Short network timeouts: offline, pip would otherwise retry for minutes before saying so.
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
+                   python_version, "--disable-pip-version-check", "-q", "--timeout", "15", "--retries", "1",
+                   f"{package}=={version}", "-d", str(target)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            done = subprocess.CompletedProcess(command, 1, "", str(exc))
+        cached = sorted(target.glob(f"{prefix}{version}-*.whl"))
+        if done.returncode != 0 or not cached:
+            why = (done.stderr or done.stdout).strip().splitlines()
+            raise KitError(f"could not download the {package} {version} wheel for Python {python_version} "
+                           f"(pip: {why[-1] if why else 'no output'}). Fix: run `srlib kit assemble` where pip "
+                           f"reaches its registry, or pass --wheel PATH to a {prefix}{version}-*.whl")
+    path = cached[-1]
+    return {"package": package, "version": version, "file": path.name, "bytes": path.stat().st_size,
+            "sha256": _sha256(path)}
+
+
+def source_state(root: Path = ROOT) -> tuple[dict, str]:
+    """(commit, dirty, untracked files) and the diff that turns the commit into this tree ("" when clean): the
+    commit and diff as srlib.provenance sees them, which is what the records made from this tree will say."""
+    from ...provenance import git_info
+
+    info = git_info(root)
+    if not info.get("commit"):
+        raise KitError(f"{root} is not a git checkout with a commit (git rev-parse HEAD failed); assemble the kit "
+                       "inside this project's git checkout")
+    diff = info.get("_diff", "")
+    untracked = [n for n in _git("ls-files", "-z", "--others", "--exclude-standard", root=root).split("\0") if n]
+    return {"commit": info["commit"], "dirty": bool(diff), "untracked": untracked}, diff
+
+
+def _carried_bytes(kit: Path, names: list[str]) -> int:
+    total = 0
+    for name in names:
+        path = kit.parent / name
+        total += path.stat().st_size if path.is_file() else _tree_bytes(path)
+    return total
+
+
+def repo_bytes(kit: Path, root: Path = ROOT) -> int:
+    """What every call sends besides its carried paths: tracked + untracked-not-ignored files (and shared/)."""
+    kit = kit.resolve()
+    return sum(p.stat().st_size for p in sent_files(root) if kit not in p.resolve().parents)
+
+
+def window_calls(kit: Path, manifest: dict, probe_table: bool) -> list[dict]:
+    """The device calls of one window, in order: each data / checkpoint piece in a call of its own (the first also
+    probes when no probe table is committed), then the training call with the kit's base and the last data piece.
+    Each entry: purpose, carry (paths relative to the repository root), command."""
+    name = kit.name
+    base = [f"{name}/{MANIFEST}", f"{name}/weights", f"{name}/wheels", f"{name}/{DIFF}"]
+    pieces = [p["index"] for p in manifest["data"]["stage"]["pieces"]]
+    ckpt = [p["index"] for p in (manifest.get("partial") or {}).get("stage", {}).get("pieces", [])]
+    calls = [{"purpose": f"data piece {i} of {len(pieces)}", "carry": [f"{name}/{STAGE_DIR}/{i}"]}
+             for i in pieces[:-1]]
+    calls += [{"purpose": f"checkpoint piece {i} of {len(ckpt)} ({manifest['partial']['run']})",
+               "carry": [f"{name}/{CKPT_DIR}/{i}"]} for i in ckpt]
+    for i, call in enumerate(calls):
+        call["command"] = "bash scripts/gpu_paper.sh probe" + ("" if i == 0 and not probe_table else " --no-probe")
+        if i == 0 and not probe_table:
+            call["purpose"] += " + the sharing probe (~90 s)"
+    calls.append({"purpose": f"training (data piece {pieces[-1]} of {len(pieces)} and the kit's base)",
+                  "carry": [*base, f"{name}/{STAGE_DIR}/{pieces[-1]}"],
+                  "command": "bash scripts/gpu_paper.sh run --window-left-s <device seconds left (status)>"})
+    return calls
+
+
+def check_size(kit: Path, root: Path = ROOT) -> SizeCheck:
+    """Bytes of the largest device call of the assembled kit (the repository plus that call's carried paths)."""
+    if not (kit / MANIFEST).is_file():
+        raise KitError(f"{kit / MANIFEST} is missing: run `srlib kit assemble` first")
+    manifest = json.loads((kit / MANIFEST).read_text())
+    calls = window_calls(kit, manifest, probe_table=True)
+    return SizeCheck(repo_bytes(kit, root), max(_carried_bytes(kit, c["carry"]) for c in calls))
+
+
+def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[str], wheel: Path | None = None,
+             root: Path = ROOT, check_location: bool = True, log: Callable[[str], None] = log_line,
+             transport: str = "webp", results: Path | None = None, seeds: tuple[int, ...] = (0, 1, 2),
+             piece_bytes: int | None = None) -> tuple[dict, SizeCheck]:
+    """Fill `kit` with what the GPU machine lacks; returns the manifest and the size check of the largest call.
+
+    The data is staged in pieces (`kit/stage/N`) of at most what a call can carry next to the repository and
+    the kit's base (`piece_bytes` overrides that, for tests). `results`: the records folder whose missing runs
+    make the queue (default results/paper). `check_location=False` allows a kit outside the repository, to
+    size one without sending it."""
+    from ...store import write_json
+    from .data import stage_dataset
+    from .partial import stage_back
+    from .schedule import queue
+
+    variants = check_variants(variants)
+    kit = kit.resolve()
+    results = results or root / "results" / "paper"
+    if check_location:
+        _require_ignored(kit, root)
+    kit.mkdir(parents=True, exist_ok=True)
+    checkpoints = sr_checkpoints(variants)
+    if checkpoints and weights_dir is None:
+        raise KitError("the SR variants need their weights: set SRLIB_WEIGHTS_DIR or pass --weights-dir")
+    log(f"[kit] weights: {', '.join(c.file for c in checkpoints) or 'none'} from {weights_dir}")
+    weights = copy_weights(weights_dir or kit, checkpoints, kit / "weights")
+    log("[kit] wheels: spandrel")
+    wheels = [fetch_wheel(kit / "wheels", wheel=wheel)]
+    source, diff = source_state(root)
+    (kit / DIFF).unlink(missing_ok=True)
+    if diff:
+        (kit / DIFF).write_text(diff)
+    repo = repo_bytes(kit, root)
+    base = _tree_bytes(kit / "weights") + _tree_bytes(kit / "wheels") + len(diff.encode()) + MANIFEST_ROOM_BYTES
+    room = piece_bytes or DEVICE_LIMIT_BYTES - repo - base
+    if piece_bytes is None and room < 4 * 2**20:
+        raise KitError(f"only {room / 2**20:.1f} MiB per call are left for data next to the repository "
+                       f"({repo / 2**20:.1f} MiB) and the kit's base ({base / 2**20:.1f} MiB); move large untracked "
+                       "files out of the repository, or assemble fewer SR scales")
+    data = stage_dataset(parquet, kit, room, transport, log)
+    partial = stage_back(results / "partial", kit / CKPT_DIR, root, room)
+    if partial:
+        log(f"[kit] the unfinished run {partial['run']} goes back in {len(partial['stage']['pieces'])} piece(s)")
+    wanted = queue(results, data["content_sha256"], seeds=seeds,
+                   variants=tuple(v for v in VARIANTS if v in variants))
+    manifest = {"schema": KIT_SCHEMA, "created": now(), "variants": variants,
+                "source": {**source, "diff": DIFF if diff else None}, "data": data, "weights": weights,
+                "wheels": wheels, "queue": [[k.variant, k.seed] for k in wanted], "partial": partial}
+    write_json(kit / MANIFEST, manifest)
+    size = check_size(kit, root)
+    log(f"[kit] commit {source['commit'][:12]}{' + diff of the working tree' if diff else ''}; largest call: "
+        f"{size.describe()}")
+    if size.margin < 0:
+        raise KitError(f"{size.describe()}: over the device tool's limit. Run fewer SR scales (--variants), or "
+                       "move large untracked files out of the repository")
+    return manifest, size
+
+
+def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
+    """What the next window runs: its calls (carry, command) and, from the committed probe table, the plan."""
+    from ...config import make_config
+    from .probe import PROBE_FILE
+    from .schedule import RunKey, RunNeed, SpeedTable, plan_window
+
+    probe_path = results / PROBE_FILE
+    lines = ["next window, call by call (each within 30 s of the last: the machine stays warm that long):"]
+    for i, call in enumerate(window_calls(kit, manifest, probe_path.is_file()), start=1):
+        size = _carried_bytes(kit, call["carry"]) + repo_bytes(kit)
+        lines.append(f"  call {i}: {call['purpose']}; {size / 2**20:.1f} MiB sent")
+        lines.append(f"    carry {json.dumps(call['carry'])}")
+        lines.append(f"    command: {call['command']}")
+    lines.append("  then here: srlib kit unpack <files_at>/paper_results.tar.gz [--pieces <files_at>/ckpt-*]")
+    queue = [RunKey(v, s) for v, s in manifest["queue"]]
+    lines.append("queue: " + (", ".join(map(str, queue)) or "empty: every run is done"))
+    if probe_path.is_file() and queue:
+        table = SpeedTable.from_json(json.loads(probe_path.read_text())["rows"])
+        paper = make_config("original", "paper")
+        needs = [RunNeed.of(k, paper.epochs, manifest["data"]["train_count"], manifest["data"]["test_count"],
+                            width=paper.width) for k in queue]
+        plan = plan_window(needs, table, FRESH_WINDOW_S, FRESH_WINDOW_S)
+        lines += [f"plan for a fresh window (~{FRESH_WINDOW_S:.0f} s of compute, SR time not counted): {line}"
+                  for line in plan.describe()]
+    elif queue:
+        lines.append("plan: made there from the probe's measurements (no probe table is committed yet)")
+    return lines

@@ -1,0 +1,137 @@
+"""The job's processes on the GPU machine: `srlib train` runs (at most a plan's slots at a time, under MPS when
+the plan says so) and `srlib sr-quality` beside them, each in its own session with its log, all stopped by the
+job's deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..processes import kill_group
+from .common import ROOT, KitRun, sr_scales
+
+if TYPE_CHECKING:
+    from .schedule import RunKey, WindowPlan
+
+
+@dataclass
+class Launched:
+    variant: str
+    process: subprocess.Popen
+    log: Path
+    started: float
+    ended: float | None = None
+    seed: int = 0
+
+
+def _deadline_text(deadline: float) -> str:
+    return dt.datetime.fromtimestamp(deadline, tz=dt.timezone.utc).isoformat()
+
+
+def _launch_one(state: KitRun, key: RunKey, env: dict, train_args: list[str], threads: str) -> Launched:
+    logs = state.work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "srlib", "train", "--variant", key.variant, "--profile", state.settings.profile,
+               "--seed", str(key.seed), "--out", str(state.runs), "--device", state.settings.device,
+               "--deadline", _deadline_text(state.deadline), *state.settings.train_options(), *train_args]
+    path = logs / f"train_{key.variant}_seed{key.seed}.log"
+    with path.open("a") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
+        handle.flush()
+        process = subprocess.Popen(command, cwd=ROOT, env={**env, "OMP_NUM_THREADS": threads}, stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    options = f", {shlex.join(train_args)}" if train_args else ""
+    state.log(f"[kit] started {key} (pid {process.pid}, log {path.name}{options})")
+    return Launched(key.variant, process, path, time.time(), seed=key.seed)
+
+
+def run_plan(state: KitRun, plan: WindowPlan, env: dict, train_args: list[str]) -> list[Launched]:
+    """Start the plan's runs, at most `plan.slots` at a time (under MPS when the plan says so), and wait for all."""
+    from ...cost import RUN_STARTUP_S
+    from .probe import find_mps_control, mps_daemon
+
+    pending = [*plan.runs, *([plan.span] if plan.span else [])]
+    binary = find_mps_control() if plan.mode == "mps" else None
+    if plan.mode == "mps" and binary is None:
+        state.log("[kit] the plan wanted MPS but nvidia-cuda-mps-control is gone: running the runs one at a time")
+        plan.slots = 1
+    threads = str(max(1, (os.cpu_count() or 2) // max(1, plan.slots)))
+    with mps_daemon(binary) if binary else contextlib.nullcontext(env) as run_env:
+        run_env = {**env, **{k: v for k, v in run_env.items() if k.startswith("CUDA_MPS")}}
+        launched: list[Launched] = []
+        quality = _sr_quality(state, [k.variant for k in pending], env)
+        extra = [quality] if quality else []
+
+        def start_next() -> None:
+            while pending and sum(x.ended is None for x in launched) < plan.slots:
+                if state.left() < RUN_STARTUP_S:
+                    state.log(f"[kit] not started, too close to the deadline: {', '.join(map(str, pending))}")
+                    pending.clear()
+                    return
+                key = pending.pop(0)
+                launched.append(_launch_one(state, key, run_env, [*train_args, *plan.train_args(key)], threads))
+
+        start_next()
+        wait(state, launched, extra, start_next)
+    return launched + extra
+
+
+def _sr_quality(state: KitRun, chosen: list[str], env: dict) -> Launched | None:
+    """PSNR/SSIM of SR vs bicubic for the SR scales being trained, in a subprocess beside the runs."""
+    from ...runs import sr_quality_path
+    from ...upscale import DEFAULT_SR_MODEL
+
+    scales = sr_scales(chosen)
+    target = sr_quality_path(state.runs, state.settings.profile)
+    if not scales or target.is_file():
+        return None
+    # The default model only: the kit holds the weights of the scales and models being trained, no others.
+    command = [sys.executable, "-m", "srlib", "sr-quality", "--scales", *map(str, scales), "--models",
+               DEFAULT_SR_MODEL, "--n", str(state.settings.sr_quality_images), "--out", str(target)]
+    (state.work / "logs").mkdir(parents=True, exist_ok=True)
+    path = state.work / "logs" / "sr_quality.log"
+    with path.open("a") as handle:
+        process = subprocess.Popen(command, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "2"}, stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    state.log(f"[kit] started sr-quality x{', x'.join(map(str, scales))} (pid {process.pid})")
+    return Launched("sr_quality", process, path, time.time())
+
+
+def wait(state: KitRun, launched: list[Launched], extra: list[Launched], start_next: Callable[[], None],
+         grace_s: float = 10.0) -> None:
+    """Wait for every process, starting queued runs as slots free up; past the packing reserve's start,
+    interrupt (then kill) what still runs.
+
+    `srlib train` stops by itself before its deadline; the interrupt is for an epoch that ran long. An
+    interrupted run keeps its checkpoint of the finished epochs, so a rerun resumes it."""
+    hard_stop = state.deadline + max(0.0, (state.end - state.deadline) / 2 - grace_s)
+    interrupted: dict[int, float] = {}
+    while any(item.ended is None for item in launched + extra):
+        for item in launched + extra:
+            if item.ended is None and item.process.poll() is not None:
+                item.ended = time.time()
+                state.log(f"[kit] {item.variant} seed {item.seed} ended with exit code {item.process.returncode} "
+                          f"after {item.ended - item.started:.0f} s")
+                start_next()
+        now = time.time()
+        for item in launched + extra:
+            if item.ended is not None:
+                continue
+            pid = item.process.pid
+            if now >= hard_stop and pid not in interrupted:
+                state.log(f"[kit] {item.variant} still running at the packing deadline: interrupting it")
+                kill_group(pid, signal.SIGINT)  # its own session: the run and anything it started
+                interrupted[pid] = now
+            elif pid in interrupted and now - interrupted[pid] > grace_s:
+                kill_group(pid, signal.SIGKILL)
+        time.sleep(0.5)

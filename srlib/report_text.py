@@ -1,0 +1,305 @@
+"""The report's sentences: number formats, verdicts, the study's summary and caveats, and the empty
+states, each naming its real cause and the command that fills it. Everything is read from records."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from .comparisons import (
+    Comparison,
+    ComparisonStats,
+    Source,
+    order_variants,
+    parse_variant,
+    select_rules,
+    select_stats,
+)
+from .config import STUDY_VARIANTS, VARIANT_SETS
+from .errors import SrlibError
+from .record_checks import Loaded, dataset_name, load_checked, one_dataset, select_dataset
+from .statistics import ALPHA, POWER, TARGET_PP
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers: one format per kind, to the precision the interval supports
+
+
+def decimals(half: float | None, default: int = 2) -> int:
+    """Decimals that show two significant digits of an interval's half-width (0.42 -> 2, 2.3 -> 1, 13 -> 0);
+    `default` without an interval."""
+    if half is None or not math.isfinite(half) or half <= 0:
+        return default
+    return max(0, min(3, 1 - math.floor(math.log10(half))))
+
+
+def fmt(mean: float, half: float | None, digits: int | None = None) -> str:
+    d = decimals(half) if digits is None else digits
+    return f"{mean:.{d}f}" if half is None else f"{mean:.{d}f} ± {half:.{d}f}"
+
+
+def fmt_pp(x: float, digits: int = 2) -> str:
+    """A difference in pp: signed (U+2212 minus, as in the labels)."""
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def fmt_diff(mean: float, half: float | None) -> str:
+    """A mean difference (pp) and, with several seeds, its t half-width: "+1.0 ± 4.2"."""
+    d = decimals(half)
+    return fmt_pp(mean, d) + ("" if half is None else f" ± {half:.{d}f}")
+
+
+def fmt_interval(interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return "—"
+    d = decimals((interval[1] - interval[0]) / 2)
+    return f"[{fmt_pp(interval[0], d)}, {fmt_pp(interval[1], d)}]"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value to 3 significant digits, trailing zeros kept (0.500, 0.0123, 1.00e-05)."""
+    return "—" if p is None or pd.isna(p) else f"{p:#.3g}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verdicts
+
+def verdict(st: ComparisonStats) -> str:
+    """One sentence: the final-epoch difference, its interval, whether it is told from 0, and power."""
+    return f"{st.comparison.label}: {_finding(st)}"
+
+
+def _finding(st: ComparisonStats) -> str:
+    n = len(st.seeds)
+    half = (st.bootstrap[1] - st.bootstrap[0]) / 2 if st.bootstrap is not None else st.t_half
+    head = f"{fmt_pp(st.mean, decimals(half))} pp"
+    if st.bootstrap is None:  # summaries only, no per-image predictions
+        if n < 2:
+            return (f"{head} (one seed, no per-image predictions): no interval and no test, so this may be "
+                    f"seed noise; run 3 or more seeds.")
+        low, high = st.mean - st.t_half, st.mean + st.t_half
+        told = "distinguishable from 0" if st.distinguishable else f"not distinguishable from 0 with {n} seeds"
+        return (f"{head} {fmt_interval((low, high))} (t-interval over seeds; without per-image predictions "
+                f"test-image sampling is not included); {told}.")
+    if not sum(st.only_a_right) + sum(st.only_b_right):
+        # No discordant image: every variance is 0, so intervals and power figures would be meaningless zeros.
+        return (f"{head}: the two variants predicted the same class on every test image in every seed, so the "
+                f"test images say nothing about the difference (e.g. runs too short to learn); no conclusion.")
+    interval = fmt_interval(st.bootstrap)
+    pw = st.power
+    if n < 2:
+        p = st.mcnemar_p[0]
+        beyond = f"{'beyond' if p < ALPHA else 'within'} test-image noise (McNemar p = {fmt_p(p)})"
+        return (f"{head} {interval} over the test images of one seed; {beyond}, but with one seed the training "
+                f"noise is unmeasured, so it cannot be told from seed-to-seed variation; this test set alone "
+                f"resolves about {pw.image_detectable:.2f} pp; run 3 or more seeds.")
+    told = "distinguishable from 0" if st.distinguishable else "not distinguishable from 0"
+    if pw.seeds_for_target is None:
+        need = (f"{TARGET_PP:g} pp is out of reach on {st.images:,} test images however many seeds "
+                f"(test-image SE {pw.image_se:.2f} pp)")
+    elif pw.seeds_for_target <= n:
+        need = f"{TARGET_PP:g} pp is detectable with these {n} seeds"
+    else:
+        need = f"{TARGET_PP:g} pp would need about {pw.seeds_for_target} seeds"
+    return (f"{head} {interval}; {told} with {n} seeds (permutation p over test images = {fmt_p(st.permutation_p)}); "
+            f"detectable with {POWER:.0%} power: {pw.detectable:.2f} pp; {need}.")
+
+
+def verdicts(source: Source, which: list[Comparison] | None = None) -> list[str]:
+    """One verdict sentence per comparison present (plain text: the sweep prints them)."""
+    return [verdict(st) for st in select_stats(source, which)]
+
+
+
+NO_COMPARISONS = "No two variants share a seed among these runs, so there is nothing to compare."
+
+
+def headline(source: Source, records: list[dict] | None = None) -> str:
+    """A markdown list: the SR − resize verdicts at every scale and SR model (final-epoch accuracy); without
+    a pair, which partner run is missing and how to make it (`records` names it)."""
+    found = select_stats(source, select_rules(source, [("sr", "bicubic")]))
+    if not found:
+        return no_pairs_note(records or [], how=False)
+    return "\n".join(f"- **{st.comparison.label}**: {_finding(st)}" for st in found)
+
+
+def no_pairs_note(records: list[dict], how: bool = True) -> str:
+    """Why there is no SR − resize comparison: the SR runs without their resize partner (or no SR run), and
+    (`how`) the command that makes them."""
+    variants = {r["config"]["variant"] for r in records}
+    lonely = [v for v in order_variants(variants) if (arm := parse_variant(v)) and arm.method == "sr"
+              and f"resize_x{arm.scale}" not in variants]
+    if not records or not lonely:
+        return ("No SR run with a resize partner of the same seed is among these runs, so there is no SR − resize "
+                f"comparison; make the study with `{sweep_command(_profile(records), 1)}`.")
+    partners = sorted({f"resize_x{parse_variant(v).scale}" for v in lonely})
+    return (f"{', '.join(lonely)} {'has' if len(lonely) == 1 else 'have'} no {' / '.join(partners)} run of the same "
+            f"seed among these runs, so there is no SR − resize comparison yet. "
+            + (missing_runs_note(records) if how else "The missing runs and how to make them are listed below."))
+
+
+def _profile(records: list[dict]) -> str:
+    return records[0]["config"]["profile"] if records else "preview"
+
+
+CONTROLS_NOTE = ("The controls `nearest_x2` / `nearest_x4` are not among these runs, so more pixels and better "
+                 "pixels cannot be told apart here; add them with `srlib sweep --variants controls` (finished "
+                 "runs are reused).")
+
+
+def no_quality_note(records: list[dict], quality: dict | None, where: str) -> str:
+    """Why "is it the pixels or the model?" has no points: no SR − resize pair, or no SR-quality record."""
+    if not select_rules(records, [("sr", "bicubic")]):
+        return no_pairs_note(records)
+    if quality is None:
+        return (f"There is no SR-quality measurement at `{where}` (the SR-quality page writes it; "
+                "`srlib sr-quality --out` makes one), so there is nothing to plot.")
+    return ("The SR-quality measurement has no entry for the SR variants of these runs (measured: "
+            f"{', '.join(sorted({str(r.get('variant') or r.get('model')) for r in quality.get('results', [])}))}); "
+            "rerun `srlib sr-quality` with their models.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One run
+
+def device_name(record: dict) -> str:
+    device = record["provenance"]["device"]
+    return device.get("gpu") or device.get("cpu") or "unknown device"
+
+
+def run_summary(record: dict) -> str:
+    """One markdown sentence on one run: what was trained, on what data, how well, how fast, where."""
+    c, s, d = record["config"], record["summary"], record["data"]
+    width = record.get("model", {}).get("width", c.get("width"))
+    parameters = record.get("model", {}).get("parameters")
+    model = f"ResNet-18 width {width}" + (f" ({parameters:,} parameters)" if parameters is not None else "")
+    precision = f" ({record['precision']})" if record.get("precision") else ""
+    return (
+        f"**{c['variant']}**, seed {c['seed']}, profile `{c['profile']}`: {record['input_px']} px inputs, {model}, "
+        f"{len(record['epochs'])} epochs on {d['train_subset']['size']:,} training / {d['test_subset']['size']:,} "
+        f"test images of {dataset_name(d['dataset'])}. "
+        f"Max test accuracy {s['max_test_acc']:.2f}% (epoch {s['best_epoch']}), mean of the 5 best epochs "
+        f"{s['top5_mean_test_acc']:.2f}%, final {s['final_test_acc']:.2f}%; {s['train_seconds']:.0f} s of training "
+        f"on {device_name(record)}{precision}."
+    )
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# The study as a whole: facts, caveats, what is missing, what was left out
+
+
+def study_facts(records: list[dict]) -> dict:
+    """What the prose of the report needs to say about these runs (one dataset; profile, seeds, devices)."""
+    first = one_dataset(records)[0]
+    return {
+        "profiles": sorted({r["config"]["profile"] for r in records}),
+        "seeds": sorted({r["config"]["seed"] for r in records}),
+        "variants": order_variants({r["config"]["variant"] for r in records}),
+        "dataset": dataset_name(first["data"]["dataset"]),
+        "lossy": bool(first["data"]["dataset"].get("lossy")),
+        "train_size": first["data"]["train_subset"]["size"],
+        "test_size": first["data"]["test_subset"]["size"],
+        "width": first["config"]["width"],
+        "epochs": first["config"]["epochs"],
+        "devices": sorted({device_name(r) for r in records}),
+        "commits": sorted({str(r["provenance"]["git"].get("commit"))[:10] for r in records}),
+    }
+
+
+def study_summary(records: list[dict]) -> str:
+    """One markdown paragraph: which runs, what network and data, where and with which code."""
+    f = study_facts(records)
+    runs = f"{len(records)} run{'s' if len(records) > 1 else ''}"
+    return (f"{runs} of profile {', '.join(f'`{p}`' for p in f['profiles'])}: variants "
+            f"{', '.join(f['variants'])}; seeds {', '.join(map(str, f['seeds']))}; ResNet-18 width {f['width']}, "
+            f"{f['epochs']} epochs, {f['train_size']:,} training and {f['test_size']:,} test images of "
+            f"**{f['dataset']}**; devices: {', '.join(f['devices'])}; code commit(s) {', '.join(f['commits'])}. "
+            "Every table and figure on this page is on this dataset.")
+
+
+def caveats(records: list[dict]) -> list[str]:
+    """What a reader must keep in mind about these runs, one markdown sentence each."""
+    f = study_facts(records)
+    found = []
+    if f["lossy"]:
+        found.append(f"The data is {f['dataset']}: absolute accuracies are a few points below canonical CIFAR-10 "
+                     "and not comparable with the reference report; differences between variants trained on the "
+                     "same copy are comparable.")
+    scaled = [p for p in f["profiles"] if p != "paper"]
+    if scaled:
+        found.append(f"Profile {', '.join(f'`{p}`' for p in scaled)} is a scaled-down protocol (narrower network, "
+                     "subset, fewer epochs): its absolute numbers are not comparable with the reference report.")
+    if len(f["seeds"]) < 2:
+        found.append("One seed per variant: the intervals cover only the sampling of test images, not training "
+                     "noise, so a difference may be seed-to-seed variation.")
+    if missing_runs(records):
+        found.append(missing_runs_note(records))
+    found.append('"max" and "top-5 mean" are picked on the test set and therefore optimistic; '
+                 "the final-epoch accuracy is the unbiased one, and the verdicts use it.")
+    return found
+
+
+def missing_runs(records: list[dict], variants: Iterable[str] = STUDY_VARIANTS) -> list[tuple[str, int]]:
+    """(variant, seed) pairs of the study (or any variant present) that have no finished run for a seed
+    some other variant has."""
+    present = {(r["config"]["variant"], r["config"]["seed"]) for r in records}
+    seeds = sorted({s for _, s in present})
+    wanted = order_variants(set(variants) | {v for v, _ in present})
+    return [(v, s) for v in wanted for s in seeds if (v, s) not in present]
+
+
+def sweep_command(profile: str, seeds: int, variants: Iterable[str] = STUDY_VARIANTS) -> str:
+    """The `srlib sweep` line that makes these runs (a named variant set where one matches)."""
+    variants = order_variants(variants)
+    named = [name for name, members in VARIANT_SETS.items() if set(members) == set(variants)]
+    extra = "" if named[:1] == ["study"] else f" --variants {named[0] if named else ' '.join(variants)}"
+    return f"srlib sweep --profile {profile} --seeds {seeds}{extra}"
+
+
+def missing_runs_note(records: list[dict]) -> str:
+    """A markdown sentence naming the missing runs and the command that makes them (finished runs are reused)."""
+    missing = missing_runs(records)
+    f = study_facts(records)
+    names = ", ".join(f"{v} seed {s}" for v, s in missing)
+    variants = set(f["variants"]) | set(STUDY_VARIANTS)
+    if f["profiles"][0] == "paper":
+        how = ("on a GPU: `srlib kit assemble --variants " + " ".join(sorted({v for v, _ in missing}))
+               + "`, then `scripts/gpu_paper.sh` there and `srlib kit unpack` here (README, \"Paper scale on a GPU\")")
+    else:
+        how = f"with `{sweep_command(f['profiles'][0], max(f['seeds']) + 1, variants)}` (finished runs are reused)"
+    return f"Missing runs (not in the tables or the comparisons they belong to): {names}. Make them {how}."
+
+
+def require_records(out: str | os.PathLike, profile: str, dataset: str | None = None) -> Loaded:
+    """The checked records of `profile` under `out` on one dataset (`dataset`: a content-hash prefix;
+    default the one with most runs), what was left out and why, or an error saying how to make them."""
+    records, rejected = load_checked(out, profile)
+    rejected = [(_relative(path, out), why) for path, why in rejected]
+    if not records:
+        left_out = "; ".join(f"{p}: {w}" for p, w in rejected)
+        raise SrlibError(f"no finished runs of profile {profile!r} under {out}/{profile}"
+                         f"{f' ({len(rejected)} left out: {left_out})' if rejected else ''}"
+                         f"; make them with `{sweep_command(profile, 1)}` (or `make report PROFILE={profile}`), or "
+                         "point the notebook's `out` parameter at the folder that holds them")
+    chosen, others = select_dataset(records, dataset)
+    return Loaded(chosen, rejected, others)
+
+
+def _relative(path: str, out: str | os.PathLike) -> str:
+    try:
+        return str(Path(path).relative_to(Path(out)))
+    except ValueError:
+        return str(path)
+
+
+def loading_notes(loaded: Loaded) -> str:
+    """Markdown: the records left out (with the reason) and the other datasets' runs, not shown here."""
+    lines = [f"- **Left out**: `{path}`: {why}." for path, why in loaded.rejected]
+    lines += [f"- **Not on this page**: {n} run{'s' if n > 1 else ''} on {name}; runs on different data are never "
+              "pooled or compared (rerun this notebook with `dataset` set to its hash to see them)."
+              for name, n in loaded.others.items()]
+    return "\n".join(lines)

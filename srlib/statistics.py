@@ -1,0 +1,165 @@
+"""Statistics on paired correctness arrays and on per-seed numbers: intervals, tests and power.
+
+`diff` is a (seeds, images) array of +1 (only A right), -1 (only B right) and 0 (both agree). Every seed
+is evaluated on the same test images, so neither the seeds nor the images are independent replications
+on their own:
+- `crossed_bootstrap` resamples the seeds and, once per replicate, the test images, and uses that one
+  image sample for every drawn seed (training noise and test-set sampling together);
+- `sign_flip_test` swaps A/B per image, the same swap for every seed (conditional on the trained models:
+  test-image noise); with one seed it is the exact McNemar test;
+- `variance_components`, `t_test_power`, `detectable_difference`, `seeds_needed`: the power of the sweep.
+
+Nothing here knows about records, variants or pages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import optimize, stats
+
+LEVEL = 0.95  # confidence level of every interval
+ALPHA = 0.05  # two-sided test level of the power analysis
+POWER = 0.8
+TARGET_PP = 0.5  # the reference's SR − resize gap (91.44 − 90.95 at x2), in pp
+N_BOOT = 4000  # crossed bootstrap replicates
+N_PERMUTATIONS = 10_000  # Monte Carlo sign flips when the exact distribution is too costly
+EXACT_WORK = 5e7  # multiply-adds allowed for the exact permutation distribution
+MAX_SEEDS = 1000  # "seeds needed" beyond this is reported as out of reach
+RNG_SEED = 0  # the resampling is seeded so that a rerun of the report prints the same numbers
+
+def crossed_bootstrap(diff: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
+                      rng: np.random.Generator | int | None = RNG_SEED) -> tuple[float, float]:
+    """Percentile interval of the mean of `diff` (in its units), resampling seeds and images crossed.
+
+    Each replicate draws the seeds with replacement and, once, the images with replacement, and uses
+    that one image sample for every drawn seed. Images are resampled as counts of their distinct
+    columns (at most 3**seeds patterns), which is the same distribution and much faster.
+    """
+    rng = np.random.default_rng(rng)
+    n_seeds, n_images = diff.shape
+    patterns, counts = np.unique(np.asarray(diff).T, axis=0, return_counts=True)  # (P, seeds), (P,)
+    estimates = np.empty(n_boot)
+    for start in range(0, n_boot, 1000):  # chunks bound the memory when many patterns are present
+        size = min(1000, n_boot - start)
+        images = rng.multinomial(n_images, counts / n_images, size=size) / n_images  # (size, P)
+        seeds = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=size) / n_seeds  # (size, seeds)
+        estimates[start:start + size] = np.einsum("bs,ps,bp->b", seeds, patterns, images)
+    low, high = np.quantile(estimates, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def sign_flip_test(diff: np.ndarray, n_permutations: int = N_PERMUTATIONS, exact_work: float = EXACT_WORK,
+                   rng: np.random.Generator | int | None = RNG_SEED) -> tuple[float, bool]:
+    """Two-sided paired permutation test of mean(diff) = 0: (p-value, whether it is exact).
+
+    A/B are swapped per image, the same swap for every seed, i.e. each image's total over the seeds
+    changes sign. Images with equal |total| are interchangeable, so the null distribution is that of
+    sum_m m * (2 K_m - n_m) with K_m ~ Binomial(n_m, 1/2): exact by convolution when that is cheap,
+    otherwise `n_permutations` Monte Carlo draws (p = (1 + hits) / (1 + draws)).
+    """
+    totals = np.asarray(diff, dtype=np.int64).sum(axis=0)
+    observed = abs(int(totals.sum()))
+    sizes, counts = np.unique(np.abs(totals[totals != 0]), return_counts=True)
+    lengths = 2 * sizes * counts + 1
+    work = float(np.sum(np.cumsum(lengths) * lengths))
+    if work <= exact_work:
+        return _exact_sign_flip_p(sizes, counts, observed), True
+    rng = np.random.default_rng(rng)
+    heads = rng.binomial(counts, 0.5, size=(n_permutations, len(counts)))
+    null = ((2 * heads - counts) * sizes).sum(axis=1)
+    return float((1 + np.sum(np.abs(null) >= observed)) / (1 + n_permutations)), False
+
+
+def _exact_sign_flip_p(sizes: np.ndarray, counts: np.ndarray, observed: int) -> float:
+    pmf = np.ones(1)  # over the integers -total..total, total = sum of sizes * counts
+    for size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
+        term = np.zeros(2 * size * count + 1)
+        term[::2 * size] = stats.binom.pmf(np.arange(count + 1), count, 0.5)
+        pmf = np.convolve(pmf, term)
+    values = np.arange(len(pmf)) - (len(pmf) - 1) // 2
+    return float(min(1.0, pmf[np.abs(values) >= observed].sum()))
+
+
+def variance_components(diff: np.ndarray) -> tuple[float, float, float]:
+    """Method-of-moments variances of d[s, i] = delta + a_s + b_i + e_si: (seed a, image b, residual e).
+
+    From the two-way table without replication: E[var of seed means] = var_a + var_e / images,
+    E[var of image means] = var_b + var_e / seeds, E[residual mean square] = var_e. Needs >= 2 seeds.
+    """
+    x = np.asarray(diff, dtype=float)
+    n_seeds, n_images = x.shape
+    if n_seeds < 2 or n_images < 2:
+        raise ValueError("variance components need at least two seeds and two images")
+    seed_means, image_means = x.mean(axis=1), x.mean(axis=0)
+    residual = x - seed_means[:, None] - image_means[None, :] + x.mean()
+    var_e = float(np.sum(residual**2) / ((n_seeds - 1) * (n_images - 1)))
+    var_a = max(float(seed_means.var(ddof=1)) - var_e / n_images, 0.0)
+    var_b = max(float(image_means.var(ddof=1)) - var_e / n_seeds, 0.0)
+    return var_a, var_b, var_e
+
+
+def t_test_power(effect: float, seed_sd: float, seeds: int, image_se: float = 0.0, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test over `seeds` seeds (df = seeds − 1) for a true difference
+    `effect`, when each seed's difference has SD `seed_sd` and the shared test set adds `image_se`.
+
+    The standard error is sqrt(seed_sd**2 / seeds + image_se**2); with image_se = 0 this is the
+    textbook one-sample t-test power (noncentral t), as statsmodels' TTestPower computes it.
+    """
+    se = math.sqrt(seed_sd**2 / seeds + image_se**2)
+    if se == 0:
+        return 1.0 if effect != 0 else alpha
+    df = seeds - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    shift = abs(effect) / se
+    # Far out, scipy's noncentral t returns NaN for the (vanishing) wrong-side tail.
+    wrong_side = float(np.nan_to_num(stats.nct.cdf(-critical, df, shift), nan=0.0))
+    return float(stats.nct.sf(critical, df, shift)) + wrong_side
+
+
+def detectable_difference(seed_sd: float, seeds: int, image_se: float = 0.0, power: float = POWER,
+                          alpha: float = ALPHA) -> float:
+    """The smallest true difference detected with probability `power` (two-sided `alpha`)."""
+    se = math.sqrt(seed_sd**2 / seeds + image_se**2)
+    if se == 0:
+        return 0.0
+    return float(optimize.brentq(lambda e: t_test_power(e, seed_sd, seeds, image_se, alpha) - power,
+                                 1e-9 * se, 100 * se))  # power(100 SE) ~ 1 even at df = 1
+
+
+def seeds_needed(effect: float, seed_sd: float, image_se: float = 0.0, power: float = POWER,
+                 alpha: float = ALPHA, max_seeds: int = MAX_SEEDS) -> int | None:
+    """The fewest seeds (>= 2) whose t-test detects `effect` with `power`; None when even `max_seeds`
+    would not (the test set's own sampling noise alone is too large)."""
+    def enough(n: int) -> bool:
+        return t_test_power(effect, seed_sd, n, image_se, alpha) >= power
+
+    if not enough(max_seeds):
+        return None
+    low, high = 1, max_seeds  # power grows with the seeds: enough(high) holds, low is "not yet"
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
+
+
+
+def mean_ci(values: Iterable[float], level: float = LEVEL) -> tuple[float, float | None]:
+    """Mean and the half-width of a Student-t confidence interval (None with fewer than 2 values)."""
+    x = np.asarray(list(values), dtype=float)
+    if len(x) < 2:
+        return float(x.mean()) if len(x) else math.nan, None
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(half)
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Exact McNemar test on paired per-image correctness: b = only A right, c = only B right."""
+    return mcnemar_counts(int(np.sum(correct_a & ~correct_b)), int(np.sum(~correct_a & correct_b)))
+
+
+def mcnemar_counts(b: int, c: int) -> dict:
+    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return {"only_a_right": b, "only_b_right": c, "p_value": p}
