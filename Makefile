@@ -34,6 +34,7 @@ book: setup
 
 test: setup
 	$(PY) -m ruff check srlib tests
+	$(VENV)/bin/lint-imports .importlinter
 	$(PY) -m pytest -q
 
 bench: setup

@@ -134,7 +134,7 @@ def sr_candidates(scales: tuple[int, ...] | list[int] = (2, 4), models: list[str
 
 
 def _mean_ci(x: np.ndarray) -> tuple[float, list[float] | None]:
-    from .analysis import mean_ci  # lazily: analysis brings pandas and scipy
+    from .statistics import mean_ci  # lazily: statistics brings scipy
 
     mean, half = mean_ci(x)
     return float(mean), None if half is None else [float(mean - half), float(mean + half)]
