@@ -11,7 +11,8 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.power import TTestPower
 
-from srlib.analysis import (
+from srlib.errors import SrlibError
+from srlib.report.analysis import (
     caveats,
     comparison_stats,
     comparisons,
@@ -30,7 +31,6 @@ from srlib.analysis import (
     selection_table,
     verdicts,
 )
-from srlib.errors import SrlibError
 from srlib.statistics import (
     crossed_bootstrap,
     detectable_difference,
@@ -309,7 +309,7 @@ def _write(out, r: dict, body: dict | None = None) -> None:
 
 
 def test_records_whose_parts_disagree_are_named_and_left_out(tmp_path):
-    from srlib.record_checks import load_checked
+    from srlib.report.record_checks import load_checked
 
     good = record("original", 0, wrong=[3])
     _write(tmp_path, good)
@@ -354,8 +354,8 @@ def test_records_whose_parts_disagree_are_named_and_left_out(tmp_path):
 
 
 def test_records_on_two_datasets_are_kept_apart():
-    from srlib import cost_report, reference, where_sr_helps
-    from srlib.record_checks import select_dataset
+    from srlib.report import cost_report, reference, where_sr_helps
+    from srlib.report.record_checks import select_dataset
 
     rng = np.random.default_rng(4)
     lossless = [{**r, "data": {**r["data"], "dataset": {**r["data"]["dataset"], "lossy": False}}}
@@ -412,7 +412,7 @@ def test_without_predictions_the_verdict_falls_back_to_the_t_interval_and_says_s
 
 
 def test_pixels_or_model_puts_each_sr_models_accuracy_gain_beside_its_psnr_gain():
-    from srlib.analysis import pixels_or_model
+    from srlib.report.analysis import pixels_or_model
 
     rng = np.random.default_rng(2)
     records = random_records({"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.18, "sr_x2@swift-srgan": 0.22}, 2, rng)
@@ -432,7 +432,7 @@ def test_pixels_or_model_puts_each_sr_models_accuracy_gain_beside_its_psnr_gain(
 def test_identical_predictions_give_no_conclusion_not_zero_power():
     """Runs that agree on every image (e.g. smoke runs predicting one class) carry no information:
     the verdict says so instead of reporting a 0.00 pp detectable difference."""
-    from srlib.analysis import verdicts
+    from srlib.report.analysis import verdicts
 
     same = [{**record("sr_x2", s, wrong=[0, 1, 2]), "input_px": 64} for s in range(2)]
     same += [{**record("resize_x2", s, wrong=[0, 1, 2]), "input_px": 64} for s in range(2)]

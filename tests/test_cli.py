@@ -344,12 +344,12 @@ def book_sources(root: Path, executed: bool) -> Path:
 def book_root(monkeypatch):
     """`srlib book` builds the project's own book (it has no option for another root): point it at one of the
     test's making, so the test neither needs nor touches the project's book/executed/."""
-    import srlib.book
+    import srlib.orchestration.book
 
-    build_book = srlib.book.build_book
+    build_book = srlib.orchestration.book.build_book
 
     def use(root: Path) -> None:
-        monkeypatch.setattr(srlib.book, "build_book", functools.partial(build_book, root=root))
+        monkeypatch.setattr(srlib.orchestration.book, "build_book", functools.partial(build_book, root=root))
     return use
 
 

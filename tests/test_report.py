@@ -43,8 +43,8 @@ def test_a_second_sweep_on_the_same_output_stops_with_a_clear_message(tmp_path, 
 
 
 def test_book_build_refuses_without_executed_notebooks(tmp_path):
-    from srlib.book import build_book
     from srlib.errors import SrlibError
+    from srlib.orchestration.book import build_book
 
     with pytest.raises(SrlibError, match="srlib sweep"):
         build_book(root=tmp_path)
@@ -112,7 +112,7 @@ def smoke_study(tmp_path_factory, weights_dir) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def smoke_book(smoke_study) -> Path:
-    from srlib.book import build_book
+    from srlib.orchestration.book import build_book
 
     return build_book(root=smoke_study[0]).parent
 
@@ -164,7 +164,7 @@ def test_figures_fit_the_page_with_readable_text():
     from matplotlib.text import Text
     from test_analysis import random_records
 
-    from srlib import analysis, cost_report, figures
+    from srlib.report import analysis, cost_report, figures
 
     matplotlib.use("Agg")
     records = random_records({"original": 0.3, "nearest_x2": 0.25, "resize_x2": 0.2, "sr_x2": 0.18,
@@ -203,7 +203,7 @@ def test_figures_fit_the_page_with_readable_text():
 def test_tables_share_one_number_format_and_say_when_empty():
     import pandas as pd
 
-    from srlib.figures import table
+    from srlib.report.figures import table
 
     shown = table(pd.DataFrame({"a": [1.0, 2.345678], "b": ["x", "y"]}), "caption")
     html = shown._repr_html_()
@@ -227,7 +227,7 @@ def generated_book(tmp_path_factory, tiny_sr_weights) -> Path:
     from conftest import make_imagefolder
     from test_analysis import random_records, record
 
-    from srlib.book import build_book
+    from srlib.orchestration.book import build_book
     from srlib.orchestration.executors import execute_notebook
     from srlib.orchestration.sweep import finish
     from srlib.quality import sr_quality
@@ -288,7 +288,7 @@ def test_a_book_from_records_fits_the_screen_and_names_what_it_left_out(generate
 def test_the_book_of_the_committed_paper_records_fits_the_screen(tmp_path):
     """`srlib sweep --records results/paper` into a copy of the book: what a reader of the committed
     results sees, at a 1280 px window; records only, nothing trains."""
-    from srlib.book import build_book
+    from srlib.orchestration.book import build_book
 
     root = book_sources(tmp_path / "book")
     result = sweep("paper", 1, STUDY_VARIANTS, out=ROOT / "results" / "paper", notebooks_out=root / "book" / "executed",

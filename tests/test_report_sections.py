@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_analysis import record
 
-from srlib import cost_report, reference, where_sr_helps
 from srlib.flops import train_flops_per_image
-from srlib.record_checks import CANONICAL_SHA256
+from srlib.report import cost_report, reference, where_sr_helps
+from srlib.report.record_checks import CANONICAL_SHA256
 
 
 def pair(wrong_sr: list[list[int]], wrong_resize: list[list[int]]) -> list[dict]:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from ..config import PROFILES, STUDY_VARIANTS, add_config_options, config_overrides, default_profile
 from ..errors import ConfigError, SrlibError
-from ..orchestration.executors import RunState, SlurmOptions, parse_sbatch_options
-from ..orchestration.sweep import status, sweep
+from ..orchestration.request import SweepRequest
+from ..orchestration.slurm import SlurmOptions, parse_sbatch_options
+from ..orchestration.states import RunState, status
+from ..orchestration.sweep import sweep
 from ..runs import records_profile
 from .core import add_data_options
 
@@ -65,22 +67,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if records:
         args.out = records
     profile = args.profile or (records_profile(records) if records else default_profile())
-    overrides = config_overrides(args)
+    request = SweepRequest(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
+                           args.cache_dir, config_overrides(args), analysis=not args.no_analysis,
+                           records_only=bool(records), executor=executor, jobs=getattr(args, "jobs", None),
+                           runs_per_gpu=getattr(args, "runs_per_gpu", 1), threads=getattr(args, "threads", None),
+                           slurm=slurm_options(args) if executor == "slurm" else None,
+                           wait=not getattr(args, "no_wait", False), book=not getattr(args, "no_book", True))
     if getattr(args, "dry_run", False):
-        from ..orchestration.preflight import format_plan, sweep_plan
+        from ..orchestration.preflight import format_plan
 
-        plan = sweep_plan(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
-                          args.cache_dir, overrides, analysis=not args.no_analysis)
+        plan = request.plan()
         print(format_plan(plan) + "\ndry run: nothing was started")
         plan.raise_problems(listed_above=True)
         return 0
-    result = sweep(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data, args.cache_dir,
-                   overrides=overrides, analysis=not args.no_analysis, executor=executor,
-                   jobs=getattr(args, "jobs", None), runs_per_gpu=getattr(args, "runs_per_gpu", 1),
-                   threads=getattr(args, "threads", None),
-                   slurm=slurm_options(args) if executor == "slurm" else None,
-                   wait=not getattr(args, "no_wait", False), book=not getattr(args, "no_book", True),
-                   records_only=bool(records))
+    result = sweep(request)
     if result.submitted and getattr(args, "no_wait", False):
         return 0
     print(f"[sweep] {len(result.done)} notebook(s) done in {result.seconds / 60:.1f} min, "
@@ -123,7 +123,7 @@ def _status_detail(st: RunState) -> str:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from ..book import build_book
+    from ..orchestration.book import build_book
 
     print(f"report: {build_book(path_output=args.path_output)}")
     return 0

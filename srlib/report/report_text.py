@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import STUDY_VARIANTS, VARIANT_SETS
+from ..errors import SrlibError
+from ..statistics import ALPHA, POWER, TARGET_PP
 from .comparisons import (
     Comparison,
     ComparisonStats,
@@ -19,10 +22,7 @@ from .comparisons import (
     select_rules,
     select_stats,
 )
-from .config import STUDY_VARIANTS, VARIANT_SETS
-from .errors import SrlibError
 from .record_checks import Loaded, dataset_name, load_checked, one_dataset, select_dataset
-from .statistics import ALPHA, POWER, TARGET_PP
 
 # ---------------------------------------------------------------------------------------------------
 # Numbers: one format per kind, to the precision the interval supports

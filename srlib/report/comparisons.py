@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .record_checks import one_dataset
-from .statistics import (
+from ..statistics import (
     ALPHA,
     POWER,
     TARGET_PP,
@@ -29,6 +28,7 @@ from .statistics import (
     sign_flip_test,
     variance_components,
 )
+from .record_checks import one_dataset
 
 METRICS = {"max_test_acc": "max", "top5_mean_test_acc": "top-5 mean", "final_test_acc": "final"}
 HEADLINE_METRIC = "final_test_acc"  # not picked on the test set, hence unbiased; max/top-5 are for the reference

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import SrlibError
-from .runs import ROOT
+from ..errors import SrlibError
+from ..runs import ROOT
 
 REQUIRED = ("book/executed/compare.ipynb", "book/executed/sr_quality.ipynb")
 TRAIN_PAGES = "book/executed/train"
@@ -33,8 +33,8 @@ def _parameters(notebook: Path) -> dict:
 def run_pages(root: Path) -> list[str]:
     """The executed train notebooks (paths relative to `root`, no suffix) of the records that compare.ipynb
     was built from, in variant order then seed; a run without a complete record has no page."""
-    from .comparisons import order_variants
-    from .runs import load_record
+    from ..report.comparisons import order_variants
+    from ..runs import load_record
 
     shown = _parameters(root / "book/executed/compare.ipynb")
     profile, out = shown.get("profile"), shown.get("out")
@@ -77,7 +77,8 @@ def write_toc(root: Path) -> Path:
 
     toc["chapters"] = replace(toc["chapters"])
     target = root / GENERATED_TOC
-    target.write_text("# Written by srlib.book from _toc.yml for this build: the run pages of its records.\n"
+    target.write_text("# Written by srlib.orchestration.book from _toc.yml for this build: the run pages of its "
+                      "records.\n"
                       + yaml.safe_dump(toc, sort_keys=False))
     return target
 

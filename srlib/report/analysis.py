@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mcnemar, mcnemar_counts, mean_ci  # noqa: F401
+from ..store import read_json
+from ..upscale import DEFAULT_SR_MODEL
 from .comparisons import (  # noqa: F401 -- re-exported for the notebooks and the sweep
     COMPARISONS,
     HEADLINE_METRIC,
@@ -58,9 +61,6 @@ from .report_text import (  # noqa: F401
     verdict,
     verdicts,
 )
-from .statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mcnemar, mcnemar_counts, mean_ci  # noqa: F401
-from .store import read_json
-from .upscale import DEFAULT_SR_MODEL
 
 # ---------------------------------------------------------------------------------------------------
 # Per-run frames

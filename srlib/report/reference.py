@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..statistics import LEVEL, mean_ci
 from .comparisons import METRICS, order_variants, parse_variant
 from .record_checks import dataset_name, is_canonical, one_dataset
 from .report_text import decimals, fmt, fmt_diff, fmt_pp
-from .statistics import LEVEL, mean_ci
 
 # The reference report (one seed per variant, picked on the test set): max test accuracy and mean of the
 # 5 best epochs, in percent. Quoted for comparison; never produced by this code. The one place they live.

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..config import VARIANTS
+from ..errors import SrlibError
 from .comparisons import Comparison, select_rules
-from .config import VARIANTS
-from .errors import SrlibError
 from .record_checks import dataset_name, dataset_sha, one_dataset
 from .report_text import fmt_pp
 
@@ -151,9 +151,9 @@ def case_images(d: Disagreements, indices: np.ndarray, data: str | None = None,
                 cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """The images at `indices` as the classifier saw them: {"original 32 px", "bicubic ...", "SR ..."}
     (uint8 NCHW); PicturesUnavailable naming the missing input otherwise."""
-    from .data import default_cache_dir, load_dataset, locate, stratified_subset
-    from .store import sha256_array
-    from .upscale import build_upscaler, upscale
+    from ..data import default_cache_dir, load_dataset, locate, stratified_subset
+    from ..store import sha256_array
+    from ..upscale import build_upscaler, upscale
 
     record = d.runs_a[0]
     identity = record["data"]["dataset"]
@@ -183,8 +183,8 @@ def case_images(d: Disagreements, indices: np.ndarray, data: str | None = None,
 
 def _sr_images(d: Disagreements, originals: np.ndarray, indices: np.ndarray, cache_dir) -> np.ndarray:
     """SR versions of the chosen images: from the runs' verified cache, else made with the verified weights."""
-    from .store import load_arrays, sha256_array
-    from .upscale import (
+    from ..store import load_arrays, sha256_array
+    from ..upscale import (
         build_upscaler,
         default_weights_dir,
         local_checkpoint,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SrlibError
-from .runs import PREDICTIONS, record_paths
-from .store import load_arrays, read_json
-from .train import RECORD_SCHEMA
+from ..errors import SrlibError
+from ..runs import PREDICTIONS, record_paths
+from ..store import load_arrays, read_json
+from ..train import RECORD_SCHEMA
 
 KNOWN_SCHEMAS = (RECORD_SCHEMA,)  # the record schemas this report reads: the one srlib.train writes
 # Datasets this project has met, by content hash (srlib.data.content_sha256 of the decoded pixels).

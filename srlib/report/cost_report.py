@@ -15,12 +15,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..config import STUDY_SCALES, VARIANTS
+from ..flops import train_flops_per_image
+from ..statistics import LEVEL, mean_ci
 from .comparisons import order_variants
-from .config import STUDY_SCALES, VARIANTS
-from .flops import train_flops_per_image
 from .record_checks import one_dataset
 from .report_text import device_name, fmt, fmt_diff
-from .statistics import LEVEL, mean_ci
 
 PFLOP = 1e15
 
