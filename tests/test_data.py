@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from srlib import data as data_mod
+from srlib import data_sources
 from srlib.data import load_dataset, stratified_subset
 from srlib.errors import DataError
 
@@ -41,7 +42,7 @@ def test_decoded_arrays_are_cached_and_reused(imagefolder, tmp_path, monkeypatch
     def no_decoding(*_):
         raise AssertionError("decoded again although cached")
 
-    monkeypatch.setattr(data_mod, "_decode_imagefolder", no_decoding)
+    monkeypatch.setattr(data_sources, "_decode_imagefolder", no_decoding)
     second = load_dataset(imagefolder, cache_dir=cache)
     assert np.array_equal(first.train_x, second.train_x)
 

@@ -23,8 +23,7 @@ import pytest
 import torch
 from conftest import make_imagefolder
 
-from srlib import data as data_mod
-from srlib import store
+from srlib import data_sources, store
 from srlib.cli import main
 from srlib.config import make_config
 from srlib.data import load_dataset
@@ -205,8 +204,8 @@ def test_damaged_dataset_cache_is_reported_and_rebuilt(imagefolder, tmp_path, mo
     (cache,) = (tmp_path / "datasets").iterdir()
     damage(cache)
     decodes = []
-    decode = data_mod._decode_imagefolder
-    monkeypatch.setattr(data_mod, "_decode_imagefolder", lambda *a: decodes.append(1) or decode(*a))
+    decode = data_sources._decode_imagefolder
+    monkeypatch.setattr(data_sources, "_decode_imagefolder", lambda *a: decodes.append(1) or decode(*a))
     capsys.readouterr()
 
     second = load_dataset(imagefolder, cache_dir=tmp_path)

@@ -19,7 +19,7 @@ import pytest
 from conftest import CLASSES, assert_one_clear_data_error, make_imagefolder
 from PIL import Image
 
-from srlib import data as data_mod
+from srlib import data_sources
 from srlib.data import describe, load_dataset, locate
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -72,7 +72,7 @@ def tree(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Read 5 rows at a time: chunks then cross row groups (7 rows) and files, as a large dataset's do."""
-    monkeypatch.setattr(data_mod, "PARQUET_BATCH_ROWS", 5)
+    monkeypatch.setattr(data_sources, "PARQUET_BATCH_ROWS", 5)
 
 
 def test_parquet_copy_equals_the_imagefolder_and_shares_its_cache(tree, tmp_path, monkeypatch):
@@ -98,7 +98,7 @@ def test_parquet_copy_equals_the_imagefolder_and_shares_its_cache(tree, tmp_path
     def no_decoding(*_):
         raise AssertionError("decoded again although the folder copy's arrays are cached")
 
-    monkeypatch.setattr(data_mod, "_decode_parquet", no_decoding)
+    monkeypatch.setattr(data_sources, "_decode_parquet", no_decoding)
     again = load_dataset(copy, cache_dir=cache)  # same bytes, labels and classes: the folder's cache
     assert again.identity["content_sha256"] == folder.identity["content_sha256"]
     assert len(list((cache / "datasets").glob("*.npz"))) == 1
@@ -346,7 +346,7 @@ def test_real_parquet_copy_is_the_folder_copy(real_pair):
     assert folder.identity["source"] == "imagefolder" and folder.identity["lossy"] is True
     assert parquet.identity["source"] == "parquet" and parquet.identity["lossy"] is True
     assert (parquet.identity["train_count"], parquet.identity["test_count"]) == (50_000, 10_000)
-    assert parquet.classes == folder.classes == tuple(data_mod.CIFAR10_CLASSES)
+    assert parquet.classes == folder.classes == tuple(data_sources.CIFAR10_CLASSES)
     assert parquet.identity["content_sha256"] == folder.identity["content_sha256"]
     for name in ("train_x", "train_y", "test_x", "test_y"):
         assert np.array_equal(getattr(parquet, name), getattr(folder, name)), name
@@ -357,6 +357,6 @@ def test_real_parquet_copy_shares_the_folder_copys_cache(real_pair, real_jpeg_pa
     def no_decoding(*_):
         raise AssertionError("the Parquet copy's fingerprint differs from the folder copy's")
 
-    monkeypatch.setattr(data_mod, "_decode_parquet", no_decoding)
+    monkeypatch.setattr(data_sources, "_decode_parquet", no_decoding)
     again = load_dataset(real_jpeg_parquet, cache_dir=shared_cache)
     assert again.identity["content_sha256"] == real_pair[0].identity["content_sha256"]

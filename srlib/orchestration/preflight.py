@@ -25,7 +25,8 @@ import numpy as np
 
 from .. import cost
 from ..config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
-from ..data import CANONICAL_DIR, CANONICAL_FILES, CIFAR10_URL, IMAGE_SUFFIXES, default_cache_dir, locate
+from ..data import CIFAR10_URL, default_cache_dir, locate
+from ..data_sources import CANONICAL_DIR, CANONICAL_FILES, IMAGE_SUFFIXES
 from ..errors import SrlibError, WeightsError
 from ..flops import train_flops_per_image
 from ..upscale import (
