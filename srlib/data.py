@@ -29,6 +29,8 @@ import numpy as np
 
 from .data_sources import (
     CANONICAL_DIR,
+    CANONICAL_FILES,
+    IMAGE_SUFFIXES,
     PARQUET_LAYOUT,
     SPLITS,
     Source,
@@ -188,6 +190,47 @@ def content_sha256(arrays: dict[str, np.ndarray]) -> str:
             digest.update(f"{name}:{array.dtype.str}{array.shape}\0".encode())
             digest.update(array.data)
     return digest.hexdigest()
+
+
+def quick_check(where: dict) -> str | None:
+    """What is wrong with the data `locate` found, from a few bytes of each split (not the whole dataset, which
+    a run decodes and hashes anyway); None when it looks readable."""
+    path, kind = Path(where["path"]), where["kind"]
+    if kind == "canonical":
+        samples = [path / name for name in CANONICAL_FILES]
+        missing = [p.name for p in samples if not p.is_file()]
+        if missing:
+            return f"{path} lacks {missing}; re-download CIFAR-10 or delete the folder to fetch it again"
+    elif kind == "imagefolder":
+        samples = []
+        for split in ("train", "test"):
+            try:
+                image = _first_image(path / split)
+            except OSError as exc:
+                return f"cannot list {path / split} ({exc.strerror or exc}); fix its permissions"
+            if image is None:
+                return f"{path / split} holds no images in class folders; expected {split}/<class>/<image>"
+            samples.append(image)
+    elif kind == "parquet":
+        samples = [files[0] for files in where.get("files", {}).values() if files]
+    else:
+        samples = []
+    for sample in samples:
+        try:
+            with open(sample, "rb") as f:
+                f.read(16)
+        except OSError as exc:
+            return f"cannot read {sample} ({exc.strerror or exc}); fix the data's permissions or --data / SRLIB_DATA"
+    return None
+
+
+def _first_image(split_dir: Path) -> Path | None:
+    for class_dir in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if class_dir.is_dir() and not class_dir.name.startswith("."):
+            for entry in os.scandir(class_dir.path):
+                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                    return Path(entry.path)
+    return None
 
 
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int = 0) -> np.ndarray:

@@ -25,8 +25,8 @@ import numpy as np
 
 from .. import cost
 from ..config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
-from ..data import CIFAR10_URL, default_cache_dir, locate
-from ..data_sources import CANONICAL_DIR, CANONICAL_FILES, IMAGE_SUFFIXES
+from ..data import CIFAR10_URL, default_cache_dir, locate, quick_check
+from ..data_sources import CANONICAL_DIR
 from ..errors import SrlibError, WeightsError
 from ..flops import train_flops_per_image
 from ..upscale import (
@@ -197,50 +197,10 @@ def _check_data(data: str | None, problems: list[str], probes: dict[str, list[st
             "data directory (SRLIB_DATA_DIR), or point --data / SRLIB_DATA at an ImageFolder tree "
             "(train/<class>/*, test/<class>/*), e.g. an offline copy: SRLIB_DATA=../shared/data/cifar10-jpeg")
         return f"canonical CIFAR-10, to be downloaded from {CIFAR10_URL} into {path}", [path.parent]
-    problem = _unreadable(where)
+    problem = quick_check(where)
     if problem:
         problems.append(problem)
     return f"{where['kind']} CIFAR-10 at {path}", []
-
-
-def _unreadable(where: dict) -> str | None:
-    """Reads a few bytes of each split (not the whole dataset, which the run hashes anyway)."""
-    path, kind = Path(where["path"]), where["kind"]
-    if kind == "canonical":
-        samples = [path / name for name in CANONICAL_FILES]
-        missing = [p.name for p in samples if not p.is_file()]
-        if missing:
-            return f"{path} lacks {missing}; re-download CIFAR-10 or delete the folder to fetch it again"
-    elif kind == "imagefolder":
-        samples = []
-        for split in ("train", "test"):
-            try:
-                image = _first_image(path / split)
-            except OSError as exc:
-                return f"cannot list {path / split} ({exc.strerror or exc}); fix its permissions"
-            if image is None:
-                return f"{path / split} holds no images in class folders; expected {split}/<class>/<image>"
-            samples.append(image)
-    elif kind == "parquet":
-        samples = [files[0] for files in where.get("files", {}).values() if files]
-    else:
-        samples = []
-    for sample in samples:
-        try:
-            with open(sample, "rb") as f:
-                f.read(16)
-        except OSError as exc:
-            return f"cannot read {sample} ({exc.strerror or exc}); fix the data's permissions or --data / SRLIB_DATA"
-    return None
-
-
-def _first_image(split_dir: Path) -> Path | None:
-    for class_dir in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if class_dir.is_dir() and not class_dir.name.startswith("."):
-            for entry in os.scandir(class_dir.path):
-                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                    return Path(entry.path)
-    return None
 
 
 # --- SR weights --------------------------------------------------------------------------------------------
