@@ -7,8 +7,9 @@ import datetime
 import json
 import time
 
-from ..config import PROFILES, VARIANTS, add_config_options, config_overrides, make_config
+from ..config import PROFILES, VARIANTS, add_config_options, config_overrides, default_profile, make_config
 from ..errors import PARTIAL_EXIT_CODE
+from ..runs import sr_quality_path
 from ..upscale import sr_models
 
 
@@ -105,6 +106,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 def cmd_sr_quality(args: argparse.Namespace) -> int:
     from ..quality import sr_quality
 
+    args.out = args.out or str(sr_quality_path("runs", args.profile or default_profile()))
     record = sr_quality(scales=args.scales, n=args.n, data=args.data, cache_dir=args.cache_dir,
                         out=args.out, weights=args.sr_weights, models=args.models)
     for row in record["results"]:
@@ -143,6 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"{', '.join(sr_models())}; none named: only --sr-weights)")
     p.add_argument("--sr-weights", nargs="+", metavar="PATH", help="spandrel SR checkpoint(s), each measured at "
                    "its own scale, standing for sr_x2/sr_x4 as trained with --sr-weights")
-    p.add_argument("--out", default="runs/sr_quality.json")
+    p.add_argument("--profile", choices=list(PROFILES), help="whose report shows it (default: paper with CUDA, "
+                   "else preview)")
+    p.add_argument("--out", help="the record (default: runs/<profile>/sr_quality.json, where the report reads it)")
     add_data_options(p)
     p.set_defaults(func=cmd_sr_quality)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..runs import sr_quality_path
 from ..statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mcnemar, mcnemar_counts, mean_ci  # noqa: F401
 from ..store import read_json
 from ..upscale import DEFAULT_SR_MODEL
@@ -190,7 +190,7 @@ def sr_model_gains(source: Source) -> pd.DataFrame:
 
 def load_quality(out: str | os.PathLike, profile: str) -> dict | None:
     """The SR-quality record the sweep's sr_quality notebook wrote for this profile, if any."""
-    path = Path(out) / profile / "sr_quality.json"
+    path = sr_quality_path(out, profile)
     try:
         return read_json(path)
     except (OSError, ValueError):
