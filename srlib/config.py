@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -35,6 +36,11 @@ class Variant:
         """The registered SR model (srlib.upscale.SR_CHECKPOINTS) behind an SR variant; None otherwise."""
         base, _, model = self.method.partition("@")
         return (model or DEFAULT_SR_MODEL) if base == "sr" else None
+
+    @property
+    def kind(self) -> str:
+        """'none', 'nearest', 'bicubic' or 'sr' (any SR model): what the report compares."""
+        return "sr" if self.is_sr else self.method
 
     @property
     def upscale_kind(self) -> str:
@@ -66,6 +72,15 @@ VARIANT_SETS: dict[str, tuple[str, ...]] = {
     "sr-models": (*STUDY_VARIANTS, *SR_MODEL_VARIANTS),
     "all": tuple(VARIANTS),
 }
+
+
+def variant_of(name: str) -> Variant | None:
+    """What a variant name means: a registered variant, or `sr_x<s>@<model>` for an SR model this code does
+    not register (records of newer code, say); None for any other name."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    match = re.fullmatch(r"sr_x(\d+)@([\w.-]+)", name)
+    return Variant(f"sr@{match[2]}", int(match[1])) if match else None
 
 
 def expand_variants(names: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -50,3 +50,17 @@ def test_sr_weights_do_not_replace_a_named_sr_model():
     assert make_config("sr_x2", "smoke", sr_weights="mine.pth").sr_weights == "mine.pth"
     with pytest.raises(ConfigError, match="sr_x4@swift-srgan uses its registered weights: drop --sr-weights"):
         make_config("sr_x4@swift-srgan", "smoke", sr_weights="mine.pth")
+
+
+def test_a_variant_is_defined_once_in_config():
+    from srlib.config import DEFAULT_SR_MODEL, VARIANTS, variant_of
+
+    assert (VARIANTS["original"].kind, VARIANTS["original"].px, VARIANTS["original"].sr_model) == ("none", 32, None)
+    assert (VARIANTS["resize_x4"].kind, VARIANTS["resize_x4"].px, VARIANTS["resize_x4"].upscale_kind) == (
+        "bicubic", 128, "plain")
+    assert (VARIANTS["sr_x2"].is_sr, VARIANTS["sr_x2"].sr_model) == (True, DEFAULT_SR_MODEL)
+    assert VARIANTS["sr_x4@swift-srgan"].sr_model == "swift-srgan" and VARIANTS["sr_x4@swift-srgan"].kind == "sr"
+    assert variant_of("sr_x2") is VARIANTS["sr_x2"]
+    unregistered = variant_of("sr_x3@some-model")  # e.g. a record of newer code
+    assert (unregistered.kind, unregistered.scale, unregistered.sr_model) == ("sr", 3, "some-model")
+    assert variant_of("weird-name") is None and variant_of("resize_x2@m") is None

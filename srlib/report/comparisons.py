@@ -1,6 +1,6 @@
 """Which variants the report compares, and each comparison's statistics from the records.
 
-A variant is read from its name (`original`, `<kind>_x<scale>`, `<kind>_x<scale>@<model>`); `comparisons`
+A variant is what srlib.config.VARIANTS says it is (kind, scale, SR model); `comparisons`
 expands the rules of `COMPARISONS` over the scales and SR models present, and `compare` pairs A and B by
 seed and by test image and computes the final-epoch difference's intervals, tests and power
 (`srlib.statistics`). Records of one dataset only: those of several are refused, never pooled.
@@ -9,13 +9,13 @@ seed and by test image and computes the final-epoch difference's intervals, test
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+from ..config import variant_of
 from ..statistics import (
     ALPHA,
     POWER,
@@ -43,7 +43,6 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("bicubic", "nearest", "better pixels: bicubic interpolation over pixel copies"),
 )
 METHOD_NAMES = {"none": "original", "nearest": "nearest", "bicubic": "resize", "sr": "SR"}
-_NAME_PREFIXES = {"resize": "bicubic", "nearest": "nearest", "sr": "sr"}
 _METHOD_ORDER = ("none", "nearest", "bicubic", "sr")
 
 
@@ -53,7 +52,7 @@ _METHOD_ORDER = ("none", "nearest", "bicubic", "sr")
 
 @dataclass(frozen=True)
 class Arm:
-    """A variant read from its name: `original`, `<kind>_x<scale>` or `<kind>_x<scale>@<model>`."""
+    """A variant as the report sees it (from srlib.config.VARIANTS)."""
 
     variant: str
     method: str  # "none", "nearest", "bicubic", "sr" (or an unknown kind, kept as written)
@@ -67,12 +66,11 @@ class Arm:
 
 
 def parse_variant(variant: str) -> Arm | None:
-    if variant == "original":
-        return Arm(variant, "none", 1)
-    match = re.fullmatch(r"([a-z]+)_x(\d+)(?:@(.+))?", variant)
-    if match is None:
+    """The variant as srlib.config defines it (`variant_of`); None for a name it does not know."""
+    v = variant_of(variant)
+    if v is None:
         return None
-    return Arm(variant, _NAME_PREFIXES.get(match[1], match[1]), int(match[2]), match[3])
+    return Arm(variant, v.kind, v.scale, v.sr_model if "@" in v.method else None)
 
 
 def _variant_key(variant: str) -> tuple:
