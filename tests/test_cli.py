@@ -221,7 +221,7 @@ def test_train_then_status_and_sweep_dry_run_see_the_finished_run(tmp_path, imag
 
 
 def write_job(out: Path, variant: str, **job) -> None:
-    from srlib.orchestration.executors import JOB
+    from srlib.orchestration.tasks import JOB
     from srlib.runs import run_dir
     from srlib.store import write_json
 

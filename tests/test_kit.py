@@ -285,6 +285,7 @@ def test_sweep_with_records_renders_them_names_the_missing_and_never_trains(imag
     a variant without a record is named as not run, and nothing is trained or written into DIR."""
     from srlib.config import make_config
     from srlib.errors import ConfigError
+    from srlib.orchestration.request import SweepRequest
     from srlib.orchestration.sweep import sweep
     from srlib.runs import records_profile
     from srlib.train import train
@@ -296,8 +297,8 @@ def test_sweep_with_records_renders_them_names_the_missing_and_never_trains(imag
     before = {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()}
     monkeypatch.setenv("SRLIB_DATA", str(tmp_path / "no-data"))  # training would stop at once: no dataset
     notebooks = tmp_path / "executed"
-    result = sweep("smoke", 1, ["original", "resize_x2"], records, notebooks, overrides=overrides, analysis=False,
-                   live=False, records_only=True, log=lambda *_: None)
+    result = sweep(SweepRequest("smoke", 1, ["original", "resize_x2"], records, notebooks, overrides=overrides,
+                                analysis=False, records_only=True), live=False, log=lambda *_: None)
     assert not result.failed and result.missing == ["smoke-resize_x2-seed0"]
     assert {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()} == before  # only read
     assert not (records / "smoke" / "resize_x2").exists()

@@ -17,6 +17,7 @@ import pytest
 import srlib.orchestration.preflight as preflight
 from srlib.cli import main
 from srlib.config import make_config
+from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.sweep import sweep
 
 REAL_HOST_ANSWERS = preflight.host_answers  # the autouse fixture below replaces it in every test
@@ -42,7 +43,8 @@ def forbid_slow_work(mp: pytest.MonkeyPatch) -> list[str]:
     """What takes longer than a check, and a refusal must come before: decoding or downloading the data,
     training, starting a run. Each raises if called (and is listed, in case a caller swallows the error)."""
     import srlib.data
-    import srlib.orchestration.executors
+    import srlib.orchestration.local
+    import srlib.orchestration.tasks
     import srlib.train
 
     called: list[str] = []
@@ -55,8 +57,8 @@ def forbid_slow_work(mp: pytest.MonkeyPatch) -> list[str]:
 
     for module, name in ((srlib.data, "load_dataset"), (srlib.data, "download_canonical"),
                          (srlib.train, "load_dataset"), (srlib.train, "train"),
-                         (srlib.orchestration.executors, "execute_notebook"),
-                         (srlib.orchestration.executors, "LocalPool")):
+                         (srlib.orchestration.tasks, "execute_notebook"),
+                         (srlib.orchestration.local, "LocalPool")):
         mp.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
     return called
 
@@ -123,8 +125,9 @@ def test_unwritable_output_is_refused(tmp_path, imagefolder, no_weights):
     with read_only_folder(tmp_path / "ro") as ro, pytest.MonkeyPatch.context() as mp:
         slow = forbid_slow_work(mp)
         with pytest.raises(preflight.PreflightError) as caught:
-            sweep("smoke", 1, ["original"], out=ro / "runs", notebooks_out=tmp_path / "executed",
-                  data=str(imagefolder), cache_dir=str(tmp_path / "cache"), analysis=False, log=lambda *_: None)
+            sweep(SweepRequest("smoke", 1, ["original"], out=ro / "runs", notebooks_out=tmp_path / "executed",
+                               data=str(imagefolder), cache_dir=str(tmp_path / "cache"), analysis=False),
+                  log=lambda *_: None)
         assert slow == [] and not (ro / "runs").exists()
     message = str(caught.value)
     assert f"the output folder {ro / 'runs'} is not writable" in message and "(--out)" in message

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from srlib.config import STUDY_VARIANTS
+from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.sweep import NOTEBOOKS, ROOT, sweep
 
 
@@ -34,11 +35,11 @@ def test_a_second_sweep_on_the_same_output_stops_with_a_clear_message(tmp_path, 
     from srlib.errors import LockError
     from srlib.store import directory_lock
 
-    monkeypatch.setattr(sweep_mod, "_run_local", lambda *a: pytest.fail("the second sweep must not run anything"))
+    monkeypatch.setattr(sweep_mod, "wait_for", lambda *a: pytest.fail("the second sweep must not run anything"))
     with directory_lock(tmp_path / "runs", "srlib sweep --profile smoke"):
         with pytest.raises(LockError, match=r"runs is in use by srlib sweep --profile smoke \(pid \d+\); wait"):
-            sweep("smoke", 1, ["original"], out=tmp_path / "runs", notebooks_out=tmp_path / "nb", log=lambda *_: None,
-                  preflight=False)
+            sweep(SweepRequest("smoke", 1, ["original"], out=tmp_path / "runs", notebooks_out=tmp_path / "nb"),
+                  log=lambda *_: None, preflight=False)
     assert not (tmp_path / "nb").exists()
 
 
@@ -103,8 +104,8 @@ def smoke_study(tmp_path_factory, weights_dir) -> tuple[Path, dict]:
     data = make_imagefolder(tmp_path_factory.mktemp("data") / "imagefolder")
     os.environ["SRLIB_WEIGHTS_DIR"] = str(weights_dir)
     kwargs = dict(out=root / "runs", notebooks_out=root / "book" / "executed", data=str(data),
-                  cache_dir=str(tmp_path_factory.mktemp("cache")), log_output=False)
-    result = sweep("smoke", 1, STUDY_VARIANTS, **kwargs)
+                  cache_dir=str(tmp_path_factory.mktemp("cache")))
+    result = sweep(SweepRequest("smoke", 1, STUDY_VARIANTS, **kwargs))
     assert not result.failed, result.failed
     assert not result.skipped
     return root, kwargs
@@ -121,7 +122,7 @@ def test_sweep_rerun_does_only_what_is_missing(smoke_study):
     root, kwargs = smoke_study
     executed = sorted((root / "book" / "executed").rglob("*.ipynb"))
     before = {p: p.stat().st_mtime_ns for p in executed}
-    result = sweep("smoke", 1, STUDY_VARIANTS, **kwargs)
+    result = sweep(SweepRequest("smoke", 1, STUDY_VARIANTS, **kwargs))
     assert result.done == [] and result.failed == {}
     assert sorted(result.skipped) == sorted([f"smoke-{v}-seed0" for v in STUDY_VARIANTS]
                                             + ["sr_quality.ipynb", "compare.ipynb"])
@@ -129,7 +130,7 @@ def test_sweep_rerun_does_only_what_is_missing(smoke_study):
 
     # A run whose record went missing is redone, and only it; then the analysis sees the new record.
     (root / "runs" / "smoke" / "original" / "seed0" / "record.json").unlink()
-    result = sweep("smoke", 1, STUDY_VARIANTS, **kwargs)
+    result = sweep(SweepRequest("smoke", 1, STUDY_VARIANTS, **kwargs))
     assert result.done == ["smoke-original-seed0", "sr_quality.ipynb", "compare.ipynb"], result
     assert len(result.skipped) == len(STUDY_VARIANTS) - 1 and not result.failed
 
@@ -228,8 +229,8 @@ def generated_book(tmp_path_factory, tiny_sr_weights) -> Path:
     from test_analysis import random_records, record
 
     from srlib.orchestration.book import build_book
-    from srlib.orchestration.executors import execute_notebook
     from srlib.orchestration.sweep import finish
+    from srlib.orchestration.tasks import execute_notebook
     from srlib.quality import sr_quality
 
     root = book_sources(tmp_path_factory.mktemp("generated"))
@@ -246,8 +247,8 @@ def generated_book(tmp_path_factory, tiny_sr_weights) -> Path:
                weights=[str(tiny_sr_weights[2])], out=runs / "smoke" / "sr_quality.json", progress=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SRLIB_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-weights-here")))
-        result = finish("smoke", runs, executed, data=str(data), cache_dir=str(cache), records_only=True,
-                        log=lambda *_: None)
+        result = finish(SweepRequest("smoke", out=runs, notebooks_out=executed, data=str(data), cache_dir=str(cache),
+                                     records_only=True), log=lambda *_: None)
         assert not result.failed, result.failed
         page = executed / "train" / "smoke-sr_x2-seed0.ipynb"
         execute_notebook("train.ipynb", page, {"variant": "sr_x2", "profile": "smoke", "seed": 0, "out": str(runs),
@@ -291,8 +292,8 @@ def test_the_book_of_the_committed_paper_records_fits_the_screen(tmp_path):
     from srlib.orchestration.book import build_book
 
     root = book_sources(tmp_path / "book")
-    result = sweep("paper", 1, STUDY_VARIANTS, out=ROOT / "results" / "paper", notebooks_out=root / "book" / "executed",
-                   records_only=True, log=lambda *_: None)
+    result = sweep(SweepRequest("paper", 1, STUDY_VARIANTS, out=ROOT / "results" / "paper",
+                                notebooks_out=root / "book" / "executed", records_only=True), log=lambda *_: None)
     assert not result.failed, result.failed
     seen = open_book(build_book(root=root).parent)
     assert_fits_and_loads(seen)

@@ -23,9 +23,12 @@ import pytest
 from conftest import make_imagefolder
 
 from srlib.errors import LockError
-from srlib.orchestration import executors as ex
-from srlib.orchestration.executors import Task
-from srlib.orchestration.sweep import ROOT, status, sweep
+from srlib.orchestration import slurm as ex
+from srlib.orchestration import tasks as task_module
+from srlib.orchestration.request import SweepRequest
+from srlib.orchestration.states import status
+from srlib.orchestration.sweep import ROOT, sweep
+from srlib.orchestration.tasks import Task, read_job, write_job
 from srlib.store import file_lock, load_arrays, load_or_build, lock_holder
 
 SMALL = {"epochs": 2, "train_size": 20, "test_size": 10}  # seconds per run; the SR path is not the point here
@@ -42,12 +45,12 @@ def outcome(out: Path, variant: str, seed: int = 0, profile: str = "smoke") -> d
             "predictions": arrays["predictions"].tolist(), "threads": record.get("threads")}
 
 
-def run_sweep(root: Path, data: Path, name: str, variants=VARIANTS, overrides=SMALL, **kwargs):
+def run_sweep(root: Path, data: Path, name: str, variants=VARIANTS, overrides=SMALL, preflight=True, **kwargs):
     lines: list[str] = []
     kwargs.setdefault("analysis", False)
-    result = sweep("smoke", 1, variants, out=root / name / "runs", notebooks_out=root / name / "nb", data=str(data),
-                   cache_dir=str(root / "cache"), overrides=overrides, threads=1, live=False, log=lines.append,
-                   **kwargs)
+    result = sweep(SweepRequest("smoke", 1, variants, out=root / name / "runs", notebooks_out=root / name / "nb",
+                                data=str(data), cache_dir=str(root / "cache"), overrides=overrides, threads=1,
+                                **kwargs), live=False, log=lines.append, preflight=preflight)
     return result, lines
 
 
@@ -127,8 +130,8 @@ def test_a_kernel_that_loses_the_port_race_is_started_again(tmp_path, monkeypatc
         Path(output_path).write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
 
     monkeypatch.setattr(pm, "execute_notebook", flaky)
-    monkeypatch.setattr(ex.time, "sleep", lambda s: None)
-    ex.execute_notebook("train.ipynb", tmp_path / "out.ipynb", {})
+    monkeypatch.setattr(task_module.time, "sleep", lambda s: None)
+    task_module.execute_notebook("train.ipynb", tmp_path / "out.ipynb", {})
     assert len(calls) == 2 and (tmp_path / "out.ipynb").is_file()
 
 
@@ -144,7 +147,7 @@ def test_a_failing_cell_is_not_retried(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pm, "execute_notebook", failing)
     with pytest.raises(PapermillExecutionError):
-        ex.execute_notebook("train.ipynb", tmp_path / "out.ipynb", {})
+        task_module.execute_notebook("train.ipynb", tmp_path / "out.ipynb", {})
     assert calls == [1]
 
 
@@ -159,7 +162,7 @@ def test_several_kernels_started_at_once_all_run(tmp_path):
     template = tmp_path / "tiny.ipynb"
     nbformat.write(notebook, template)
     tasks = [Task(f"t{i}", str(template), str(tmp_path / f"t{i}.ipynb"), {"x": i}) for i in range(4)]
-    worker = [sys.executable, "-m", "srlib.orchestration.executors"]
+    worker = [sys.executable, "-m", "srlib.orchestration.tasks"]
     workers = [subprocess.Popen([*worker, json.dumps(t.__dict__)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for t in tasks]
     assert [w.wait(180) for w in workers] == [0] * 4
@@ -325,8 +328,8 @@ def test_a_failing_slurm_run_is_named_while_the_others_finish(study, slurm_clust
 
 
 def test_the_progress_line_shows_each_running_runs_epoch(tmp_path):
-    from srlib.orchestration.executors import RunState
-    from srlib.orchestration.sweep import Reporter
+    from srlib.orchestration.progress import Reporter
+    from srlib.orchestration.states import RunState
 
     lines: list[str] = []
     reporter = Reporter(lines.append, live=False, slots=2)
@@ -380,9 +383,9 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
         (folder / name).chmod(0o755)
     monkeypatch.setenv("FAKE_SLURM", str(folder))
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
-    import srlib.orchestration.sweep as sweep_module
+    import srlib.orchestration.executors as executors_module
 
-    monkeypatch.setattr(sweep_module, "SLURM_POLL_S", 0.01)
+    monkeypatch.setattr(executors_module, "SLURM_POLL_S", 0.01)
     looks, real_queue = [], ex.slurm_queue
 
     def look(*args, **kwargs):  # a wait loop that never ends fails the test instead of hanging it
@@ -398,21 +401,26 @@ def _queued_tasks(tmp_path: Path, variants: list[str]) -> list[Task]:
     """Tasks as a sweep leaves them after submitting array job 7: job.json says queued, with their job ids."""
     from srlib.orchestration.sweep import train_tasks
 
-    tasks = train_tasks("smoke", 1, variants, tmp_path / "runs", tmp_path / "nb", {}, {})
+    tasks = train_tasks(SweepRequest("smoke", 1, variants, tmp_path / "runs", tmp_path / "nb"))
     for i, task in enumerate(tasks):
-        ex.write_job(task, "queued", executor="slurm", job_id=f"7_{i}", slurm_log=str(tmp_path / f"7_{i}.err"))
+        write_job(task, "queued", executor="slurm", job_id=f"7_{i}", slurm_log=str(tmp_path / f"7_{i}.err"))
     return tasks
 
 
 def _wait(tmp_path: Path, tasks: list[Task]):
-    from srlib.orchestration.sweep import Reporter, SweepResult, _wait_slurm
+    from srlib.orchestration.executors import SlurmExecutor
+    from srlib.orchestration.progress import Reporter
+    from srlib.orchestration.sweep import SweepResult, record_finder, wait_for
 
     lines: list[str] = []
     reporter = Reporter(lines.append, live=False)
     reporter.PLAIN_EVERY_S = 0
     result = SweepResult()
     try:
-        _wait_slurm(tasks, reporter, result, tmp_path / "runs", "smoke", {})
+        record_of = record_finder(SweepRequest("smoke", out=tmp_path / "runs"))
+        executor = SlurmExecutor(record_of)
+        executor.watch(tasks)
+        wait_for(executor, tasks, reporter, result, record_of)
     finally:
         reporter.close()
     return result, lines
@@ -465,8 +473,8 @@ def test_a_reason_that_clears_is_shown_and_a_task_that_leaves_the_queue_unstarte
 
 
 def test_the_progress_line_counts_each_reason():
-    from srlib.orchestration.executors import RunState
-    from srlib.orchestration.sweep import _why_queued
+    from srlib.orchestration.progress import _why_queued
+    from srlib.orchestration.states import RunState
 
     states = {"a": RunState("queued", reason="Priority"), "b": RunState("queued", reason="Resources"),
               "c": RunState("queued", reason="Priority"), "d": RunState("running", reason="")}
@@ -595,15 +603,16 @@ def _job_ids(runs: Path) -> dict[str, str]:
 
 
 def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study, slurm_cluster, monkeypatch):
-    from srlib.orchestration.sweep import Reporter
+    from srlib.orchestration.progress import Reporter
 
     root, data = study
     monkeypatch.setattr(Reporter, "PLAIN_EVERY_S", 0)  # every look at the queue is one progress line
     later = ex.SlurmOptions(cpus=1, time="10", extra={"begin": "now+3600"})  # pending (BeginTime) for an hour
     runs, lines = root / "cancelled" / "runs", []
-    join = _in_thread(sweep, "smoke", 1, ["original", "resize_x2"], out=runs, notebooks_out=root / "cancelled" / "nb",
-                      data=str(data), cache_dir=str(root / "cache"), overrides=SMALL, analysis=False, threads=1,
-                      live=False, log=lines.append, executor="slurm", slurm=later)
+    request = SweepRequest("smoke", 1, ["original", "resize_x2"], out=runs, notebooks_out=root / "cancelled" / "nb",
+                           data=str(data), cache_dir=str(root / "cache"), overrides=SMALL, analysis=False, threads=1,
+                           executor="slurm", slurm=later)
+    join = _in_thread(sweep, request, live=False, log=lines.append)
     _wait_for(lambda: any(", 2 queued (BeginTime), 0 failed" in line for line in lines), 120,
               "the progress line to say why both tasks wait")
     ids = _job_ids(runs)
@@ -676,7 +685,7 @@ def test_a_task_past_its_time_limit_is_requeued_and_ends_with_the_same_record(tm
     folder = tmp_path / "slurm" / "runs" / "smoke" / "resize_x2" / "seed0"
     record = json.loads((folder / "record.json").read_text())
     assert record["resumes"] and record["resumes"][0]["from_epoch"] >= 1, record["resumes"]
-    slurm_log = Path(ex.read_job(folder)["slurm_log"]).read_text()
+    slurm_log = Path(read_job(folder)["slurm_log"]).read_text()
     assert "this job is timed-out" in slurm_log and "DUE TO JOB REQUEUE" in slurm_log, slurm_log[-2000:]
     assert outcome(tmp_path / "slurm" / "runs", "resize_x2") == outcome(tmp_path / "plain" / "runs", "resize_x2")
 

@@ -1,0 +1,79 @@
+"""A sweep request: everything `srlib sweep` was asked, as one value built once by the command line.
+
+What to run (profile, seeds, variants, overrides, records only, analysis), where (output folders, data, caches)
+and how (executor, slots, threads, Slurm options, waiting, the book). The sweep, its finishing step and the plan
+take what they need from it; a Slurm job that finishes a --no-wait sweep gets it pickled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import PROFILES, STUDY_VARIANTS, VARIANTS, expand_variants, make_config
+from ..errors import ConfigError
+from .slurm import SlurmOptions
+
+if TYPE_CHECKING:
+    from .preflight import Plan
+
+EXECUTORS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    # what to run (the first fields in the order the sweep's positional arguments had)
+    profile: str
+    seeds: int = 1  # seeds 0..seeds-1
+    variants: tuple[str, ...] = STUDY_VARIANTS  # variant and set names; set names are expanded on creation
+    # where
+    out: Path = Path("runs")  # the run records
+    notebooks_out: Path = Path("book/executed")  # the executed notebooks
+    data: str | None = None  # None: SRLIB_DATA or canonical CIFAR-10
+    cache_dir: str | None = None  # None: SRLIB_CACHE_DIR or ./cache
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields for every run (e.g. epochs)
+    analysis: bool = True  # then the analysis notebooks
+    _: KW_ONLY
+    records_only: bool = False  # show the records in `out`; train nothing, write nothing there
+    # how
+    executor: str = "local"  # local | slurm
+    jobs: int | None = None  # local: runs at once (None: one per GPU x runs_per_gpu, on a CPU CPU_JOBS)
+    runs_per_gpu: int = 1  # local
+    threads: int | None = None  # torch threads per run (None: cores / jobs, or the Slurm task's CPUs)
+    slurm: SlurmOptions | None = None  # slurm: the array's options (None: the defaults)
+    wait: bool = True  # slurm: False submits and returns; a dependent job finishes the sweep
+    book: bool = False  # build the book at the end
+
+    def __post_init__(self) -> None:
+        # Normalised once, so every reader sees the same variants and paths.
+        object.__setattr__(self, "variants", tuple(expand_variants(list(self.variants))))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "notebooks_out", Path(self.notebooks_out))
+        object.__setattr__(self, "overrides", dict(self.overrides or {}))
+
+    def check(self) -> None:
+        """Refuse (ConfigError) what no run could do: an unknown profile, no seeds, bad overrides."""
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or self.profile not in PROFILES or self.seeds < 1:
+            raise ConfigError(f"sweep needs known variants ({', '.join(VARIANTS)}), a profile in {list(PROFILES)} "
+                              f"and seeds >= 1; got variants {list(self.variants)}, profile {self.profile!r}, "
+                              f"seeds {self.seeds}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {self.executor!r}; use local or slurm")
+        for variant in self.variants:  # fail fast on bad overrides, before hours of work
+            make_config(variant, self.profile, 0, **self.overrides)
+
+    def plan(self, device: str | None = None) -> Plan:
+        """What the sweep would do (runs, caches, time) and every problem that would stop it (srlib.orchestration.
+        preflight); starts nothing."""
+        from .preflight import sweep_plan
+
+        return sweep_plan(self.profile, self.seeds, self.variants, self.out, self.notebooks_out, self.data,
+                          self.cache_dir, self.overrides, self.analysis, device)
+
+    @property
+    def sr_weights(self) -> str | os.PathLike | None:
+        """The SR checkpoint the runs were trained with, when --sr-weights replaced the default model."""
+        return self.overrides.get("sr_weights")
