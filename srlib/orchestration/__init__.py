@@ -1,4 +1,9 @@
-"""The orchestration: what runs the study's runs (sweep, executors, preflight, report stage, the GPU kit).
+"""The orchestration: what runs the study's runs, and never imported by the research path it drives.
 
-It drives the research path (srlib.config, data, upscale, model, train, runs) and is never imported by it.
+- `request` (what to run, where, how: one `SweepRequest`), `preflight` (checks and the plan, times from
+  srlib.cost), `sweep` (tasks, the one wait loop, finishing: analysis notebooks and the book stage, `book`);
+- `executors` (one interface, local and Slurm), `tasks` (a notebook run in a worker, job.json), `states`
+  (done / running / queued / failed), `local` (worker slots), `slurm` (request check, submit, queue reasons),
+  `progress` (the live line and its ETA), `processes` (process-group kills);
+- `kit/`: paper-scale runs on a borrowed GPU machine (assemble, probe, schedule, run, archive, staging).
 """

@@ -17,7 +17,7 @@ back at most 8 files of 16 MiB, and stays warm 30 s between calls. So:
 - `srlib kit unpack ARCHIVE` (here, `archive`) puts the records into `results/paper/`, from where
   `make report RECORDS=results/paper` builds the book without training.
 
-`common` holds the device tool's limits, the kit's file names, KitError and a job's settings; `commands` is
-the command line (`srlib kit ...`), which nothing in the kit imports. `srlib kit run --dry-run` does the
+`common` holds the device tool's limits, the kit's file names, KitError and a job's settings; the command line
+(`srlib kit ...`) is srlib/cli/kit.py, which nothing in the kit imports. `srlib kit run --dry-run` does the
 training call on a CPU with smoke-sized settings (tested in CI).
 """
