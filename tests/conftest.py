@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +163,14 @@ def assert_one_clear_data_error(path, tmp_path: Path, capsys, problem: str, fix:
     assert main(["data", "--load", "--data", str(path)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars may come first
     assert line.startswith("srlib: error: ") and problem in line and fix in line
+
+
+def write_tar(path: Path, files: dict[str, str]) -> Path:
+    """A .tar.gz holding `files` (name -> text), as the GPU kit's archive would; names are not checked."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -7,7 +7,6 @@ test_bench, test_report, test_runs)."""
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import re
@@ -15,13 +14,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES
+from conftest import CLASSES, write_tar
 
 from srlib.cli import main
 
@@ -258,26 +256,16 @@ def test_sweep_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 # --- kit -------------------------------------------------------------------------------------------------
 
-def archive(path: Path, files: dict[str, str]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_kit_unpack_files_the_records_and_refuses_foreign_archives(tmp_path, capsys):
     results = tmp_path / "results"
     record = {"status": "complete", "epochs": [{}] * 2}
-    good = archive(tmp_path / "good.tar.gz", {"runs/smoke/original/seed0/record.json": json.dumps(record),
+    good = write_tar(tmp_path / "good.tar.gz", {"runs/smoke/original/seed0/record.json": json.dumps(record),
                                               "timing.json": json.dumps({"started": "2026-11-28T21:00:00+00:00"})})
     assert main(["kit", "unpack", str(good), "--results", str(results)]) == 0
     assert capsys.readouterr().out.strip().endswith(f"file(s) written under {results}")
     assert json.loads((results / "smoke/original/seed0/record.json").read_text()) == record
 
-    bad = archive(tmp_path / "bad.tar.gz", {"../escape.json": "{}", "timing.json": "{}"})
+    bad = write_tar(tmp_path / "bad.tar.gz", {"../escape.json": "{}", "timing.json": "{}"})
     assert main(["kit", "unpack", str(bad), "--results", str(tmp_path / "other")]) == 2
     assert "unexpected entry '../escape.json'" in error_line(capsys)
     assert not (tmp_path / "other").exists() and not (tmp_path.parent / "escape.json").exists()

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CLASSES, _image
+from conftest import CLASSES, _image, write_tar
 from test_data import CANONICAL_CIFAR10_SHA256
 
 from srlib.cli import main
@@ -232,28 +232,19 @@ def tar_member(archive: Path, name: str) -> str:
 
 
 def test_unpack_keeps_a_complete_record_and_refuses_foreign_entries(tmp_path):
-    def archive(path: Path, files: dict[str, str]) -> Path:
-        with tarfile.open(path, "w:gz") as tar:
-            for name, text in files.items():
-                data = text.encode()
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return path
-
     timing = json.dumps({"started": "2026-11-28T21:00:00+00:00"})
     results = tmp_path / "results"
     complete = json.dumps({"status": "complete", "epochs": [{}] * 45})
-    kit_archive.unpack(archive(tmp_path / "a.tar.gz", {"runs/paper/sr_x2/seed0/record.json": complete,
+    kit_archive.unpack(write_tar(tmp_path / "a.tar.gz", {"runs/paper/sr_x2/seed0/record.json": complete,
                                                        "timing.json": timing}), results, log=lambda *_: None)
     partial = json.dumps({"status": "partial", "epochs": [{}] * 3})
-    kit_archive.unpack(archive(tmp_path / "b.tar.gz", {"runs/paper/sr_x2/seed0/record.json": partial,
+    kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", {"runs/paper/sr_x2/seed0/record.json": partial,
                                                        "timing.json": timing}), results, log=lambda *_: None)
     assert json.loads((results / "paper/sr_x2/seed0/record.json").read_text())["status"] == "complete"
     assert (results / "gpu-2026-11-28T210000Z" / "timing.json").is_file()
     for bad in ("../evil.json", "runs/paper/sr_x2/seed0/checkpoint.pt", "other.txt"):
         with pytest.raises(kit_common.KitError, match="unexpected entry"):
-            kit_archive.unpack(archive(tmp_path / "c.tar.gz", {bad: "x", "timing.json": timing}), results)
+            kit_archive.unpack(write_tar(tmp_path / "c.tar.gz", {bad: "x", "timing.json": timing}), results)
 
 
 @pytest.mark.slow
@@ -313,26 +304,17 @@ def test_sweep_with_records_renders_them_names_the_missing_and_never_trains(imag
 
 
 def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pieces(tmp_path):
-    def archive(path: Path, files: dict[str, str]) -> Path:
-        with tarfile.open(path, "w:gz") as tar:
-            for name, text in files.items():
-                data = text.encode()
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return path
-
     def record(sha: str) -> str:
         return json.dumps({"status": "complete", "epochs": [{}] * 45, "data": {"dataset": {"content_sha256": sha}}})
 
     timing = json.dumps({"started": "2026-11-29T10:00:00+00:00"})
     results = tmp_path / "results"
     jpeg = {"runs/paper/original/seed0/record.json": record("653d"), "timing.json": timing}
-    kit_archive.unpack(archive(tmp_path / "a.tar.gz", jpeg), results, log=lambda *_: None)
+    kit_archive.unpack(write_tar(tmp_path / "a.tar.gz", jpeg), results, log=lambda *_: None)
     lossless = {"runs/paper/original/seed0/record.json": record("c8cc"), "timing.json": timing,
                 "gpu_probe.json": json.dumps({"rows": []})}
     with pytest.raises(kit_common.KitError, match="record on other data .* nothing was unpacked"):
-        kit_archive.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None)
+        kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None)
     assert "653d" in (results / "paper/original/seed0/record.json").read_text()
     assert not (results / "gpu_probe.json").exists()
     # once the JPEG records have moved to their own set, the lossless ones unpack, the probe table with them
@@ -341,7 +323,7 @@ def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pi
     pieces.mkdir()
     (pieces / "piece.json").write_text(json.dumps({"index": 1}))
     (pieces / "seal.json").write_text(json.dumps({"run": "paper/sr_x4/seed0"}))
-    kit_archive.unpack(archive(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None, pieces=[pieces])
+    kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None, pieces=[pieces])
     assert "c8cc" in (results / "paper/original/seed0/record.json").read_text()
     assert (results / "gpu_probe.json").is_file() and (results / "partial/paper-sr_x4-seed0/1/piece.json").is_file()
 

@@ -43,18 +43,6 @@ def _deadline(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is neither seconds nor an ISO date-time") from exc
 
 
-def _deadline(text: str) -> float:
-    """A deadline as a time.time() value: seconds from now, or an ISO date-time (local time unless it says)."""
-    try:
-        return time.time() + float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither seconds nor an ISO date-time") from exc
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ..orchestration.preflight import check_train
     from ..train import train
