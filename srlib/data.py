@@ -157,8 +157,7 @@ def load_dataset(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     # Folder and Parquet copies of the same images share one scheme, so they share the cached arrays.
     scheme = "canonical" if source.kind == "canonical" else "images"
-    arrays, meta = load_or_build(cache / "datasets" / f"{scheme}-{source.fingerprint[:16]}.npz",
-                                 lambda: _decoded(source))
+    arrays, meta = load_or_build(decoded_cache_path(cache, scheme, source.fingerprint), lambda: _decoded(source))
     identity.update(
         lossy=source.lossy,
         path=str(path.resolve()),
@@ -172,6 +171,11 @@ def load_dataset(
         identity["note"] = LOSSY_NOTE
     return Dataset(arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
                    tuple(source.classes), identity)
+
+
+def decoded_cache_path(cache_dir: str | os.PathLike, scheme: str = "*", fingerprint: str = "*") -> Path:
+    """Where a decoded dataset is cached (with the defaults: a glob of every such cache)."""
+    return Path(cache_dir) / "datasets" / f"{scheme}-{fingerprint[:16]}.npz"
 
 
 def _decoded(source: Source) -> tuple[dict, dict]:

@@ -24,6 +24,7 @@ from .store import load_arrays, read_json
 
 ROOT = Path(__file__).resolve().parent.parent  # the project: notebooks/, book/, _config.yml
 NOTEBOOKS = ROOT / "notebooks"
+EXECUTED = Path("book/executed")  # the executed notebooks the book is built from (relative to the project)
 RECORD = "record.json"
 PREDICTIONS = "predictions.npz"
 CHECKPOINT = "checkpoint.pt"
@@ -57,7 +58,12 @@ def sr_quality_paths(out: str | os.PathLike) -> list[Path]:
 
 def executed_train_notebook(notebooks_out: str | os.PathLike, profile: str, variant: str, seed: int) -> Path:
     """Where papermill writes a run's executed train.ipynb (its log: the same name with `.log`)."""
-    return Path(notebooks_out) / "train" / f"{profile}-{variant}-seed{seed}.ipynb"
+    return executed_train_dir(notebooks_out) / f"{profile}-{variant}-seed{seed}.ipynb"
+
+
+def executed_train_dir(notebooks_out: str | os.PathLike = EXECUTED) -> Path:
+    """The run pages: one executed train.ipynb per run."""
+    return Path(notebooks_out) / "train"
 
 
 def record_paths(out: str | os.PathLike, profile: str | None = None) -> list[Path]:

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from ..errors import SrlibError
-from ..runs import ROOT
+from ..runs import EXECUTED, ROOT, executed_train_dir
 
-REQUIRED = ("book/executed/compare.ipynb", "book/executed/sr_quality.ipynb")
-TRAIN_PAGES = "book/executed/train"
+REQUIRED = (f"{EXECUTED.as_posix()}/compare.ipynb", f"{EXECUTED.as_posix()}/sr_quality.ipynb")
+TRAIN_PAGES = executed_train_dir().as_posix()
 TRAIN_GLOB = f"{TRAIN_PAGES}/*"  # the entry of _toc.yml that build_book replaces by the run pages
-GENERATED_TOC = "book/executed/_toc.yml"
+GENERATED_TOC = f"{EXECUTED.as_posix()}/_toc.yml"
 
 
 def _parameters(notebook: Path) -> dict:
@@ -36,7 +36,7 @@ def run_pages(root: Path) -> list[str]:
     from ..report.comparisons import order_variants
     from ..runs import load_record
 
-    shown = _parameters(root / "book/executed/compare.ipynb")
+    shown = _parameters(root / EXECUTED / "compare.ipynb")
     profile, out = shown.get("profile"), shown.get("out")
     pages = []
     for notebook in sorted((root / TRAIN_PAGES).glob("*.ipynb")):

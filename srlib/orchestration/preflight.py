@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import cost
 from ..config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
-from ..data import CIFAR10_URL, default_cache_dir, locate, quick_check
+from ..data import CIFAR10_URL, decoded_cache_path, default_cache_dir, locate, quick_check
 from ..data_sources import CANONICAL_DIR
 from ..errors import SrlibError, WeightsError
 from ..flops import train_flops_per_image
@@ -364,7 +364,8 @@ def _size(n: float) -> str:
 def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict], device: str) -> list[CachePlan]:
     """The upscaled arrays the pending runs read, present or to build (shared by all seeds of a variant)."""
     caches, seen = [], set()
-    if pending and not list((cache / "datasets").glob("*.npz")):
+    decoded = decoded_cache_path(cache)
+    if pending and not list(decoded.parent.glob(decoded.name)):
         images = sum(SPLIT_IMAGES.values())
         caches.append(CachePlan("decoded dataset", images, 32, False, cost.decode_seconds(images), "rough rate"))
     for config in pending:

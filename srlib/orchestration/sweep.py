@@ -70,7 +70,7 @@ def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
 
 def train_tasks(request: SweepRequest) -> list[Task]:
     """One train.ipynb task per (seed, variant), in that order."""
-    from ..runs import run_dir
+    from ..runs import executed_train_notebook, run_dir
 
     common = {"profile": request.profile, "out": str(request.out), "data": request.data,
               "cache_dir": request.cache_dir}
@@ -79,9 +79,9 @@ def train_tasks(request: SweepRequest) -> list[Task]:
     tasks = []
     for seed in range(request.seeds):
         for variant in request.variants:
-            name = f"{request.profile}-{variant}-seed{seed}"
+            page = executed_train_notebook(request.notebooks_out, request.profile, variant, seed)
             params = {**common, "variant": variant, "seed": seed, "overrides": request.overrides}
-            tasks.append(Task(name, "train.ipynb", str(request.notebooks_out / "train" / f"{name}.ipynb"), params,
+            tasks.append(Task(page.stem, "train.ipynb", str(page), params,
                               str(run_dir(request.out, request.profile, variant, seed)), variant, seed))
     return tasks
 
