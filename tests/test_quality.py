@@ -99,7 +99,7 @@ def test_sr_quality_command(imagefolder, tmp_path, tiny_sr_weights, one_thread, 
 def test_sr_quality_notebook_without_real_weights(imagefolder, tmp_path, tiny_sr_weights):
     import papermill as pm
 
-    from srlib.orchestration.sweep import NOTEBOOKS
+    from srlib.runs import NOTEBOOKS
 
     executed = tmp_path / "sr_quality.ipynb"
     pm.execute_notebook(str(NOTEBOOKS / "sr_quality.ipynb"), str(executed), kernel_name="python3",

@@ -12,7 +12,8 @@ import pytest
 
 from srlib.config import STUDY_VARIANTS
 from srlib.orchestration.request import SweepRequest
-from srlib.orchestration.sweep import NOTEBOOKS, ROOT, sweep
+from srlib.orchestration.sweep import sweep
+from srlib.runs import NOTEBOOKS, ROOT
 
 
 def test_train_notebook_runs_through_papermill(tmp_path, imagefolder):

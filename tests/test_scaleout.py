@@ -27,8 +27,9 @@ from srlib.orchestration import slurm as ex
 from srlib.orchestration import tasks as task_module
 from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.states import status
-from srlib.orchestration.sweep import ROOT, sweep
+from srlib.orchestration.sweep import sweep
 from srlib.orchestration.tasks import Task, read_job, write_job
+from srlib.runs import ROOT
 from srlib.store import file_lock, load_arrays, load_or_build, lock_holder
 
 SMALL = {"epochs": 2, "train_size": 20, "test_size": 10}  # seconds per run; the SR path is not the point here

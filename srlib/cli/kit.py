@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ..orchestration.kit.archive import ship_piece, unpack
 from ..orchestration.kit.assemble import assemble, check_size, describe_window
-from ..orchestration.kit.common import ARCHIVE, CKPT_DIR, PAPER, ROOT, KitError, expand, run_config, work_folder
+from ..orchestration.kit.common import ARCHIVE, CKPT_DIR, PAPER, KitError, expand, run_config, work_folder
 from ..orchestration.kit.data import STAGE_DIR
 from ..orchestration.kit.run import run_kit
+from ..runs import ROOT
 
 
 def register(sub: argparse._SubParsersAction) -> None:

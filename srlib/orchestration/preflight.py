@@ -381,7 +381,7 @@ def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict], device
         images = sum(sizes[s] for s in splits)
         records = [r for r in earlier if r.get("config", {}).get("variant") == config.variant]
         seconds, basis = _upscale_seconds(config, images, records, device)
-        caches.append(CachePlan(f"{config.variant} ({'+'.join(splits)})", images, 32 * variant.scale, not missing,
+        caches.append(CachePlan(f"{config.variant} ({'+'.join(splits)})", images, variant.px, not missing,
                                 0.0 if not missing else seconds, basis))
     return caches
 
@@ -410,7 +410,7 @@ def _epoch_seconds(config: TrainConfig, earlier: list[dict], device: str) -> tup
     same = [r for r in earlier if _same_work(r.get("config", {}), config) and r.get("epochs")]
     if same:
         return float(np.mean([_measured_epoch_s(r) for r in same])), f"from {len(same)} earlier record(s)"
-    px, (n_train, n_test) = 32 * VARIANTS[config.variant].scale, _split_sizes(config)
+    px, (n_train, n_test) = VARIANTS[config.variant].px, _split_sizes(config)
     speed = cost.fit_speed([s for r in earlier if (s := _trained_image_sample(r))], device)
     return cost.epoch_seconds(n_train, n_test, px, config.width, speed), speed.basis
 
@@ -426,7 +426,7 @@ def _trained_image_sample(record: dict) -> tuple[float, float] | None:
     """(FLOPs, seconds) per trained-image equivalent of a finished record, for fitting the cost model."""
     config = record.get("config", {})
     try:
-        px, width = 32 * VARIANTS[config["variant"]].scale, int(config["width"])
+        px, width = VARIANTS[config["variant"]].px, int(config["width"])
         n_train = config.get("train_size") or SPLIT_IMAGES["train"]
         n_test = config.get("test_size") or SPLIT_IMAGES["test"]
         seconds = _measured_epoch_s(record) / cost.epoch_images(n_train, n_test, px, width)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..config import make_config
 from ..errors import SrlibError
-from ..runs import NOTEBOOKS, ROOT
+from ..runs import EXECUTED, ROOT
 from ..store import directory_lock, write_json
 from . import local
 from .executors import Executor, LocalExecutor, SlurmExecutor
@@ -37,9 +37,9 @@ from .tasks import Task, failure_line, last_error_line
 if TYPE_CHECKING:
     from .preflight import Plan
 
-__all__ = ["NOTEBOOKS", "ROOT", "SweepResult", "finish", "sweep"]
+__all__ = ["SweepResult", "finish", "sweep"]
 ANALYSIS = ("sr_quality.ipynb", "compare.ipynb")
-BOOK_NOTEBOOKS = ROOT / "book" / "executed"  # where the book (_toc.yml) looks for executed notebooks
+BOOK_NOTEBOOKS = ROOT / EXECUTED  # where the book (_toc.yml) looks for executed notebooks
 
 
 @dataclass

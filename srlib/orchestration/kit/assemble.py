@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...config import VARIANTS
+from ...runs import ROOT
 from .common import (
     CKPT_DIR,
     DEVICE_LIMIT_BYTES,
@@ -27,7 +28,6 @@ from .common import (
     KIT_SCHEMA,
     MANIFEST,
     MANIFEST_ROOM_BYTES,
-    ROOT,
     KitError,
     check_variants,
     log_line,

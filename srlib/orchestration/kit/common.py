@@ -18,7 +18,6 @@ from ...errors import ConfigError, SrlibError
 if TYPE_CHECKING:
     from ...config import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[3]  # the repository (this file is srlib/orchestration/kit/common.py)
 KIT_SCHEMA = 1
 MANIFEST = "manifest.json"
 DIFF = "source.diff"

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ...runs import ROOT
 from ..processes import kill_group
-from .common import ROOT, KitRun, sr_scales
+from .common import KitRun, sr_scales
 
 if TYPE_CHECKING:
     from .schedule import RunKey, WindowPlan

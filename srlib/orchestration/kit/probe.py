@@ -247,7 +247,7 @@ def worker(spec_path: Path, rank: int) -> None:
 def time_in_processes(phases: list[tuple[int, int]], config, steps: int, env: dict,
                       timeout_s: float, device: str = "cuda") -> dict[tuple[int, int], tuple[float, list[str]]]:
     """Aggregate images/s and weight hashes for each (px, n) phase, from max(n) worker processes started once."""
-    from .common import ROOT
+    from ...runs import ROOT
 
     folder = Path(tempfile.mkdtemp(prefix="srlib-probe-"))
     spec = folder / "spec.json"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ...config import VARIANTS
 from ...errors import PARTIAL_EXIT_CODE
+from ...runs import ROOT
 from .archive import pack
 from .common import (
     CKPT_DIR,
@@ -33,7 +34,6 @@ from .common import (
     PAPER,
     RESUME_COST_S,
     RETURN_RESERVE_S,
-    ROOT,
     KitError,
     KitRun,
     Settings,

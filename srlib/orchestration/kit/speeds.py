@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...config import VARIANTS
-from .common import ROOT, KitRun, Settings
+from ...runs import ROOT
+from .common import KitRun, Settings
 
 if TYPE_CHECKING:
     from .schedule import SpeedTable
