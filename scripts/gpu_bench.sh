@@ -4,9 +4,9 @@
 #   bash scripts/gpu_bench.sh             # on the GPU machine, from the repository root
 #   bash scripts/gpu_bench.sh --dry-run   # anywhere: CPU only, tiny settings, the same steps end to end
 #
-# Steps (everything kept goes to $OUT):
-#   1. install missing Python packages from carried wheels (the GPU image has torch, not spandrel);
-#   2. use carried data / weights when present: SRLIB_DATA from cache/gpu/cifar10-jpeg.tar.gz,
+# Steps (everything kept goes to $OUT, the folder whose files you bring back):
+#   1. install missing Python packages from the copied wheels (the GPU image has torch, not spandrel);
+#   2. use the copied data / weights when present: SRLIB_DATA from cache/gpu/cifar10-jpeg.tar.gz,
 #      SRLIB_WEIGHTS_DIR=cache/gpu/weights (otherwise the bench uses synthetic images and skips SR);
 #   3. python -m srlib bench --json $OUT/bench_gpu.json (baseline vs srlib, training and SR upscaling);
 #   4. with data: benchmarks/accuracy_check.py --json $OUT/accuracy_gpu.json (fp32 vs bf16 on short runs);
@@ -17,7 +17,7 @@
 # Records name their code by git commit; a copy without .git can say where it came from with
 # SRLIB_SOURCE_COMMIT=<commit> and SRLIB_SOURCE_DIFF=<file holding `git diff HEAD`> (see srlib.provenance).
 #
-# Prepare on a machine with internet (cache/ is git-ignored; pass it with the device tool's carry ["cache/gpu"]):
+# Prepare on a machine with internet (cache/ is git-ignored: copy cache/gpu to the GPU machine beside the repository):
 #   mkdir -p cache/gpu/weights
 #   .venv/bin/pip download --no-deps -d cache/gpu/wheels spandrel safetensors einops tqdm
 #   #   (if the GPU image lacks torchvision, add the torchvision wheel matching its torch, e.g. 0.26 for 2.11)
@@ -64,7 +64,7 @@ fi
 if ! "$PYTHON" -c "import importlib.util as u, sys
 sys.exit(any(u.find_spec(m) is None for m in ('spandrel', 'safetensors', 'einops', 'tqdm', 'torchvision')))"; then
   if [ -d "$GPU_CACHE/wheels" ]; then
-    log "installing carried wheels from $GPU_CACHE/wheels"
+    log "installing the copied wheels from $GPU_CACHE/wheels"
     "$PYTHON" -m pip install -q --no-index --find-links "$GPU_CACHE/wheels" spandrel safetensors einops tqdm
   else
     log "spandrel/safetensors/tqdm/torchvision missing and no $GPU_CACHE/wheels; see the header"; exit 1
@@ -88,7 +88,7 @@ timeout --signal=INT "$(left)" "$PYTHON" -m srlib bench --json "$OUT/bench_gpu.j
   | tee "$OUT/bench.log" || log "bench stopped early (exit ${PIPESTATUS[0]})"
 
 if [ -z "${SRLIB_DATA:-}" ]; then
-  log "no CIFAR-10 carried; skipping the accuracy check and the $PROFILE run"; exit 0
+  log "no CIFAR-10 copied to this machine; skipping the accuracy check and the $PROFILE run"; exit 0
 fi
 
 # 4. does the fast path (bf16 autocast, channels_last) change accuracy? A few short trainings.

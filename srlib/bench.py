@@ -33,11 +33,10 @@ import torch
 from .bench_baseline import BATCH, WIDTH, baseline_data_img_s, baseline_steps, baseline_workers
 from .config import TrainConfig, make_config
 from .errors import ConfigError, WeightsError
-from .model import resnet18
 from .numerics import Numerics, deterministic_algorithms, resolve_device, resolve_numerics
 from .provenance import now, provenance
 from .timing import load_avg, timed
-from .train import VariantData, epoch_order, make_batch, train_epoch
+from .train import VariantData, build_training, epoch_order, make_batch, train_epoch
 from .upscale import build_upscaler, load_sr_model, resolve_sr_weights, upscale
 
 BENCH_SCHEMA = 2  # 2: no `accuracy` (benchmarks/accuracy_check.py) and no `target`; numerics in settings
@@ -45,7 +44,7 @@ SOURCE_PX = 32  # CIFAR-10; the other sizes are the upscaled variants' inputs
 BASELINE = ("fp32, NCHW, DataLoader over in-memory PIL images, per-sample RandomHorizontalFlip/ToTensor/"
             "Normalize(0.5,0.5), loss.item() and the accuracy count every step")
 
-def plan_steps(px: int, steps: int, device: torch.device) -> tuple[int, int]:
+def step_counts(px: int, steps: int, device: torch.device) -> tuple[int, int]:
     """(warm-up, timed) training steps at `px`.
 
     On CPU a step costs ~(px/32)^2 more at larger px, so the timed steps shrink as 32/px (at least 1) and the
@@ -116,11 +115,7 @@ def srlib_steps(images: np.ndarray, labels: np.ndarray,
     numerics = resolve_numerics(config, device)
     data = VariantData(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device),
                        torch.empty(0), torch.empty(0), {}, 0.0)
-    torch.manual_seed(0)  # the baseline's initial weights
-    memory_format = torch.channels_last if numerics.channels_last else torch.contiguous_format
-    model = resnet18(width=WIDTH).to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    model, optimizer, _ = build_training(config, device, numerics)  # seed 0: the baseline's initial weights
     step_model = torch.compile(model) if numerics.compile else model
     epochs = itertools.count()
 
@@ -173,10 +168,10 @@ def train_row(px: int, images32: np.ndarray, labels: np.ndarray, warmup: int, st
 
 def train_rows(px_list: list[int], steps: int, device: torch.device,
                log: Callable = print) -> tuple[list[dict], str]:
-    plans = {px: plan_steps(px, steps, device) for px in px_list}
-    images32, labels, source = source_images(max(sum(plan) for plan in plans.values()) * BATCH)
+    counts = {px: step_counts(px, steps, device) for px in px_list}
+    images32, labels, source = source_images(max(sum(c) for c in counts.values()) * BATCH)
     rows = []
-    for px, (warmup, timed_steps) in plans.items():
+    for px, (warmup, timed_steps) in counts.items():
         log(f"[bench] train {px} px: baseline and srlib, {warmup} warm-up + {timed_steps} timed steps each")
         rows.append(train_row(px, images32, labels, warmup, timed_steps, device))
     return rows, source

@@ -59,18 +59,22 @@ VARIANTS: dict[str, Variant] = {
 }
 STUDY_VARIANTS = ("original", "resize_x2", "sr_x2", "resize_x4", "sr_x4")
 STUDY_SCALES = (2, 4)
+PAPER_SEEDS = (0, 1, 2)  # the seeds the reference table is filled with (the kit's queue, the paper profile)
 # One variant per other registered SR model and study scale, e.g. `sr_x4@swift-srgan` (sr_x2/sr_x4 = DCTLSA).
 SR_MODEL_VARIANTS: dict[str, Variant] = {
     f"sr_x{c.scale}@{c.model}": Variant(sr_method(c.model), c.scale)
     for c in SR_CHECKPOINTS if c.model != DEFAULT_SR_MODEL and c.scale in STUDY_SCALES
 }
 VARIANTS.update(SR_MODEL_VARIANTS)
-# Named sets for `--variants`: the study, the "more pixels" controls, the SR models, everything.
+# Named sets for `--variants`: the study, the "more pixels" controls, the SR models, everything, the study's halves.
 VARIANT_SETS: dict[str, tuple[str, ...]] = {
     "study": STUDY_VARIANTS,
     "controls": (*STUDY_VARIANTS, "nearest_x2", "nearest_x4"),
     "sr-models": (*STUDY_VARIANTS, *SR_MODEL_VARIANTS),
     "all": tuple(VARIANTS),
+    # The study in two halves, one GPU window each: the x2 comparison with the original, then the x4 one.
+    "study-x2": ("original", "resize_x2", "sr_x2"),
+    "study-x4": ("resize_x4", "sr_x4"),
 }
 
 

@@ -5,28 +5,35 @@ at a sustained rate, plus a fixed per-image cost that FLOPs do not explain (data
 optimizer). Two numbers, because one does not fit: on the 2-core CPU a width-8 network runs ~21x faster
 than width 64 although it has 64x fewer FLOPs. A test image costs a forward pass (the FLOP ratio, 1/3).
 
-Where the numbers come from, best first: records of the same work on this kind of device (`epoch_seconds`
-of `preflight`), a fit to any earlier records on this device (`fit_speed`), a rough rate per device
-(`rough_speed`). While runs are going, `remaining_seconds` corrects an estimate with the epochs measured.
+Where the numbers come from, best first: what this sweep has measured (`Measured`, per phase: epoch seconds
+per input size, upscaling rate per kind), records of the same work on this device (`estimate_run`), a fit to
+any earlier records on this device (`fit_speed`), a rough rate per device (`rough_speed`). `finish_times`
+lays runs out over slots. FLOPs (srlib.flops, which imports torch) are counted only when a speed is fitted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from .flops import eval_flops_per_image, train_flops_per_image
+from .config import VARIANTS, TrainConfig
 
-# Rough speeds, for when nothing was measured on this machine. CPU: results/bench_cpu.json on 2 cores
-# (23 img/s at 32 px width 64) and the preview profile (width 8 ~21x faster): 7.9e10 FLOP/s + 1.4 ms per
-# image. GPU: the H200 window's CUDA-graph probe (14,414 img/s at 32 px, 8,557 at 64 px, width 64).
-ROUGH_SPEED = {"cpu": (7.9e10, 1.4e-3), "cuda": (2.1e14, 5.4e-5)}
+SPLIT_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10's splits, for configs that take a whole split
+
+# Rough speeds, for when nothing was measured on this machine. CPU: the preview profile (width 8, the CPU
+# default) on a fresh 2-core AVX2 machine (issue 25: 5.7 s per 32 px epoch, 66 s per 128 px epoch):
+# 2.9e10 FLOP/s + 0.78 ms per image; width 64 runs ~2.7x faster per FLOP (results/bench_cpu.json), so a
+# paper profile on a CPU is overestimated until measured. GPU: the H200 window's CUDA-graph probe (14,414
+# img/s at 32 px, 8,557 at 64 px, width 64).
+ROUGH_SPEED = {"cpu": (2.9e10, 7.8e-4), "cuda": (2.1e14, 5.4e-5)}
 # Upscaling, images/s at 32 px input (CPU: results/bench_cpu.json; GPU: the H200 window's SR of 60,000
 # images in 22 s), and bicubic / nearest; decoding a PNG/JPEG into the cache.
 ROUGH_UPSCALE_RATE = {("sr", "cpu"): 12.0, ("sr", "cuda"): 2700.0, ("plain", "cpu"): 2000.0,
                       ("plain", "cuda"): 50_000.0}
 ROUGH_DECODE_RATE = 2000.0
 RUN_STARTUP_S = 20.0  # a run's process or kernel: import torch, CUDA context, load the cached arrays
-ANALYSIS_S = 120.0  # the two analysis notebooks
+ANALYSIS_S = 150.0  # the two analysis notebooks and the book (2.6 min on 2 CPU cores, issue 25)
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,13 @@ class Speed:
     basis: str  # where the numbers come from, in words
 
     def train_image_s(self, px: int, width: int) -> float:
-        return train_flops_per_image(px, width) / self.flop_rate + self.overhead_s
+        from .flops import train_flops_per_image
+
+        return self.image_s(train_flops_per_image(px, width))
+
+    def image_s(self, flops: float) -> float:
+        """Seconds per trained image of `flops` training FLOPs."""
+        return flops / self.flop_rate + self.overhead_s
 
     def images_per_s(self, px: int, width: int) -> float:
         return 1.0 / self.train_image_s(px, width)
@@ -58,6 +71,8 @@ def rough_speed(device: str) -> Speed:
 
 def eval_weight(px: int, width: int) -> float:
     """A test image's cost in trained images (a forward pass against forward + backward)."""
+    from .flops import eval_flops_per_image, train_flops_per_image
+
     return eval_flops_per_image(px, width) / train_flops_per_image(px, width)
 
 
@@ -70,19 +85,9 @@ def epoch_seconds(n_train: int, n_test: int, px: int, width: int, speed: Speed) 
     return epoch_images(n_train, n_test, px, width) * speed.train_image_s(px, width)
 
 
-def epoch_seconds_at(images_per_s: float, n_train: int, n_test: int, px: int, width: int) -> float:
-    """One epoch at a measured training speed (e.g. the GPU kit's probe at this input size)."""
-    return epoch_images(n_train, n_test, px, width) / images_per_s
-
-
 def run_seconds(epochs: int, epoch_s: float, upscale_s: float = 0.0) -> float:
     """A whole run: start-up, upscaling its inputs (when it builds the cache), its epochs."""
     return RUN_STARTUP_S + upscale_s + epochs * epoch_s
-
-
-def upscale_seconds(images: int, kind: str, device: str) -> float:
-    """`kind`: 'sr' or 'plain' (bicubic, nearest)."""
-    return images / ROUGH_UPSCALE_RATE[(kind, device_type(device))]
 
 
 def decode_seconds(images: int) -> float:
@@ -116,20 +121,148 @@ def fit_speed(samples: list[tuple[float, float]], device: str) -> Speed:
     return rough
 
 
-def remaining_seconds(estimate_s: float, elapsed_s: float, epochs_done: int | None = None,
-                      epochs_total: int | None = None) -> float:
-    """What a running run has left: from its measured epochs when it has finished any, else the estimate
-    less the time it has been running (never below zero)."""
-    if epochs_done and epochs_total:
-        per_epoch = elapsed_s / epochs_done
-        return max(0.0, per_epoch * (epochs_total - epochs_done))
-    return max(0.0, estimate_s - elapsed_s)
+
+# --- records -> samples -> estimates -----------------------------------------------------------------------
+
+def split_sizes(config: TrainConfig) -> tuple[int, int]:
+    return config.train_size or SPLIT_IMAGES["train"], config.test_size or SPLIT_IMAGES["test"]
 
 
-def correction(pairs: list[tuple[float, float]]) -> float:
-    """measured / estimated seconds over finished runs (1 when none): applied to the runs still queued, so an
-    estimate that was off for this machine is off by less for what is left."""
-    pairs = [(m, e) for m, e in pairs if m > 0 and e > 0]
-    if not pairs:
-        return 1.0
-    return sum(m for m, _ in pairs) / sum(e for _, e in pairs)
+def same_work(recorded: dict, config: TrainConfig) -> bool:
+    """Same variant and the settings that decide a run's speed (seeds and epochs may differ)."""
+    return all(recorded.get(k) == getattr(config, k)
+               for k in ("variant", "profile", "width", "batch_size", "train_size", "test_size"))
+
+
+def record_device(record: dict) -> str:
+    return record.get("provenance", {}).get("device", {}).get("type", "cpu")
+
+
+def measured_epoch_s(record: dict) -> float:
+    wall, upscale = record.get("wall_seconds"), record.get("upscale_seconds") or 0.0
+    if wall:  # wall time covers evaluation and loading too, which the per-epoch seconds leave out
+        return max(wall - upscale, 0.0) / len(record["epochs"])
+    return statistics.mean(e["seconds"] for e in record["epochs"])
+
+
+def _sample(record: dict) -> tuple[float, float] | None:
+    """(training FLOPs, seconds) per trained-image equivalent of a finished record, for fitting the speed."""
+    from .flops import train_flops_per_image
+
+    config = record.get("config", {})
+    try:
+        px, width = VARIANTS[config["variant"]].px, int(config["width"])
+        n_train = config.get("train_size") or SPLIT_IMAGES["train"]
+        n_test = config.get("test_size") or SPLIT_IMAGES["test"]
+        seconds = measured_epoch_s(record) / epoch_images(n_train, n_test, px, width)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, statistics.StatisticsError):
+        return None
+    return train_flops_per_image(px, width), seconds
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """One run's work, phase by phase, and the seconds each phase is expected to take on this machine."""
+
+    flops: float  # training FLOPs per image (input size and width): runs of one size share a measured epoch
+    epoch_images: float  # one epoch in trained-image equivalents (epoch_images)
+    epochs: int
+    epoch_s: float  # seconds per epoch, evaluation included
+    basis: str  # where epoch_s comes from, in words
+    measured_here: bool  # epoch_s rests on records of this machine (not only on the rough rate)
+    upscale_images: int = 0  # images the run upscales (0: none, or cached already)
+    upscale_kind: str = "none"  # 'sr' or 'plain': runs of one kind share a measured rate
+    upscale_rate: float = 1.0  # images/s
+    upscale_basis: str = ""
+    startup_s: float = RUN_STARTUP_S
+    device: str = "cpu"  # 'cpu' or 'cuda'
+
+    @property
+    def upscale_s(self) -> float:
+        return self.upscale_images / self.upscale_rate
+
+    @property
+    def seconds(self) -> float:
+        return run_seconds(self.epochs, self.epoch_s, self.upscale_s)
+
+
+def estimate_run(config: TrainConfig, earlier: list[dict], device: str, upscale_images: int = 0) -> RunEstimate:
+    """A run's estimate from `earlier` records on this device: its epochs from records of the same work, else
+    from the speed fitted to all of them, else the rough rate; its upscaling likewise (same variant's records,
+    else the rough rate per image)."""
+    from .flops import train_flops_per_image
+
+    variant, (n_train, n_test) = VARIANTS[config.variant], split_sizes(config)
+    images = epoch_images(n_train, n_test, variant.px, config.width)
+    flops = train_flops_per_image(variant.px, config.width)
+    same = [r for r in earlier if same_work(r.get("config", {}), config) and r.get("epochs")]
+    if same:
+        epoch_s, basis = statistics.mean(measured_epoch_s(r) for r in same), f"from {len(same)} earlier record(s)"
+    else:
+        speed = fit_speed([s for r in earlier if (s := _sample(r))], device)
+        epoch_s, basis = images * speed.image_s(flops), speed.basis
+    built = [r["upscale_seconds"] for r in same if r.get("upscale_seconds")]
+    if built:  # the earliest run built the caches; its upscale time covers both splits
+        rate, upscale_basis = (n_train + n_test) / max(built), "from earlier records"
+    else:
+        kind = variant.upscale_kind if variant.upscale_kind != "none" else "plain"
+        rate, upscale_basis = ROUGH_UPSCALE_RATE[(kind, device_type(device))], f"rough {device_type(device)} rate"
+    return RunEstimate(flops, images, config.epochs, epoch_s, basis, not basis.startswith("rough"),
+                       upscale_images, variant.upscale_kind, rate, upscale_basis, device=device_type(device))
+
+
+# --- what a sweep measures, and when its runs end ----------------------------------------------------------
+
+@dataclass
+class Measured:
+    """What this sweep has measured, per phase: seconds per epoch at each training size (FLOPs per image), images
+    per second of each upscaling kind. Upscaling time never enters an epoch figure, nor the other way round."""
+
+    epoch_s: dict[float, float] = field(default_factory=dict)  # FLOPs per image -> seconds per epoch
+    epoch_images: dict[float, float] = field(default_factory=dict)  # FLOPs per image -> trained images per epoch
+    upscale_rate: dict[str, float] = field(default_factory=dict)  # 'sr' / 'plain' -> images/s
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.epoch_s or self.upscale_rate)
+
+    def epoch(self, run: RunEstimate) -> float:
+        """Seconds per epoch of `run`: measured at its size, else the speed fitted to the sizes measured, else
+        the run's own estimate."""
+        if run.flops in self.epoch_s:
+            return self.epoch_s[run.flops]
+        if not self.epoch_s:
+            return run.epoch_s
+        samples = [(f, s / self.epoch_images[f]) for f, s in self.epoch_s.items()]
+        return run.epoch_images * fit_speed(samples, run.device).image_s(run.flops)
+
+    def upscale_s(self, run: RunEstimate, images: float | None = None) -> float:
+        images = run.upscale_images if images is None else images
+        return images / self.upscale_rate.get(run.upscale_kind, run.upscale_rate) if images else 0.0
+
+
+def finish_times(runs: list[tuple[float, float]], slots: int,
+                 rate: Callable[[int, int], float | None] = lambda i, n: 1.0) -> list[float]:
+    """Seconds until each run ends: runs start in the given order, at most `slots` at a time (the runs already
+    going first); a run spends its setup seconds (runs[i][0]), then its work (runs[i][1]) at `rate(i, n)` units
+    per second, n being how many runs compute at that moment. inf for every run where a rate is None."""
+    setup, left = {i: s for i, (s, _) in enumerate(runs)}, {i: w for i, (_, w) in enumerate(runs)}
+    pending, active, done, now = list(range(len(runs))), [], {}, 0.0
+    while pending or active:
+        while pending and len(active) < max(1, slots):
+            active.append(pending.pop(0))
+        computing = [i for i in active if setup[i] <= 0]
+        rates = {i: rate(i, len(computing)) for i in computing}
+        if any(r is None or r <= 0 for r in rates.values()):
+            return [float("inf")] * len(runs)
+        dt = min([setup[i] for i in active if setup[i] > 0] + [left[i] / rates[i] for i in computing])
+        now += dt
+        for i in list(active):
+            if setup[i] > 0:
+                setup[i] -= dt
+            else:
+                left[i] -= rates[i] * dt
+            if setup[i] <= 1e-9 and left[i] <= 1e-6 * max(1.0, runs[i][1]):
+                done[i] = now
+                active.remove(i)
+    return [done[i] for i in range(len(runs))]

@@ -20,7 +20,6 @@ import numpy as np
 from .errors import DataError
 from .progress import progress_bar
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CANONICAL_DIR = "cifar-10-batches-py"
 CANONICAL_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}

@@ -7,7 +7,8 @@ on their own:
   image sample for every drawn seed (training noise and test-set sampling together);
 - `sign_flip_test` swaps A/B per image, the same swap for every seed (conditional on the trained models:
   test-image noise); with one seed it is the exact McNemar test;
-- `variance_components`, `t_test_power`, `detectable_difference`, `seeds_needed`: the power of the sweep.
+- `variance_components`, `t_test_power`, `detectable_difference`, `seeds_needed`: the power of the sweep,
+  given only where `why_no_power` finds the noise estimates usable.
 
 Nothing here knows about records, variants or pages.
 """
@@ -29,6 +30,9 @@ N_PERMUTATIONS = 10_000  # Monte Carlo sign flips when the exact distribution is
 EXACT_WORK = 5e7  # multiply-adds allowed for the exact permutation distribution
 MAX_SEEDS = 1000  # "seeds needed" beyond this is reported as out of reach
 RNG_SEED = 0  # the resampling is seeded so that a rerun of the report prints the same numbers
+# Fewer (seed, image) disagreements than this leave the noise estimates too rough to plan seeds with
+# (the usual floor for McNemar's b + c).
+MIN_DISCORDANT = 10
 
 def crossed_bootstrap(diff: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
                       rng: np.random.Generator | int | None = RNG_SEED) -> tuple[float, float]:
@@ -99,6 +103,21 @@ def variance_components(diff: np.ndarray) -> tuple[float, float, float]:
     var_a = max(float(seed_means.var(ddof=1)) - var_e / n_images, 0.0)
     var_b = max(float(image_means.var(ddof=1)) - var_e / n_seeds, 0.0)
     return var_a, var_b, var_e
+
+
+def why_no_power(seed_sd: float | None, image_se: float | None, discordant: int | None) -> str | None:
+    """Why no power or detectable-difference figure can be given from these noise estimates (a clause);
+    None when one can. `seed_sd` / `image_se`: None where not estimated (one seed / no per-image predictions);
+    `discordant`: (seed, image) pairs on which A and B differ in correctness (None without predictions)."""
+    if discordant is not None and discordant < MIN_DISCORDANT:
+        return (f"the two variants differ on {discordant} test-image prediction{'' if discordant == 1 else 's'} "
+                f"in all, fewer than the {MIN_DISCORDANT} needed to estimate the noise")
+    if seed_sd is not None and seed_sd <= 0:
+        return "every seed gave the same difference, so the between-seed variance is estimated as 0"
+    if image_se is not None and image_se <= 0:
+        return ("the test-image variance is estimated as 0 (the variation between images is no larger than the "
+                "seed-by-image noise)")
+    return None
 
 
 def t_test_power(effect: float, seed_sd: float, seeds: int, image_se: float = 0.0, alpha: float = ALPHA) -> float:

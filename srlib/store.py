@@ -41,6 +41,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_array(array: np.ndarray) -> str:
     digest = hashlib.sha256()
     digest.update(f"{array.dtype.str}{array.shape}".encode())

@@ -30,7 +30,7 @@ from .progress import progress_bar
 from .provenance import now, provenance
 from .runs import CHECKPOINT, PREDICTIONS, RECORD, config_dir, find_finished
 from .store import directory_lock, save_arrays, sha256_array, write_json
-from .upscale import build_upscaler, upscale_cached_with
+from .upscale import build_upscaler, upscale_splits
 
 RECORD_SCHEMA = 2
 EVAL_BATCH = 500  # images per evaluation step (memory only; does not change results)
@@ -58,8 +58,9 @@ def prepare_data(config: TrainConfig, dataset: Dataset, device: torch.device,
     if variant.method != "none":
         cache = cache_dir if cache_dir is not None else default_cache_dir()
         upscaler = build_upscaler(variant.method, variant.scale, device=device, weights=config.sr_weights)
-        train_x, upscaler_identity = upscale_cached_with(train_x, upscaler, cache, progress, variant.method)
-        test_x, _ = upscale_cached_with(test_x, upscaler, cache, progress, variant.method)
+        up = upscale_splits({"train": train_x, "test": test_x}, upscaler, cache, progress, variant.method,
+                            label=config.variant)
+        (train_x, upscaler_identity), (test_x, _) = up["train"], up["test"]
         upscaler_identity = {k: v for k, v in upscaler_identity.items() if k not in ("input_sha256", "cache")}
     identity = {
         "dataset": dataset.identity,
@@ -116,14 +117,10 @@ class GraphedStep:
     One graph per (batch shape, learning rate), because the learning rate is baked into the captured optimizer
     kernels; StepLR makes three. Capturing needs a few eager warm-up steps (lazy state, library handles); they run
     on a copy of the state that is put back afterwards, so the protocol sees exactly one step per batch.
-
-    `stream`: the stream to warm up and capture on. Runs that replay graphs concurrently need one each: graphs
-    captured on one stream share its cuBLAS workspace (pytorch/pytorch#193402), so concurrent replays would race.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16: bool, warmup: int = 3,
-                 stream: torch.cuda.Stream | None = None):
-        self.model, self.optimizer, self.bf16, self.warmup, self.stream = model, optimizer, bf16, warmup, stream
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16: bool, warmup: int = 3):
+        self.model, self.optimizer, self.bf16, self.warmup = model, optimizer, bf16, warmup
         self.graphs: dict[tuple, tuple] = {}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +142,7 @@ class GraphedStep:
         saved = [t.detach().clone() for t in self._tensors()]
         had_momentum = {id(p) for p in self.model.parameters() if "momentum_buffer" in self.optimizer.state[p]}
         static_x, static_y = x.clone(), y.clone()
-        side = self.stream or torch.cuda.Stream()
+        side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
@@ -159,7 +156,7 @@ class GraphedStep:
                     self.optimizer.state[p]["momentum_buffer"].zero_()
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph, stream=self.stream):
+        with torch.cuda.graph(graph):
             loss, logits = train_step(self.model, self.optimizer, static_x, static_y, self.bf16)
         return graph, static_x, static_y, loss, logits
 
@@ -254,15 +251,22 @@ class _Run:
     resumes: list[dict]
 
 
-def _start(config: TrainConfig, n_classes: int, device: torch.device, numerics: Numerics, checkpoint: Path,
-           identity: dict, force: bool, log) -> _Run:
-    torch.manual_seed(config.seed)  # the same initial weights for every variant of a seed
-    model = resnet18(num_classes=n_classes, width=config.width)
+def build_training(config: TrainConfig, device: torch.device, numerics: Numerics, n_classes: int = 10
+                   ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The protocol's model, optimizer and learning-rate schedule, seeded by `config.seed`: the same initial
+    weights for every variant of a seed. `srlib bench` and the GPU kit's probe time this very setup."""
+    torch.manual_seed(config.seed)
     memory_format = torch.channels_last if numerics.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = resnet18(num_classes=n_classes, width=config.width).to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    return model, optimizer, scheduler
+
+
+def _start(config: TrainConfig, n_classes: int, device: torch.device, numerics: Numerics, checkpoint: Path,
+           identity: dict, force: bool, log) -> _Run:
+    model, optimizer, scheduler = build_training(config, device, numerics, n_classes)
     epochs: list[dict] = []
     resumes: list[dict] = []
     if checkpoint.is_file() and not force:

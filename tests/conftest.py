@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import pickle
 import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +176,78 @@ def write_tar(path: Path, files: dict[str, str]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+# --- every command is exercised ----------------------------------------------------------------------------
+# Each command the parser registers ("kit check" and the like) must be dispatched by some test in a full run of
+# the suite: a new command that no test runs fails CI. The dispatcher is watched, not the tests' text.
+
+_dispatched: set[str] = set()
+_finished: dict = {"items": 0, "deselected": 0}  # and "message", when a command went undispatched
+
+
+def registered_commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """"kit check" etc. -> the subparser that dispatches it; argparse lists subcommands only in its actions."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= registered_commands(sub, f"{prefix}{name} ") or {prefix + name: sub}
+    return found
+
+
+def unexercised_commands() -> set[str]:
+    """The registered commands no test has dispatched so far in this session."""
+    import srlib.cli
+
+    return set(registered_commands(srlib.cli.build_parser())) - _dispatched
+
+
+@pytest.fixture(autouse=True, scope="session")
+def watch_dispatched_commands() -> Iterator[None]:
+    """Every parser `srlib.cli.main` builds notes the command it dispatches (the command then runs as usual)."""
+    import srlib.cli
+
+    build_parser = srlib.cli.build_parser
+
+    def noting(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            _dispatched.add(name)
+            return func(args)
+        return run
+
+    def watched() -> argparse.ArgumentParser:
+        parser = build_parser()
+        for name, sub in registered_commands(parser).items():
+            sub.set_defaults(func=noting(name, sub.get_default("func")))
+        return parser
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(srlib.cli, "build_parser", watched)
+        yield
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _finished["deselected"] += len(items)
+
+
+def pytest_runtest_logfinish() -> None:
+    _finished["items"] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a run of every test file with nothing deselected and nothing stopped early, name the commands no test
+    dispatched and fail the run. A narrower run (one file, -k, -m "not slow", -x that stopped) proves nothing."""
+    files = {Path(item.path) for item in session.items}
+    everything = set(Path(__file__).parent.glob("test_*.py"))
+    if files != everything or _finished["deselected"] or _finished["items"] != len(session.items):
+        return
+    missing = unexercised_commands()
+    if missing:
+        _finished["message"] = f"no test dispatches these registered commands: {', '.join(sorted(missing))}"
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if "message" in _finished:
+        terminalreporter.write_sep("=", _finished["message"], red=True)

@@ -3,6 +3,7 @@ checked against statsmodels / scipy or brute force where one exists."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -13,22 +14,25 @@ from statsmodels.stats.power import TTestPower
 
 from srlib.errors import SrlibError
 from srlib.report.analysis import (
-    caveats,
-    comparison_stats,
-    comparisons,
     differences_table,
-    fmt_p,
-    headline,
-    missing_runs,
-    order_variants,
     per_class_accuracy,
     pixels_decomposition,
+    pixels_or_model,
     power_table,
     provenance_table,
-    require_records,
     results_table,
-    run_summary,
     selection_table,
+)
+from srlib.report.comparisons import comparison_stats, comparisons, order_variants
+from srlib.report.formats import fmt_p
+from srlib.report.report_text import (
+    caveats,
+    headline,
+    headline_verdicts,
+    missing_runs,
+    require_records,
+    run_summary,
+    verdict,
     verdicts,
 )
 from srlib.statistics import (
@@ -412,8 +416,6 @@ def test_without_predictions_the_verdict_falls_back_to_the_t_interval_and_says_s
 
 
 def test_pixels_or_model_puts_each_sr_models_accuracy_gain_beside_its_psnr_gain():
-    from srlib.report.analysis import pixels_or_model
-
     rng = np.random.default_rng(2)
     records = random_records({"original": 0.3, "resize_x2": 0.2, "sr_x2": 0.18, "sr_x2@swift-srgan": 0.22}, 2, rng)
     quality = {"results": [
@@ -432,9 +434,66 @@ def test_pixels_or_model_puts_each_sr_models_accuracy_gain_beside_its_psnr_gain(
 def test_identical_predictions_give_no_conclusion_not_zero_power():
     """Runs that agree on every image (e.g. smoke runs predicting one class) carry no information:
     the verdict says so instead of reporting a 0.00 pp detectable difference."""
-    from srlib.report.analysis import verdicts
-
     same = [{**record("sr_x2", s, wrong=[0, 1, 2]), "input_px": 64} for s in range(2)]
     same += [{**record("resize_x2", s, wrong=[0, 1, 2]), "input_px": 64} for s in range(2)]
     (line,) = [v for v in verdicts(same) if v.startswith("SR − resize at x2")]
     assert "no conclusion" in line and "detectable" not in line
+
+
+def _pair(seeds: int, wrong_sr: list[list[int]], wrong_resize: list[list[int]]) -> list[dict]:
+    return [r for s in range(seeds) for r in (record("sr_x2", s, wrong=wrong_sr[s]),
+                                               record("resize_x2", s, wrong=wrong_resize[s]))]
+
+
+ALL = list(range(len(LABELS)))
+DEGENERATE = {  # SR − resize runs whose noise estimates cannot carry a power figure, and the reason given
+    "identical predictions": (_pair(2, [[0, 1, 2]] * 2, [[0, 1, 2]] * 2), "no conclusion"),
+    "all wrong": (_pair(2, [ALL] * 2, [ALL] * 2), "no conclusion"),
+    "all right": (_pair(2, [[]] * 2, [[]] * 2), "no conclusion"),
+    "one disagreeing image": (_pair(2, [[], []], [[0], []]), "differ on 1 test-image prediction in all"),
+    "one disagreeing image, one seed": (_pair(1, [[]], [[0]]), "differ on 1 test-image prediction in all"),
+    "the same difference every seed": (_pair(2, [[], []], [list(range(20))] * 2),
+                                       "every seed gave the same difference"),
+    "every disagreement flips between seeds": (_pair(2, [[], list(range(20))], [list(range(20)), []]),
+                                               "the test-image variance is estimated as 0"),
+}
+
+
+@pytest.mark.parametrize("case", DEGENERATE)
+def test_degenerate_runs_give_no_power_figure_and_say_why(case):
+    """Smoke runs that learned nothing used to claim that 2 seeds detect 0.5 pp (SE 0.00, SD 0.00)."""
+    records, why = DEGENERATE[case]
+    (line,) = headline_verdicts(records)
+    assert why in line, line
+    assert "detectable" not in line and "resolves" not in line and "seeds would" not in line, line
+    row = power_table(records).loc["SR − resize at x2"]
+    assert row["detectable, 80% power (pp)"] == "—" and row["seeds for 0.5 pp"] in ("—", "— (needs ≥ 2 seeds)")
+    if why != "no conclusion":
+        assert why in row["no figure because"]
+
+
+def test_a_sweep_out_of_reach_says_which_noise_stands_in_the_way():
+    """"Out of reach however many seeds" is said only when the test images' own noise is the limit."""
+    from srlib.report.comparisons import Power
+
+    records = random_records({"resize_x2": 0.2, "sr_x2": 0.19}, seeds=2, rng=np.random.default_rng(3))
+    (st,) = comparison_stats(records)
+    seeds_bound = dataclasses.replace(st, power=Power(40.0, 0.05, 200.0, None, 0.14))
+    assert verdict(seeds_bound).endswith("0.5 pp would need more than 1,000 seeds (between-seed SD 40.00 pp).")
+    images_bound = dataclasses.replace(st, power=Power(0.1, 0.5, 3.0, None, 1.4))
+    assert verdict(images_bound).endswith(
+        "0.5 pp is out of reach on 100 test images however many seeds (test-image SE 0.50 pp).")
+    assert "no figure because" not in power_table([seeds_bound, images_bound])  # every figure given: no such column
+
+
+def test_a_scaled_down_profile_sets_its_differences_beside_the_references():
+    """The preview found resize x2 3.4 pp below original where the reference found it 1.57 pp above: the
+    caveat says that differences, not only absolute numbers, may not carry, with both figures."""
+    records = [{**r, "config": {**r["config"], "profile": "preview"}}
+               for r in (record("original", 0, 39.6), record("resize_x2", 0, 36.2), record("original", 1, 40.0),
+                         record("resize_x2", 1, 36.4))]
+    (note,) = [c for c in caveats(records) if c.startswith("Profile `preview` is a scaled-down")]
+    assert "not only its absolute numbers but also its differences between variants may not carry" in note
+    assert "resize − original at x2 −3.50 vs +1.57 pp" in note  # the mean of −3.4 and −3.6
+    paper = [{**r, "config": {**r["config"], "profile": "paper"}} for r in records]
+    assert not any("scaled-down" in c for c in caveats(paper))

@@ -84,8 +84,7 @@ def test_bench_cli_passes_its_options_and_writes_the_json(monkeypatch, tmp_path)
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     monkeypatch.setattr(bench, "format_table", lambda result: "table")
     out = tmp_path / "results" / "bench.json"
-    # --no-accuracy has no effect any more; old command lines keep working
-    assert main(["bench", "--device", "cpu", "--no-accuracy", "--px", "32", "64", "--json", str(out)]) == 0
+    assert main(["bench", "--device", "cpu", "--px", "32", "64", "--json", str(out)]) == 0
     assert seen["device"] == "cpu" and seen["px"] == [32, 64] and seen["diff_dir"] == out.parent
     assert json.loads(out.read_text()) == {"fake": True}
 
@@ -151,6 +150,6 @@ def test_resize_and_step_plan():
     resized = bench.resize(images, 64)
     assert resized.shape == (2, 3, 64, 64) and resized.dtype == np.uint8 and bench.resize(images, 32) is images
     cpu = torch.device("cpu")
-    assert bench.plan_steps(32, 10, cpu) == (2, 10)
-    assert bench.plan_steps(128, 10, cpu) == (1, 3)  # fewer steps where each costs 16x more
-    assert bench.plan_steps(128, 1, cpu) == (1, 1)
+    assert bench.step_counts(32, 10, cpu) == (2, 10)
+    assert bench.step_counts(128, 10, cpu) == (1, 3)  # fewer steps where each costs 16x more
+    assert bench.step_counts(128, 1, cpu) == (1, 1)

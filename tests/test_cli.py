@@ -1,6 +1,6 @@
 """`srlib <command>`: what each command does on generated data, and its one-line error on bad input.
 
-Every command of the parser is exercised here (test_every_command_is_exercised_here keeps it so); deeper checks
+Every command of the parser is exercised here (conftest fails a full run that leaves one undispatched); deeper checks
 of one area live beside it (test_preflight: the checks and the plan; test_kit: the GPU kit; test_quality,
 test_bench, test_report, test_runs)."""
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, write_tar
+from conftest import CLASSES, unexercised_commands, write_tar
 
 from srlib.cli import main
 
@@ -381,22 +381,22 @@ def test_bench_times_both_pipelines_on_the_configured_data_and_reports_missing_w
 
 # --- all of them -----------------------------------------------------------------------------------------
 
-def test_every_command_is_exercised_here():
-    """A new command (or kit subcommand) gets its test in this file."""
-    import argparse
+def test_a_registered_command_that_no_test_dispatches_is_named(monkeypatch):
+    """conftest watches what `main` dispatches and, after a full run, fails naming what was never dispatched."""
+    import srlib.cli
 
-    from srlib.cli import build_parser
+    class Extra:
+        """A command module as srlib/cli/ holds them, registering one command and one group."""
 
-    def commands(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
-        """"kit check" etc.; argparse lists subcommands only in its (private) actions."""
-        found = set()
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    found |= commands(sub, f"{prefix}{name} ") or {prefix + name}
-        return found
+        @staticmethod
+        def register(sub) -> None:
+            sub.add_parser("frobnicate").set_defaults(func=lambda args: 0)
+            group = sub.add_parser("widget").add_subparsers(dest="widget_command", required=True)
+            for name in ("open", "close"):
+                group.add_parser(name).set_defaults(func=lambda args: 5)
 
-    source = Path(__file__).read_text()
-    called = {" ".join(m).strip() for m in re.findall(r'main\(\["([a-z-]+)",(?: "([a-z]+)",)?', source)}
-    called |= {c.split()[0] for c in called}
-    assert commands(build_parser()) - called == set()
+    monkeypatch.setattr(srlib.cli, "COMMANDS", (*srlib.cli.COMMANDS, Extra))
+    assert {"frobnicate", "widget open", "widget close"} <= unexercised_commands()
+    assert main(["frobnicate"]) == 0 and main(["widget", "close"]) == 5  # each still runs its own function
+    assert {"frobnicate", "widget close"} & unexercised_commands() == set()
+    assert "widget open" in unexercised_commands()

@@ -60,7 +60,7 @@ def test_fit_of_one_size_keeps_the_rough_overhead_and_nonsense_falls_back():
     assert one.overhead_s == rough.overhead_s and one.flop_rate == pytest.approx(1e11)
     assert cost.fit_speed([], "cpu") == rough
     # bigger networks measured faster than smaller ones: no physical fit, so the rough speed
-    assert cost.fit_speed([(1e9, 0.5), (1e10, 0.001)], "cpu") == rough
+    assert cost.fit_speed([(1e9, 0.5), (1e10, rough.overhead_s / 2)], "cpu") == rough
 
 
 def test_epoch_counts_a_test_image_as_a_forward_pass():
@@ -68,12 +68,33 @@ def test_epoch_counts_a_test_image_as_a_forward_pass():
     train_only = cost.epoch_seconds(1000, 0, 32, 64, speed)
     with_test = cost.epoch_seconds(1000, 300, 32, 64, speed)
     assert with_test == pytest.approx(train_only * 1.1)
-    assert cost.epoch_seconds_at(100.0, 1000, 300, 32, 64) == pytest.approx(11.0)
 
 
-def test_remaining_time_uses_measured_epochs_once_there_are_any():
-    assert cost.remaining_seconds(600, 100) == 500  # no epoch finished: the estimate less the time spent
-    assert cost.remaining_seconds(600, 700) == 0
-    assert cost.remaining_seconds(600, 300, epochs_done=1, epochs_total=6) == 1500  # the estimate was 3x short
-    assert cost.correction([(300.0, 100.0), (100.0, 100.0)]) == 2.0
-    assert cost.correction([]) == 1.0
+def test_runs_wait_for_the_first_free_slot():
+    # Two slots busy for 100 s and 400 s; the queue (200 s, 50 s) starts as they free: 100+200 = 300, then
+    # 300+50 = 350 on the slot that freed first, against 400 for the long run.
+    assert cost.finish_times([(0, 100), (0, 400), (0, 200), (0, 50)], slots=2) == [100, 400, 300, 350]
+    assert cost.finish_times([(0, 30), (0, 60)], slots=4) == [30, 60]
+    assert cost.finish_times([], slots=2) == []
+    # setup seconds first, then the work at a rate shared by the runs computing at that moment: run 1 alone for
+    # 10 s (20 units), both at 1/s until run 1 ends at 90 (run 0 has 20 left), run 0 alone at 2/s: ends at 100
+    assert cost.finish_times([(10, 100), (0, 100)], slots=2, rate=lambda i, n: 2.0 / n) == pytest.approx([100, 90])
+    assert cost.finish_times([(0, 1)], slots=1, rate=lambda i, n: None) == [float("inf")]
+
+
+def _run(flops: float, epoch_s: float, kind: str = "none", images: int = 0) -> cost.RunEstimate:
+    return cost.RunEstimate(flops, 1000.0, 6, epoch_s, "rough cpu rate", False, images, kind, 10.0)
+
+
+def test_measurements_correct_each_phase_on_its_own():
+    measured = cost.Measured()
+    small, large, sr = _run(1e8, 10.0), _run(1.6e9, 40.0), _run(4e8, 20.0, "sr", 1000)
+    assert measured.epoch(large) == 40.0 and measured.upscale_s(sr) == 100.0  # nothing measured: the estimates
+    measured.epoch_s[1e8], measured.epoch_images[1e8] = 20.0, 1000.0  # small epochs took twice their estimate
+    assert measured.epoch(small) == 20.0
+    # a size not measured: the speed fitted to the measured one (rough overhead kept), never the small one's ratio
+    fitted = cost.fit_speed([(1e8, 0.02)], "cpu")
+    assert measured.epoch(large) == pytest.approx(1000 * fitted.image_s(1.6e9))
+    assert measured.upscale_s(sr) == 100.0  # epochs measured, upscaling not: its estimate stands
+    measured.upscale_rate["sr"] = 5.0
+    assert measured.upscale_s(sr) == 200.0 and measured.upscale_s(sr, images=500) == 100.0

@@ -20,10 +20,12 @@ from conftest import CLASSES, _image, write_tar
 from test_data import CANONICAL_CIFAR10_SHA256
 
 from srlib.cli import main
+from srlib.config import expand_variants
 from srlib.errors import SrlibError
 from srlib.orchestration.kit import archive as kit_archive
 from srlib.orchestration.kit import assemble as kit_assemble
-from srlib.orchestration.kit import common as kit_common
+from srlib.orchestration.kit import job as kit_job
+from srlib.orchestration.kit import layout as kit_layout
 from srlib.orchestration.kit import run as kit_run
 
 
@@ -121,14 +123,14 @@ def test_assemble_fills_the_kit_and_records_commit_and_diff(repo, tmp_path):
     assert manifest["source"]["commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, text=True,
                                                           capture_output=True).stdout.strip()
     assert manifest["source"]["dirty"] and manifest["source"]["untracked"] == ["new.py"]
-    diff = (k / kit_common.DIFF).read_text()
+    diff = (k / kit_layout.DIFF).read_text()
     assert "+x = 2" in diff and "+y = 3" in diff
     # One call (one data piece): the repository's files and the kit, but not the WebP copy made on the way
     sent = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts
                and "transport" not in p.parts)
-    assert size.total == sent and size.margin == kit_common.DEVICE_LIMIT_BYTES - sent
-    calls = kit_assemble.window_calls(k, manifest, probe_table=False)
-    assert len(calls) == 1 and calls[0]["carry"][-1] == "kit/stage/1" and "run --window-left-s" in calls[0]["command"]
+    assert size.total == sent and size.margin == kit_layout.SEND_LIMIT_BYTES - sent
+    calls = kit_assemble.window_commands(k, manifest, probe_table=False)
+    assert len(calls) == 1 and calls[0]["copy"][-1] == "kit/stage/1" and "run --window-left-s" in calls[0]["command"]
 
 
 def test_data_staged_in_pieces_goes_one_call_each_and_a_missing_piece_stops_the_run(repo, tmp_path):
@@ -139,29 +141,30 @@ def test_data_staged_in_pieces_goes_one_call_each_and_a_missing_piece_stops_the_
     manifest, _ = kit_assemble.assemble(repo / "kit", parquet, None, ["original"],
                                         wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None,
                                         transport="png", piece_bytes=total // 3 + 1)
-    calls = kit_assemble.window_calls(repo / "kit", manifest, probe_table=False)
-    assert [c["carry"] for c in calls[:2]] == [["kit/stage/1"], ["kit/stage/2"]]
+    calls = kit_assemble.window_commands(repo / "kit", manifest, probe_table=False)
+    assert [c["copy"] for c in calls[:2]] == [["kit/stage/1"], ["kit/stage/2"]]
     assert calls[0]["command"] == "bash scripts/gpu_paper.sh probe" and calls[1]["command"].endswith("--no-probe")
-    assert calls[2]["carry"][-1] == "kit/stage/3" and "kit" not in calls[2]["carry"]  # never the parent folder
+    assert calls[2]["copy"][-1] == "kit/stage/3" and "kit" not in calls[2]["copy"]  # never the parent folder
     lines = kit_assemble.describe_window(repo / "kit", manifest, repo / "results" / "paper")
-    assert sum(line.startswith("  call ") for line in lines) == 3
+    assert sum(line.startswith("  command ") for line in lines) == 3
     assert "queue: original s0, original s1, original s2" in lines
-    from srlib.orchestration.kit.data import unstage
+    from srlib.orchestration.kit.dataset_pieces import unstage
     from srlib.orchestration.kit.staging import StagingError
 
-    shutil.rmtree(repo / "kit" / "stage" / "2")  # the call that should have brought it did not happen
-    with pytest.raises(StagingError, match=r"data piece 2 of 3 .* is missing: send piece 2 of 3 in its own call"):
+    shutil.rmtree(repo / "kit" / "stage" / "2")  # the command that should have brought it did not happen
+    with pytest.raises(StagingError, match=r"data piece 2 of 3 .* is missing: copy the folder kit/stage/2 to the GPU "
+                                           "machine in a command of its own"):
         unstage(repo / "kit", manifest["data"], tmp_path / "data", tmp_path / "cache")
     assert not (tmp_path / "data").exists()
 
 
 def test_assemble_refuses_a_kit_folder_that_is_not_ignored_and_a_missing_dataset(repo, tmp_path):
     parquet = write_parquet(tmp_path / "pq")
-    with pytest.raises(kit_common.KitError, match="not git-ignored"):
+    with pytest.raises(kit_layout.KitError, match="not git-ignored"):
         kit_assemble.assemble(repo / "other", parquet, None, ["original"], root=repo, log=lambda *_: None)
     with pytest.raises(SrlibError, match="SRLIB_DATA_PARQUET"):
         kit_assemble.assemble(repo / "kit", tmp_path / "nothing", None, ["original"], root=repo, log=lambda *_: None)
-    with pytest.raises(kit_common.KitError, match="SRLIB_WEIGHTS_DIR"):
+    with pytest.raises(kit_layout.KitError, match="SRLIB_WEIGHTS_DIR"):
         kit_assemble.assemble(repo / "kit", parquet, tmp_path, ["sr_x2"], root=repo, log=lambda *_: None)
 
 
@@ -170,7 +173,7 @@ def test_fetch_wheel_fails_clearly_when_pip_cannot_download(tmp_path, monkeypatc
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version that satisfies")
 
     monkeypatch.setattr(kit_assemble.subprocess, "run", offline)
-    with pytest.raises(kit_common.KitError, match="--wheel PATH"):
+    with pytest.raises(kit_layout.KitError, match="--wheel PATH"):
         kit_assemble.fetch_wheel(tmp_path / "wheels", version="0.4.2")
     # a cached wheel of that version needs no download
     fake_wheel(tmp_path / "wheels", "spandrel", "0.4.2")
@@ -186,6 +189,56 @@ def test_install_wheels_puts_missing_packages_into_a_site_folder(tmp_path, monke
     assert (tmp_path / "site" / "srlib_kit_probe" / "__init__.py").is_file()
 
 
+def _bare_kit(kit: Path, queue: list) -> Path:
+    """A kit folder with only its manifest: enough for `kit run` to reach its queue."""
+    kit.mkdir(parents=True)
+    manifest = {"schema": kit_layout.KIT_SCHEMA, "variants": ["original", "resize_x2"], "weights": {}, "queue": queue,
+                "source": {"commit": "abc", "dirty": False}, "data": {"name": "cifar10"}}
+    (kit / kit_layout.MANIFEST).write_text(json.dumps(manifest))
+    return kit
+
+
+def test_an_empty_queue_runs_nothing_and_says_so(tmp_path):
+    """Every run was done when the kit was assembled: the job trains nothing (it used to retrain every variant
+    at seed 0), says so, and still packs its archive."""
+    lines = []
+    kit, out = _bare_kit(tmp_path / "kit", queue=[]), tmp_path / "OUT"
+    assert kit_run.run_kit(kit, out, dry_run=True, work=tmp_path / "work", log=lines.append) == 0
+    assert any("nothing to train" in line for line in lines) and not any("started" in line for line in lines)
+    assert "nothing to train" in (out / kit_layout.TIMING_LOG).read_text() and (out / kit_layout.ARCHIVE).is_file()
+
+
+def _ended(command: str, log: Path, stopped_by_kit: bool = False):
+    """A Launched for a real process that has ended (its log written), as kit.pool leaves it."""
+    from srlib.orchestration.kit.pool import Launched
+
+    log.write_text("epoch 3/45 ...\nsomething the run printed last\n")
+    process = subprocess.Popen([sys.executable, "-c", command])
+    process.wait()
+    return Launched("original", process, log, 0.0, 1.0, seed=0, stopped_by_kit=stopped_by_kit)
+
+
+def test_a_run_killed_by_a_signal_that_is_not_the_kits_deadline_stop_is_a_failure_with_its_log(tmp_path):
+    """SIGKILL from the out-of-memory killer is a failure (exit code 1, the log's end in the timing log); the same
+    signal sent by the kit's own deadline stop is a clean stop that a rerun resumes."""
+    from srlib.errors import PARTIAL_EXIT_CODE
+    from srlib.orchestration.kit.schedule import RunKey
+
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    lines = []
+    state = kit_job.KitRun(tmp_path / "kit", tmp_path / "OUT", tmp_path / "work", kit_job.DRY_RUN, ["original"],
+                           0.0, 0.0, 0.0, lines.append)
+    oom = _ended(killed, tmp_path / "train_original_seed0.log")
+    assert kit_run._report(state, [oom], [RunKey("original", 0)]) == 1
+    text = "\n".join(lines)
+    assert "FAILED (killed by SIGKILL)" in text and "something the run printed last" in text
+    assert state.timing["runs"]["original s0"]["log"] == "logs/train_original_seed0.log"
+    lines.clear()
+    deadline = _ended(killed, tmp_path / "train_original_seed0.log", stopped_by_kit=True)
+    assert kit_run._report(state, [deadline], [RunKey("original", 0)]) == PARTIAL_EXIT_CODE
+    assert not any("FAILED" in line for line in lines)
+
+
 def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     """`srlib kit run --dry-run` on a CPU: wheel check, probe, plan, parallel `srlib train` with a deadline,
     sr-quality when weights are at hand, one archive; then `srlib kit unpack` and a rerun that trains nothing."""
@@ -194,36 +247,35 @@ def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     kit_assemble.assemble(repo / "kit", write_parquet(tmp_path / "pq"), weights, variants,
                           wheel=spandrel_wheel(tmp_path / "w"), root=repo, log=lambda *_: None, seeds=(0,))
     out, work = tmp_path / "OUT", tmp_path / "work"
-    args = ["kit", "run", "--dry-run", "--kit", str(repo / "kit"), "--out", str(out), "--work", str(work),
-            "--budget", "300"]
+    args = ["kit", "run", "--dry-run", "--kit", str(repo / "kit"), "--out", str(out), "--work", str(work)]
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == [kit_common.ARCHIVE, kit_common.TIMING_LOG]
-    with tarfile.open(out / kit_common.ARCHIVE) as tar:
+    assert sorted(p.name for p in out.iterdir()) == [kit_layout.ARCHIVE, kit_layout.TIMING_LOG]
+    with tarfile.open(out / kit_layout.ARCHIVE) as tar:
         names = tar.getnames()
     assert not [n for n in names if n.endswith(".pt")]  # no checkpoints come back
     for v in variants:
         assert f"runs/smoke/{v}/seed0/record.json" in names and f"runs/smoke/{v}/seed0/predictions.npz" in names
     assert ("runs/smoke/sr_quality.json" in names) == ("sr_x2" in variants)
-    log = (out / kit_common.TIMING_LOG).read_text()
-    assert "probe alone  32 px" in log and "probe alone  64 px" in log and "of bf16 peak" in log
+    log = (out / kit_layout.TIMING_LOG).read_text()
+    assert "speed alone  32 px" in log and "speed alone  64 px" in log and "of H200 bf16 peak" in log
     assert "content sha256" in log and "verified" in log  # the staged data was checked before training
-    timing = json.loads(tar_member(out / kit_common.ARCHIVE, "timing.json"))
+    timing = json.loads(tar_member(out / kit_layout.ARCHIVE, "timing.json"))
     # The queue's order (the study's); measured speeds alone only, so one run after another
-    assert timing["plan"]["runs"] == [f"{v} s0" for v in variants] and timing["plan"]["mode"] == "alone"
+    assert timing["schedule"]["runs"] == [f"{v} s0" for v in variants] and timing["schedule"]["mode"] == "alone"
     assert all(timing["runs"][f"{v} s0"]["status"] == "complete" for v in variants)
-    record = json.loads(tar_member(out / kit_common.ARCHIVE, "runs/smoke/original/seed0/record.json"))
+    record = json.loads(tar_member(out / kit_layout.ARCHIVE, "runs/smoke/original/seed0/record.json"))
     assert record["provenance"]["git"]["commit"]  # the repo here has .git; on the GPU the kit fills it in
 
     results = tmp_path / "results"
-    assert main(["kit", "unpack", str(out / kit_common.ARCHIVE), "--results", str(results)]) == 0
+    assert main(["kit", "unpack", str(out / kit_layout.ARCHIVE), "--results", str(results)]) == 0
     for v in variants:
         assert (results / "smoke" / v / "seed0" / "record.json").is_file()
     assert len(list(results.glob("gpu-*/timing.log"))) == 1
 
     # Run again on the same work folder (a warm machine): every run is complete, nothing is started.
     assert main(args) == 0
-    timing = json.loads(tar_member(out / kit_common.ARCHIVE, "timing.json"))
-    assert timing["plan"]["runs"] == [] and all(r["status"] == "complete" for r in timing["runs"].values())
+    timing = json.loads(tar_member(out / kit_layout.ARCHIVE, "timing.json"))
+    assert timing["schedule"]["runs"] == [] and all(r["status"] == "complete" for r in timing["runs"].values())
 
 
 def tar_member(archive: Path, name: str) -> str:
@@ -243,7 +295,7 @@ def test_unpack_keeps_a_complete_record_and_refuses_foreign_entries(tmp_path):
     assert json.loads((results / "paper/sr_x2/seed0/record.json").read_text())["status"] == "complete"
     assert (results / "gpu-2026-11-28T210000Z" / "timing.json").is_file()
     for bad in ("../evil.json", "runs/paper/sr_x2/seed0/checkpoint.pt", "other.txt"):
-        with pytest.raises(kit_common.KitError, match="unexpected entry"):
+        with pytest.raises(kit_layout.KitError, match="unexpected entry"):
             kit_archive.unpack(write_tar(tmp_path / "c.tar.gz", {bad: "x", "timing.json": timing}), results)
 
 
@@ -253,19 +305,19 @@ def test_the_lossless_kit_for_all_five_variants_fits_each_call(real_parquet, wei
     lossless data in two WebP pieces (or three PNG ones) and both SR scales' weights."""
     try:
         wheel = tmp_path / "wheels" / kit_assemble.fetch_wheel(tmp_path / "wheels")["file"]
-    except kit_common.KitError as exc:  # no registry here: a wheel zipped from the installed package instead
+    except kit_layout.KitError as exc:  # no registry here: a wheel zipped from the installed package instead
         print(f"pip download failed ({exc}); using a wheel made from the installed spandrel")
         wheel = wheel_from_installed(tmp_path / "fake")
     sizes = {}
     for transport, pieces in (("webp", 2), ("png", 3)):
         manifest, size = kit_assemble.assemble(tmp_path / "kit", Path(real_parquet), weights_dir,
-                                               kit_common.expand(["study"]), wheel=wheel, check_location=False,
+                                               expand_variants(["study"]), wheel=wheel, check_location=False,
                                                log=print, transport=transport)
         assert manifest["data"]["content_sha256"] == CANONICAL_CIFAR10_SHA256 and not manifest["data"]["lossy"]
         assert len(manifest["data"]["stage"]["pieces"]) == pieces, transport
-        calls = kit_assemble.window_calls(tmp_path / "kit", manifest, probe_table=False)
-        sizes[transport] = [size.repo_bytes + kit_assemble._carried_bytes(tmp_path / "kit", c["carry"]) for c in calls]
-        assert max(sizes[transport]) <= kit_common.DEVICE_LIMIT_BYTES, size.describe()
+        calls = kit_assemble.window_commands(tmp_path / "kit", manifest, probe_table=False)
+        sizes[transport] = [size.repo_bytes + kit_assemble._copied_bytes(tmp_path / "kit", c["copy"]) for c in calls]
+        assert max(sizes[transport]) <= kit_layout.SEND_LIMIT_BYTES, size.describe()
     print({t: [f"{b / 2**20:.1f} MiB" for b in v] for t, v in sizes.items()})
 
 
@@ -313,7 +365,7 @@ def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pi
     kit_archive.unpack(write_tar(tmp_path / "a.tar.gz", jpeg), results, log=lambda *_: None)
     lossless = {"runs/paper/original/seed0/record.json": record("c8cc"), "timing.json": timing,
                 "gpu_probe.json": json.dumps({"rows": []})}
-    with pytest.raises(kit_common.KitError, match="record on other data .* nothing was unpacked"):
+    with pytest.raises(kit_layout.KitError, match="record on other data .* nothing was unpacked"):
         kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None)
     assert "653d" in (results / "paper/original/seed0/record.json").read_text()
     assert not (results / "gpu_probe.json").exists()
@@ -339,13 +391,13 @@ def test_a_window_that_ends_ships_the_unfinished_runs_checkpoint_in_calls(tmp_pa
     (run / "checkpoint.pt").write_bytes(np.random.default_rng(2).integers(0, 256, 70 * 2**20 // 7, np.uint8).tobytes())
     (run / "record.json").write_text(json.dumps({"status": "partial", "epochs": [{}] * 20}))
     out.mkdir()
-    state = kit_common.KitRun(tmp_path / "kit", out, work, kit_common.PAPER, ["sr_x4"], 0.0, 0.0, 0.0,
+    state = kit_job.KitRun(tmp_path / "kit", out, work, kit_job.PAPER, ["sr_x4"], 0.0, 0.0, 0.0,
                               lambda *_: None, window_ends=True)
     kit_archive.ship_partial(state)
     assert state.timing["shipped"] == {"run": "paper/sr_x4/seed0", "epochs_done": 20, "pieces": 1}
     files = [p for p in (out / "ckpt-1").iterdir()]
     assert len(files) + 2 <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in files)  # + archive + timing.log
-    with pytest.raises(kit_common.KitError, match="no checkpoint piece 2"):
+    with pytest.raises(kit_layout.KitError, match="no checkpoint piece 2"):
         kit_archive.ship_piece(2, out, work)
     big = work / "runs" / "paper" / "sr_x4" / "seed0" / "checkpoint.pt"
     big.write_bytes(np.random.default_rng(3).integers(0, 256, 89_000_000, np.uint8).tobytes())  # paper size

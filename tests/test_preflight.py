@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -149,8 +150,8 @@ def test_several_problems_come_in_one_message(tmp_path, no_weights):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(preflight.PreflightError, match=r"^2 problems, nothing was started: \(1\) no CIFAR-10 found"
                        r".*\(2\) the output folder .* cannot be created: .*a-file is a file"):
-        preflight.check_sweep("smoke", 1, ["original"], out=tmp_path / "a-file" / "runs", analysis=False,
-                              cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb")
+        preflight.sweep_plan("smoke", 1, ["original"], out=tmp_path / "a-file" / "runs", analysis=False,
+                             cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb").raise_problems()
 
 
 def test_an_upscaled_cifar10_copy_at_x4_is_sized_as_2_9_gb(tmp_path, imagefolder, no_weights):
@@ -234,6 +235,9 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys, imagefolde
     assert "cache resize_x2 (train): 100 images x 3 x 64 x 64 = 1.2 MB, to build, ~0.1 s (rough cpu rate)" in lines
     assert "cache decoded dataset: 60,000 images" in text
     assert "3 run(s) to train" in text and "1 run(s) already done" in text
+    # the total on this machine says what it rests on: here an earlier record of this cpu
+    assert re.search(r"^estimated time on this cpu: ~.+, from measured on this machine \(earlier records\);", text,
+                     re.M)
     assert text.rstrip().endswith("dry run: nothing was started")
     assert "checks: data, SR weights, folders and disk space are fine" in text
 
@@ -256,6 +260,7 @@ def test_sr_weights_of_the_wrong_scale_are_refused(tmp_path, capsys, imagefolder
 
 def test_the_official_weights_pass(tmp_path, imagefolder, weights_dir, monkeypatch):
     monkeypatch.setenv("SRLIB_WEIGHTS_DIR", str(weights_dir))
-    plan = preflight.check_sweep("smoke", 1, ["sr_x2", "sr_x4"], out=tmp_path / "runs", data=str(imagefolder),
-                                 cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb")
+    plan = preflight.sweep_plan("smoke", 1, ["sr_x2", "sr_x4"], out=tmp_path / "runs", data=str(imagefolder),
+                                cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb")
+    plan.raise_problems()
     assert plan.problems == [] and [r.done for r in plan.runs] == [False, False]

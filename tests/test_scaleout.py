@@ -329,7 +329,7 @@ def test_a_failing_slurm_run_is_named_while_the_others_finish(study, slurm_clust
 
 
 def test_the_progress_line_shows_each_running_runs_epoch(tmp_path):
-    from srlib.orchestration.progress import Reporter
+    from srlib.orchestration.reporter import Reporter
     from srlib.orchestration.states import RunState
 
     lines: list[str] = []
@@ -384,9 +384,9 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
         (folder / name).chmod(0o755)
     monkeypatch.setenv("FAKE_SLURM", str(folder))
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
-    import srlib.orchestration.executors as executors_module
+    from srlib.orchestration.executors import SlurmExecutor
 
-    monkeypatch.setattr(executors_module, "SLURM_POLL_S", 0.01)
+    monkeypatch.setattr(SlurmExecutor, "poll_s", 0.01)
     looks, real_queue = [], ex.slurm_queue
 
     def look(*args, **kwargs):  # a wait loop that never ends fails the test instead of hanging it
@@ -410,7 +410,7 @@ def _queued_tasks(tmp_path: Path, variants: list[str]) -> list[Task]:
 
 def _wait(tmp_path: Path, tasks: list[Task]):
     from srlib.orchestration.executors import SlurmExecutor
-    from srlib.orchestration.progress import Reporter
+    from srlib.orchestration.reporter import Reporter
     from srlib.orchestration.sweep import SweepResult, record_finder, wait_for
 
     lines: list[str] = []
@@ -473,8 +473,31 @@ def test_a_reason_that_clears_is_shown_and_a_task_that_leaves_the_queue_unstarte
     assert not (fake_slurm / "scancelled").exists()
 
 
+def test_a_look_at_the_runs_reads_each_job_json_once(tmp_path, fake_slurm, monkeypatch):
+    """On a cluster's shared filesystem every read costs: a poll of the sweep and `srlib status` read each run's
+    job.json once, and tell running from queued by it and squeue."""
+    from srlib.orchestration.executors import SlurmExecutor
+    from srlib.orchestration.sweep import record_finder
+
+    tasks = _queued_tasks(tmp_path, ["original", "resize_x2"])
+    write_job(tasks[0], "running", executor="slurm", job_id="7_0")
+    (fake_slurm / "squeue.last").write_text("7_0|RUNNING|None\n7_1|PENDING|Priority\n")
+    reads, real_read = [], task_module.read_json
+    monkeypatch.setattr(task_module, "read_json", lambda path: reads.append(Path(path).name) or real_read(path))
+
+    executor = SlurmExecutor(record_finder(SweepRequest("smoke", out=tmp_path / "runs")))
+    executor.watch(tasks)
+    states = executor.poll(tasks)
+    assert {n: st.state for n, st in states.items()} == {"smoke-original-seed0": "running",
+                                                         "smoke-resize_x2-seed0": "queued"}
+    assert reads == ["job.json", "job.json"]
+    reads.clear()
+    assert [st.state for _, st in status(tmp_path / "runs")] == ["running", "queued"]
+    assert reads == ["job.json", "job.json"]
+
+
 def test_the_progress_line_counts_each_reason():
-    from srlib.orchestration.progress import _why_queued
+    from srlib.orchestration.reporter import _why_queued
     from srlib.orchestration.states import RunState
 
     states = {"a": RunState("queued", reason="Priority"), "b": RunState("queued", reason="Resources"),
@@ -604,7 +627,7 @@ def _job_ids(runs: Path) -> dict[str, str]:
 
 
 def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study, slurm_cluster, monkeypatch):
-    from srlib.orchestration.progress import Reporter
+    from srlib.orchestration.reporter import Reporter
 
     root, data = study
     monkeypatch.setattr(Reporter, "PLAIN_EVERY_S", 0)  # every look at the queue is one progress line

@@ -81,6 +81,33 @@ def test_upscaled_arrays_are_cached(tmp_path):
     assert len(list((tmp_path / "upscaled").glob("*.npz"))) == 1
 
 
+def test_upscaling_is_one_phase_of_a_run_that_says_what_it_reused(tmp_path, capsys):
+    """A run's two splits are one count in its log, and a second run names the caches it reused."""
+    splits = {"train": _images(4, seed=3), "test": _images(2, seed=4)}
+    upscaler = build_upscaler("bicubic", 2, device=CPU)
+    first = up.upscale_splits(splits, upscaler, tmp_path, label="resize_x2")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[srlib] upscaling resize_x2: 6 images in ")
+    again = up.upscale_splits(splits, upscaler, tmp_path, label="resize_x2")
+    assert capsys.readouterr().out == "[srlib] upscaling resize_x2: reused the cached 4 train + 2 test images\n"
+    for name in splits:
+        assert np.array_equal(first[name][0], again[name][0]) and first[name][1] == again[name][1]
+
+
+def test_the_meter_writes_a_bounded_number_of_lines():
+    """A line at each further 10 % or 30 s, never two within 5 s: an SR phase of 2,500 images at 11 img/s
+    (228 s in chunks of 16) writes about ten lines, not 157."""
+    now, lines = [0.0], []
+    meter = up.ImageMeter("upscaling sr_x4", 2500, log=lines.append, clock=lambda: now[0], live=False)
+    for _ in range(0, 2500, 16):
+        now[0] += 16 / 11
+        meter.update(min(16, 2500 - meter.done))
+    meter.close()
+    assert 9 <= len(lines) <= 12, lines
+    assert lines[4] == "[srlib] upscaling sr_x4: 1,280/2,500 images, 11 img/s"  # the chunk past 50 %
+    assert lines[-1] == "[srlib] upscaling sr_x4: 2,500 images in 228 s, 11 img/s"
+
+
 def test_sr_cache_is_keyed_by_the_weights(tmp_path, tiny_sr_weights):
     from conftest import make_tiny_sr_checkpoint
 

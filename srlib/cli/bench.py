@@ -31,6 +31,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed training steps per measurement (at 32 px)")
     p.add_argument("--images", type=int, default=64, help="images per upscaling measurement")
     p.add_argument("--device", help="cpu or cuda (default: the GPU when there is one)")
-    p.add_argument("--no-accuracy", action="store_true", help="no effect, kept for old command lines: the "
-                   "accuracy check is now benchmarks/accuracy_check.py")
     p.set_defaults(func=cmd_bench)

@@ -73,11 +73,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from ..config import VARIANTS as V
     from ..data import default_cache_dir, load_dataset, stratified_subset
     from ..upscale import upscale_cached
 
-    variant = V[args.variant]
+    variant = VARIANTS[args.variant]
     if variant.method == "none":
         print("original needs no upscaling")
         return 0

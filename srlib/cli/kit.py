@@ -10,10 +10,12 @@ import os
 import shlex
 from pathlib import Path
 
+from ..config import PAPER_SEEDS, VARIANT_SETS, expand_variants
 from ..orchestration.kit.archive import ship_piece, unpack
 from ..orchestration.kit.assemble import assemble, check_size, describe_window
-from ..orchestration.kit.common import ARCHIVE, CKPT_DIR, PAPER, KitError, expand, run_config, work_folder
-from ..orchestration.kit.data import STAGE_DIR
+from ..orchestration.kit.dataset_pieces import STAGE_DIR
+from ..orchestration.kit.job import COMMAND_BUDGET_S, PAPER, run_config, work_folder
+from ..orchestration.kit.layout import ARCHIVE, CKPT_DIR, KitError
 from ..orchestration.kit.run import run_kit
 from ..runs import ROOT
 
@@ -29,43 +31,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--weights-dir", default=os.environ.get("SRLIB_WEIGHTS_DIR"),
                    help="folder with dctlsa_x{2,4}.safetensors (default: $SRLIB_WEIGHTS_DIR)")
     a.add_argument("--variants", nargs="+", default=["study"],
-                   help="variants the queue may hold (default: study = all five; goals A = original resize_x2 "
-                        "sr_x2, B = resize_x4 sr_x4); the queue itself is what --results lacks")
+                   help=f"variants or sets ({', '.join(VARIANT_SETS)}) the queue may hold (default: study, all "
+                        "five; study-x2 and study-x4 are its halves); the queue itself is what --results lacks")
     a.add_argument("--wheel", help="a spandrel wheel to use instead of downloading one")
     a.add_argument("--transport", choices=["webp", "png"], default="webp",
-                   help="how the data travels: lossless WebP (default; 2 calls for CIFAR-10) or the PNG files (3)")
-    a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds the queue holds (default 0 1 2)")
+                   help="how the data travels: lossless WebP (default; 2 commands for CIFAR-10) or the PNG files (3)")
+    a.add_argument("--seeds", nargs="+", type=int, default=list(PAPER_SEEDS),
+                   help=f"seeds the queue holds (default {' '.join(map(str, PAPER_SEEDS))})")
     a.add_argument("--results", default=str(ROOT / "results" / "paper"),
                    help="the records whose missing runs make the queue (default: results/paper)")
     a.set_defaults(func=cmd_assemble)
 
-    c = kit_sub.add_parser("check", help="only the size check of the files one device command would send")
+    c = kit_sub.add_parser("check", help="only the size check of the files one command copies to the GPU machine")
     c.add_argument("--kit", default=str(ROOT / "kit"))
     c.set_defaults(func=cmd_check)
 
-    r = kit_sub.add_parser("run", help="on the GPU machine: probe, plan, train, pack into OUT")
+    r = kit_sub.add_parser("run", help="on the GPU machine: measure speeds, schedule, train, pack into OUT")
     r.add_argument("--kit", default=str(ROOT / "kit"))
-    r.add_argument("--out", default=os.environ.get("OUT", "results/gpu"), help="where the archive goes ($OUT)")
-    r.add_argument("--variants", nargs="+", help="variants or goals (default: those the kit was assembled for)")
-    r.add_argument("--budget", type=float, default=560.0,
-                   help="seconds for the whole job, packing included (default 560, for a 600 s command)")
-    r.add_argument("--pack-reserve", type=float, default=40.0, help="seconds kept at the end for packing")
+    r.add_argument("--out", default=os.environ.get("OUT", "results/gpu"),
+                   help="where the archive goes: the folder whose files come back (default: $OUT or results/gpu)")
+    r.add_argument("--variants", nargs="+", help="variants or sets (default: those the kit was assembled for)")
     r.add_argument("--window-left-s", type=float,
-                   help="device seconds left in this window when the command starts (device tool status: "
-                        "budget_left_s); runs start only if they end within it (default: --budget)")
+                   help="seconds you may still use the GPU machine in this window when the command starts; runs "
+                        f"start only if they end within it (default: the command's own {COMMAND_BUDGET_S:.0f} s)")
     r.add_argument("--work", help="work folder; keep it for a rerun to resume (default: $TMPDIR/srlib-kit)")
-    r.add_argument("--start-all", action="store_true",
-                   help="start every variant even when the estimate says it will not finish (a rerun resumes)")
     r.add_argument("--train-args", default="",
                    help='extra `srlib train` options in one string, e.g. --train-args="--compile --no-deterministic"')
-    r.add_argument("--probe-steps", type=int, help="timed steps per input size (default 30; dry run 2)")
     r.add_argument("--dry-run", action="store_true", help="on a CPU, smoke-sized: checks every step end to end")
     r.set_defaults(func=cmd_run)
 
     u = kit_sub.add_parser("unpack", help="records of an archive from the GPU into results/paper")
     u.add_argument("archive", help=f"the {ARCHIVE} that `srlib kit run` wrote")
     u.add_argument("--results", default=str(ROOT / "results" / "paper"))
-    u.add_argument("--pieces", nargs="*", default=[], help="ckpt-N folders of a shipped checkpoint (all calls')")
+    u.add_argument("--pieces", nargs="*", default=[],
+                   help="ckpt-N folders of a shipped checkpoint (those of every command)")
     u.set_defaults(func=cmd_unpack)
 
     q = kit_sub.add_parser("probe", help="on the GPU machine: check the staged pieces present; the sharing probe")
@@ -76,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--budget", type=float, default=90.0, help="seconds for the probe (default 90)")
     q.set_defaults(func=cmd_probe)
 
-    s = kit_sub.add_parser("ship", help="on the GPU machine: piece N of a shipped checkpoint into OUT/ckpt-N")
+    s = kit_sub.add_parser("ship", help="on the GPU machine: piece N of a shipped checkpoint into OUT/ckpt-N, to "
+                           "bring back")
     s.add_argument("index", type=int)
     s.add_argument("--out", default=os.environ.get("OUT", "results/gpu"))
     s.add_argument("--work", help="work folder of `kit run` (default: $TMPDIR/srlib-kit)")
@@ -89,7 +89,7 @@ def cmd_assemble(args: argparse.Namespace) -> int:
                        "(the lossless cifar10-png-parquet copy)")
     kit, results = Path(args.kit), Path(args.results)
     manifest, _ = assemble(kit, Path(args.parquet), Path(args.weights_dir) if args.weights_dir else None,
-                           expand(args.variants), Path(args.wheel) if args.wheel else None,
+                           expand_variants(args.variants), Path(args.wheel) if args.wheel else None,
                            transport=args.transport, results=results, seeds=tuple(args.seeds))
     print("\n".join(describe_window(kit.resolve(), manifest, results)))
     return 0
@@ -102,16 +102,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return run_kit(Path(args.kit), Path(args.out), expand(args.variants) if args.variants else None,
-                   budget_s=args.budget, pack_reserve_s=args.pack_reserve, dry_run=args.dry_run,
-                   work=Path(args.work) if args.work else None, start_all=args.start_all,
-                   train_args=shlex.split(args.train_args), probe_steps=args.probe_steps,
-                   window_left_s=args.window_left_s)
+    return run_kit(Path(args.kit), Path(args.out), expand_variants(args.variants) if args.variants else None,
+                   dry_run=args.dry_run, work=Path(args.work) if args.work else None,
+                   train_args=shlex.split(args.train_args), window_left_s=args.window_left_s)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """Check every staged piece this machine holds; unless --no-probe, run the sharing probe and keep its table
-    in the work folder (for `kit run` in the next call) and in OUT."""
+    in the work folder (for `kit run` in the next command) and in OUT."""
     from ..orchestration.kit.probe import PROBE_FILE, probe, table_lines, write_table
     from ..orchestration.kit.staging import verify_piece
 
@@ -122,8 +120,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"[kit] {verify_piece(folder)}", flush=True)
     if args.no_probe:
         return 0
-    settings = PAPER
-    config = run_config(settings, [])
+    config = run_config(PAPER, [])
     table = probe(config, budget_s=args.budget, log=lambda m: print(m, flush=True))
     work = work_folder(Path(args.work) if args.work else None)
     write_table(table, work / PROBE_FILE, Path(args.out) / PROBE_FILE)

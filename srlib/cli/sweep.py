@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import PROFILES, STUDY_VARIANTS, add_config_options, config_overrides, default_profile
 from ..errors import ConfigError, SrlibError
-from ..orchestration.request import SweepRequest
+from ..orchestration.request import EXECUTORS, SEEDS, SweepRequest
 from ..orchestration.slurm import SlurmOptions, parse_sbatch_options
 from ..orchestration.states import RunState, status
 from ..orchestration.sweep import sweep
@@ -18,7 +18,7 @@ from .core import add_data_options
 
 def add_scaleout_options(p: argparse.ArgumentParser) -> None:
     """Where the sweep's runs execute (srlib.orchestration.executors); none of it changes a run's results."""
-    p.add_argument("--executor", choices=["local", "slurm"], default="local",
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: worker processes on this machine; slurm: a job array through submitit")
     p.add_argument("--jobs", type=int, help="local: runs at once (default: GPUs x --runs-per-gpu; on a CPU 1)")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="local: runs sharing one GPU (default: 1)")
@@ -59,21 +59,19 @@ def _interrupt(signum: int, frame) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
-    executor = getattr(args, "executor", "local")
-    if executor == "slurm" and not args.profile:
+    if args.executor == "slurm" and not args.profile:
         raise ConfigError("--executor slurm needs --profile (paper, preview or smoke): the login node that submits "
                           "usually has no GPU, so the default (paper with CUDA, else preview) would guess wrong")
-    records = getattr(args, "records", None)
-    if records:
-        args.out = records
-    profile = args.profile or (records_profile(records) if records else default_profile())
+    if args.records:
+        args.out = args.records
+    profile = args.profile or (records_profile(args.records) if args.records else default_profile())
     request = SweepRequest(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
                            args.cache_dir, config_overrides(args), analysis=not args.no_analysis,
-                           records_only=bool(records), executor=executor, jobs=getattr(args, "jobs", None),
-                           runs_per_gpu=getattr(args, "runs_per_gpu", 1), threads=getattr(args, "threads", None),
-                           slurm=slurm_options(args) if executor == "slurm" else None,
-                           wait=not getattr(args, "no_wait", False), book=not getattr(args, "no_book", True))
-    if getattr(args, "dry_run", False):
+                           records_only=bool(args.records), executor=args.executor, jobs=args.jobs,
+                           runs_per_gpu=args.runs_per_gpu, threads=args.threads,
+                           slurm=slurm_options(args) if args.executor == "slurm" else None,
+                           wait=not args.no_wait, book=not args.no_book)
+    if args.dry_run:
         from ..orchestration.preflight import format_plan
 
         plan = request.plan()
@@ -81,18 +79,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan.raise_problems(listed_above=True)
         return 0
     result = sweep(request)
-    if result.submitted and getattr(args, "no_wait", False):
+    if result.submitted and args.no_wait:
         return 0
     print(f"[sweep] {len(result.done)} notebook(s) done in {result.seconds / 60:.1f} min, "
           f"{len(result.skipped)} already up to date, {len(result.failed)} failed")
     for name, why in result.failed.items():
         print(f"[sweep]   FAILED {name}: {why}; log: {result.logs.get(name, '?')}")
-    if result.missing:
-        print(f"[sweep] no record (named in the book as not run): {', '.join(result.missing)}")
-    for line in result.verdicts:
+    for line in result.closing_lines():
         print(f"[sweep] {line}")
-    if result.index:
-        print(f"[sweep] report: {result.index}")
     if result.failed:
         raise SrlibError(f"{len(result.failed)} notebook(s) failed: {', '.join(result.failed)}; "
                          "the others finished (rerun the same command to retry only what is missing or failed)")
@@ -132,7 +126,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run train.ipynb per variant and seed with papermill, then the analysis")
     p.add_argument("--profile", choices=list(PROFILES), help="default: paper with CUDA, else preview")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    p.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds 0..N-1 (default {SEEDS})")
     p.add_argument("--variants", nargs="+", default=list(STUDY_VARIANTS))
     p.add_argument("--out", default="runs")
     p.add_argument("--notebooks-out", default="book/executed")

@@ -4,6 +4,6 @@
   srlib.cost), `sweep` (tasks, the one wait loop, finishing: analysis notebooks and the book stage, `book`);
 - `executors` (one interface, local and Slurm), `tasks` (a notebook run in a worker, job.json), `states`
   (done / running / queued / failed), `local` (worker slots), `slurm` (request check, submit, queue reasons),
-  `progress` (the live line and its ETA), `processes` (process-group kills);
+  `reporter` (the live line and its ETA), `processes` (process-group kills);
 - `kit/`: paper-scale runs on a borrowed GPU machine (assemble, probe, schedule, run, archive, staging).
 """

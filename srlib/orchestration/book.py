@@ -14,20 +14,12 @@ from pathlib import Path
 
 from ..errors import SrlibError
 from ..runs import EXECUTED, ROOT, executed_train_dir
+from .tasks import executed_parameters
 
 REQUIRED = (f"{EXECUTED.as_posix()}/compare.ipynb", f"{EXECUTED.as_posix()}/sr_quality.ipynb")
 TRAIN_PAGES = executed_train_dir().as_posix()
 TRAIN_GLOB = f"{TRAIN_PAGES}/*"  # the entry of _toc.yml that build_book replaces by the run pages
 GENERATED_TOC = f"{EXECUTED.as_posix()}/_toc.yml"
-
-
-def _parameters(notebook: Path) -> dict:
-    import nbformat
-
-    try:
-        return nbformat.read(notebook, as_version=4).metadata.get("papermill", {}).get("parameters") or {}
-    except (OSError, ValueError):
-        return {}
 
 
 def run_pages(root: Path) -> list[str]:
@@ -36,13 +28,13 @@ def run_pages(root: Path) -> list[str]:
     from ..report.comparisons import order_variants
     from ..runs import load_record
 
-    shown = _parameters(root / EXECUTED / "compare.ipynb")
+    shown = executed_parameters(root / EXECUTED / "compare.ipynb")
     profile, out = shown.get("profile"), shown.get("out")
     pages = []
     for notebook in sorted((root / TRAIN_PAGES).glob("*.ipynb")):
         if notebook.name.endswith(".partial.ipynb"):
             continue
-        p = _parameters(notebook)
+        p = executed_parameters(notebook)
         if p.get("profile") != profile or out is None or p.get("out") is None:
             continue
         if (root / p["out"]).resolve() != (root / out).resolve():

@@ -2,10 +2,12 @@
 worker processes on this machine (`LocalExecutor`) or a Slurm job array (`SlurmExecutor`).
 
 An executor is given the tasks once (`submit`: queue them for the local pool, or submit the array), then asked
-again and again what each one is doing (`poll`: done, running, queued with Slurm's reason, or failed with why);
-its own bookkeeping (starting a worker in a free slot, reaping it, reading squeue, writing job.json) happens
-there. `unrunnable` ends a sweep Slurm will never run, `stop` cleans up after an interruption. submitit's
-`Executor.submit -> Job` is the model: one interface, so the caller has one wait loop.
+again and again what the unfinished ones are doing now (`poll`: done, running, queued with Slurm's reason, or
+failed with why); its own bookkeeping (starting a worker in a free slot, reaping it, reading squeue, writing a
+failure into job.json) happens there. It keeps no copy of what it reported: the wait loop alone remembers what it
+saw, and asks again only about the runs that have not ended. `unrunnable` ends a sweep Slurm will never run,
+`stop` cleans up after an interruption. submitit's `Executor.submit -> Job` is the model: one interface, so the
+caller has one wait loop.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from .slurm import SlurmFinish, SlurmOptions
 from .states import RunState, run_state
 from .tasks import Task, last_error_line, read_job, write_job
 
-LOCAL_POLL_S = 0.3
-SLURM_POLL_S = 3.0
 # A reason that never clears, seen on this many looks in a row, ends the sweep: just after submitting, Slurm says
 # PartitionConfig for any partition limit, and names the limit (e.g. PartitionTimeLimit) at its next scheduling pass.
 FATAL_LOOKS = 3
@@ -40,13 +40,13 @@ class Unrunnable:
 
 class Executor(Protocol):
     parallel: int  # runs at once, for the ETA
-
-    @property
-    def poll_s(self) -> float: ...  # seconds between looks
+    poll_s: float  # seconds between looks
 
     def submit(self, tasks: list[Task], say: Callable[[str], None]) -> list[str]: ...  # -> Slurm job ids
 
-    def poll(self) -> dict[str, RunState]: ...  # every submitted task; done and failed are final
+    # What each of `tasks` (submitted, not yet ended) does now; a task it cannot tell yet is left out (the wait loop
+    # keeps what it saw last). Done and failed are final: the wait loop does not ask about them again.
+    def poll(self, tasks: list[Task]) -> dict[str, RunState]: ...
 
     def where(self, name: str, state: RunState) -> str: ...  # where a run that started runs, in words
 
@@ -58,47 +58,42 @@ class Executor(Protocol):
 class LocalExecutor:
     """Worker processes on this machine, at most `slots.jobs` at once, started in task order as slots free."""
 
+    poll_s = 0.3  # s between looks: reaping a worker costs nothing
+
     def __init__(self, slots: local.Slots, record_of: RecordOf) -> None:
         self.slots, self.record_of, self.parallel = slots, record_of, slots.jobs
-        self.tasks: dict[str, Task] = {}
         self.queue: deque[Task] = deque()
-        self.ended: dict[str, RunState] = {}
         self.slot_of: dict[str, int] = {}
         self.pool: local.LocalPool | None = None
-
-    @property
-    def poll_s(self) -> float:
-        return LOCAL_POLL_S
 
     def submit(self, tasks: list[Task], say: Callable[[str], None]) -> list[str]:
         self.pool = local.LocalPool(self.slots)
         for task in tasks:
             write_job(task, "queued", executor="local")  # the sweep's pid: `srlib status` sees if it is gone
-        self.tasks.update((t.name, t) for t in tasks)
         self.queue.extend(tasks)
         return []
 
-    def poll(self) -> dict[str, RunState]:
+    def poll(self, tasks: list[Task]) -> dict[str, RunState]:
         assert self.pool is not None, "submit first"
-        for worker, code in self.pool.reap():  # first, so that a slot freed now is filled now
-            self.ended[worker.task.name] = self._ended(worker.task, code)
+        # Reaped first, so that a slot freed now is filled now; a reaped worker's end is reported this once.
+        states = {w.task.name: self._ended(w.task, code) for w, code in self.pool.reap()}
         while self.queue and (slot := self.pool.free_slot()) is not None:
             task = self.queue.popleft()
             self.pool.start(task, slot)
             self.slot_of[task.name] = slot
         running = {w.task.name for w in self.pool.workers.values()}
-        return {n: self.ended.get(n) or RunState("running" if n in running else "queued") for n in self.tasks}
+        return {t.name: states.get(t.name) or RunState("running" if t.name in running else "queued") for t in tasks}
 
     def _ended(self, task: Task, code: int) -> RunState:
         if code == 0 and self.record_of(task) is not None:
             return RunState("done")
         job = read_job(task.run_dir) or {}
-        why = (job.get("why") if job.get("state") == "failed" else None) or (
-            f"its worker was killed (signal {-code})" if code < 0 else
-            "the notebook ended without a complete record" if code == 0 else
-            last_error_line(task.log) or f"its worker exited with code {code}")
-        write_job(task, "failed", executor="local", why=why)
-        return RunState("failed", why)
+        if job.get("state") == "failed" and job.get("why"):  # the worker said why
+            return RunState("failed", job["why"], job)
+        why = (f"its worker was killed (signal {-code})" if code < 0 else
+               "the notebook ended without a complete record" if code == 0 else
+               last_error_line(task.log) or f"its worker exited with code {code}")
+        return say_failed(task, why, job)
 
     def where(self, name: str, state: RunState) -> str:
         return self.slots.where(self.slot_of[name])
@@ -113,12 +108,14 @@ class LocalExecutor:
         running = [w.task for w in self.pool.workers.values()]
         self.pool.stop_all()
         for task in running:
-            write_job(task, "failed", executor="local", why="the sweep was interrupted; rerun it to resume")
+            say_failed(task, "the sweep was interrupted; rerun it to resume", {"executor": "local"})
 
 
 class SlurmExecutor:
     """One Slurm array per sweep (submitit); a task an earlier --no-wait sweep still has queued or running is waited
-    for, not submitted again. What each task does comes from its job.json and squeue."""
+    for, not submitted again. What each task does comes from its job.json (read once per look) and squeue."""
+
+    poll_s = 3.0  # s between looks: each asks squeue (the cluster's controller) once
 
     def __init__(self, record_of: RecordOf, options: SlurmOptions | None = None, folder: Path | None = None,
                  name: str = "srlib", threads: int | None = None) -> None:
@@ -126,14 +123,8 @@ class SlurmExecutor:
         self.folder, self.name, self.threads = folder, name, threads
         self.parallel = self.options.array_parallelism
         self.tasks: dict[str, Task] = {}
-        self.ended: dict[str, RunState] = {}
-        self.seen: dict[str, str] = {}
         self.gone_once: set[str] = set()  # gone from the queue without saying so: trusted on the second look
         self.stuck: dict[str, int] = {}  # consecutive looks that found a task pending for a reason that never clears
-
-    @property
-    def poll_s(self) -> float:
-        return SLURM_POLL_S
 
     def submit(self, tasks: list[Task], say: Callable[[str], None]) -> list[str]:
         self.options = slurm.with_default_cpus(self.options)
@@ -141,7 +132,7 @@ class SlurmExecutor:
         queue = slurm.slurm_queue()
         alive, submit = [], []
         for task in tasks:
-            state = run_state(Path(task.run_dir), False, queue)
+            state = run_state(read_job(task.run_dir), False, queue)
             (alive if state.state in ("queued", "running") and state.job.get("job_id") else submit).append(task)
         if alive:
             say(f"[sweep] {len(alive)} run(s) already queued or running in Slurm from an earlier sweep; "
@@ -150,7 +141,10 @@ class SlurmExecutor:
         if submit:
             if self.options.check:  # a request no node can run would pend for ever: refuse it now, naming the option
                 slurm.check_slurm_request(self.folder, self.options, self.threads)
-            ids = slurm.submit_slurm(submit, self.folder, self.options, self.name, self.threads)
+            jobs = slurm.submit_slurm(submit, self.folder, self.options, self.name, self.threads)
+            for task, job in zip(submit, jobs, strict=True):
+                write_job(task, "queued", executor="slurm", job_id=job.job_id, slurm_log=str(job.paths.stderr))
+            ids = [job.job_id for job in jobs]
             say(f"[sweep] submitted {len(ids)} Slurm task(s) as array job {ids[0].split('_')[0]}; "
                 f"Slurm logs in {self.folder}")
         self.watch(alive + submit)
@@ -170,33 +164,24 @@ class SlurmExecutor:
                                         dependency="afterany:" + ":".join(arrays))
         return finisher.submit(finish).job_id
 
-    def poll(self) -> dict[str, RunState]:
-        pending = [t for n, t in self.tasks.items() if n not in self.ended]
-        ids = [(read_job(t.run_dir) or {}).get("job_id") for t in pending]
-        queue = slurm.slurm_queue([i for i in ids if i])
-        states = {}
-        for name, task in self.tasks.items():
-            if name in self.ended:
-                states[name] = self.ended[name]
-                continue
-            states[name] = state = self._state(task, queue)
-            if state.state in ("done", "failed"):
-                self.ended[name] = state
-            self.seen[name] = state.state
-        return states
+    def poll(self, tasks: list[Task]) -> dict[str, RunState]:
+        jobs = {t.name: read_job(t.run_dir) for t in tasks}  # the one read of each job.json in this look
+        queue = slurm.slurm_queue([job["job_id"] for job in jobs.values() if job and job.get("job_id")])
+        states = {t.name: self._state(t, jobs[t.name], queue) for t in tasks}
+        return {name: state for name, state in states.items() if state is not None}
 
-    def _state(self, task: Task, queue: dict[str, slurm.QueueEntry] | None) -> RunState:
-        record = self.record_of(task)
-        job = read_job(task.run_dir) or {}
-        entry = (queue or {}).get(job.get("job_id"))
+    def _state(self, task: Task, job: dict | None, queue: dict[str, slurm.QueueEntry] | None) -> RunState | None:
+        """What `task` does, from its job.json `job` and squeue; None while that is not yet to be trusted."""
+        said = job or {}
+        entry = (queue or {}).get(said.get("job_id"))
         # The record is written before the notebook is: done once the worker says so or has left the queue.
-        ended = job.get("state") == "done" or (queue is not None and not (entry and entry.live))
-        state = run_state(Path(task.run_dir), record is not None and ended, queue)
-        unsaid = state.state == "missing" or (state.state == "failed" and job.get("state") != "failed")
-        if unsaid and task.name not in self.gone_once:
+        ended = said.get("state") == "done" or (queue is not None and not (entry and entry.live))
+        state = run_state(job, ended and self.record_of(task) is not None, queue)
+        unsaid = state.state == "missing" or (state.state == "failed" and said.get("state") != "failed")
+        if unsaid and task.name not in self.gone_once:  # gone without saying so: trusted on the second look
             self.gone_once.add(task.name)
-            state = RunState("running" if self.seen.get(task.name) == "running" else "queued", "", state.job)
-        elif state.state == "missing":  # its job.json went, or it ended without a record: waiting would never end
+            return None
+        if state.state == "missing":  # its job.json went, or it ended without a record: waiting would never end
             state = RunState("failed", state.detail or "its job.json is gone", state.job)
         if state.state == "failed":
             state = self._failed(task, state)
@@ -209,8 +194,7 @@ class SlurmExecutor:
         if log_line and log_line not in why:
             why = f"{why} ({log_line})"
         if state.job.get("state") != "failed":
-            write_job(task, "failed", executor="slurm", job_id=state.job.get("job_id"), why=state.detail,
-                      slurm_log=state.job.get("slurm_log"))
+            say_failed(task, state.detail, state.job)
         return RunState("failed", why, state.job, state.reason)
 
     def where(self, name: str, state: RunState) -> str:
@@ -233,8 +217,7 @@ class SlurmExecutor:
             why = f"Slurm job {st.job['job_id']} was cancelled by the sweep: pending with reason {st.reason or '?'}"
             if st.reason in slurm.FATAL_REASONS:
                 why += f", which never clears: {slurm.FATAL_REASONS[st.reason]}"
-            write_job(self.tasks[n], "failed", executor="slurm", job_id=st.job["job_id"], why=why,
-                      slurm_log=st.job.get("slurm_log"))
+            say_failed(self.tasks[n], why, st.job)
             failed[n] = why
         name, first = next(iter(never.items()))
         running = sum(st.state == "running" for st in states.values())
@@ -245,3 +228,12 @@ class SlurmExecutor:
 
     def stop(self) -> None:
         pass  # the tasks go on in Slurm; a rerun waits for them
+
+
+def say_failed(task: Task, why: str, job: dict) -> RunState:
+    """Write into job.json that the run failed and why (`srlib status` reads it after the sweep and squeue forget
+    the run), keeping the executor, Slurm job and log that `job`, its job.json before, names."""
+    executor = job.get("executor", "local")
+    slurm_job = {k: job.get(k) for k in ("job_id", "slurm_log")} if executor == "slurm" else {}
+    write_job(task, "failed", executor=executor, why=why, **slurm_job)
+    return RunState("failed", why, job)

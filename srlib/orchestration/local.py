@@ -59,8 +59,8 @@ def plan_slots(jobs: int | None = None, runs_per_gpu: int = 1, threads: int | No
     return Slots(jobs, gpus, threads or max(1, cores // jobs))
 
 
-# One run at a time with every core. Measured on a 2-core AVX-512 machine, the preview study (5 variants, 1 seed,
-# cold caches) took 448 s with --jobs 1 (2 threads) and 516 s with --jobs 2 (1 thread each): the convolutions use
+# One run at a time with every core: on a 2-core machine the preview study was faster with --jobs 1 (2 threads)
+# than with --jobs 2 (1 thread each; measured times: book/guide/speed.md): the convolutions use
 # both threads well, and two jobs leave the last, longest run (sr_x4) on one core.
 CPU_JOBS = 1
 
@@ -68,9 +68,7 @@ CPU_JOBS = 1
 @dataclass
 class Worker:
     task: Task
-    slot: int
     process: subprocess.Popen
-    started: float
 
 
 class LocalPool:
@@ -86,7 +84,7 @@ class LocalPool:
     def free_slot(self) -> int | None:
         return next((s for s in range(self.slots.jobs) if s not in self.workers), None)
 
-    def start(self, task: Task, slot: int) -> Worker:
+    def start(self, task: Task, slot: int) -> None:
         time.sleep(max(0.0, self._last_start + self.STAGGER_S - time.monotonic()))
         Path(task.log).parent.mkdir(parents=True, exist_ok=True)
         with open(task.log, "w") as log:  # a new attempt starts a new log
@@ -94,8 +92,7 @@ class LocalPool:
                 task.worker_command(), cwd=ROOT, env={**os.environ, **self.slots.env(slot)}, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self._last_start = time.monotonic()
-        self.workers[slot] = worker = Worker(task, slot, process, time.time())
-        return worker
+        self.workers[slot] = Worker(task, process)
 
     def reap(self) -> list[tuple[Worker, int]]:
         """Workers that ended since the last call, with their exit codes."""

@@ -28,7 +28,6 @@ from ..config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_
 from ..data import CIFAR10_URL, decoded_cache_path, default_cache_dir, locate, quick_check
 from ..data_sources import CANONICAL_DIR
 from ..errors import SrlibError, WeightsError
-from ..flops import train_flops_per_image
 from ..upscale import (
     DEFAULT_SR_MODEL,
     SRCheckpoint,
@@ -40,7 +39,7 @@ from ..upscale import (
 )
 
 PROBE_SECONDS = 3.0  # a download host that does not answer a TCP connect in this time counts as unreachable
-SPLIT_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10's splits, for configs that take a whole split
+DECODED = "decoded dataset"
 DISK_MARGIN_BYTES = 256 * 2**20  # beyond the caches: records, checkpoints, executed notebooks
 
 
@@ -53,13 +52,11 @@ class RunPlan:
     variant: str
     seed: int
     done: bool  # a complete record of this run exists (it is reused, never retrained)
-    epochs: int
-    epoch_seconds: float  # estimated seconds per epoch, evaluation included
-    basis: str  # where the estimate comes from
+    estimate: cost.RunEstimate  # its phases: upscaling (when it builds the cache), epochs
 
     @property
     def seconds(self) -> float:
-        return 0.0 if self.done else cost.run_seconds(self.epochs, self.epoch_seconds)
+        return 0.0 if self.done else self.estimate.seconds
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,13 @@ class Plan:
     @property
     def seconds(self) -> float:
         analysis = cost.ANALYSIS_S if self.analysis else 0.0
-        return sum(r.seconds for r in self.runs) + sum(c.seconds for c in self.caches if not c.present) + analysis
+        decode = sum(c.seconds for c in self.caches if not c.present and c.name == DECODED)
+        return sum(r.seconds for r in self.runs) + decode + analysis
+
+    @property
+    def measured_here(self) -> bool:
+        """The estimate rests on records of this machine, not only on the cost model's rough rates."""
+        return any(r.estimate.measured_here for r in self.runs if not r.done)
 
     def raise_problems(self, listed_above: bool = False) -> None:
         if self.problems and listed_above:
@@ -129,16 +132,6 @@ def sweep_plan(profile: str, seeds: int, variants: Iterable[str], out: str | os.
     return make_plan(configs, out, data, cache_dir, notebooks_out=notebooks_out, analysis=analysis, device=device)
 
 
-def check_sweep(profile: str, seeds: int, variants: Iterable[str], out: str | os.PathLike = "runs",
-                notebooks_out: str | os.PathLike | None = "book/executed", data: str | None = None,
-                cache_dir: str | os.PathLike | None = None, overrides: dict | None = None,
-                analysis: bool = True, device: str | None = None) -> Plan:
-    """Refuse (PreflightError) a sweep that cannot succeed; return its plan otherwise."""
-    plan = sweep_plan(profile, seeds, variants, out, notebooks_out, data, cache_dir, overrides, analysis, device)
-    plan.raise_problems()
-    return plan
-
-
 def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | None = None,
               cache_dir: str | os.PathLike | None = None, notebooks_out: str | os.PathLike | None = None,
               analysis: bool = False, device: str | None = None, force: bool = False) -> Plan:
@@ -151,16 +144,13 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     out, cache = Path(out), Path(cache_dir) if cache_dir is not None else default_cache_dir()
     profile = configs[0].profile if configs else ""
     plan = Plan(profile, cost.device_type(device), out, cache, analysis=analysis)
-    earlier = ([r for r in load_records(out, profile, predictions=False) if _device_of(r) == plan.device]
+    earlier = ([r for r in load_records(out, profile, predictions=False) if cost.record_device(r) == plan.device]
                if configs else [])
-    pending = []
-    for config in configs:
-        done = not force and find_finished(out, config) is not None
-        seconds, basis = _epoch_seconds(config, earlier, plan.device)
-        plan.runs.append(RunPlan(config.variant, config.seed, done, config.epochs, seconds, basis))
-        if not done:
-            pending.append(config)
-    plan.caches = _caches(pending, cache, earlier, plan.device)
+    done = [not force and find_finished(out, config) is not None for config in configs]
+    pending = [config for config, finished in zip(configs, done, strict=True) if not finished]
+    plan.caches, builds = _caches(pending, cache, earlier, plan.device)
+    plan.runs = [RunPlan(c.variant, c.seed, d, cost.estimate_run(c, earlier, plan.device, builds.get(id(c), 0)))
+                 for c, d in zip(configs, done, strict=True)]
 
     probes: dict[str, list[str]] = {}  # url -> what needs it (to name in the message)
     plan.data, download_dirs = _check_data(data, plan.problems, probes) if pending or analysis else ("not needed", [])
@@ -361,29 +351,30 @@ def _size(n: float) -> str:
 
 # --- caches and time ---------------------------------------------------------------------------------------
 
-def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict], device: str) -> list[CachePlan]:
-    """The upscaled arrays the pending runs read, present or to build (shared by all seeds of a variant)."""
-    caches, seen = [], set()
+def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict],
+            device: str) -> tuple[list[CachePlan], dict[int, int]]:
+    """The upscaled arrays the pending runs read, present or to build (shared by all seeds of a variant), and
+    the images each run builds (by id of its config: the first pending run of a variant builds its cache)."""
+    caches, seen, builds = [], set(), {}
     decoded = decoded_cache_path(cache)
     if pending and not list(decoded.parent.glob(decoded.name)):
-        images = sum(SPLIT_IMAGES.values())
-        caches.append(CachePlan("decoded dataset", images, 32, False, cost.decode_seconds(images), "rough rate"))
+        images = sum(cost.SPLIT_IMAGES.values())
+        caches.append(CachePlan(DECODED, images, 32, False, cost.decode_seconds(images), "rough rate"))
     for config in pending:
         variant = VARIANTS[config.variant]
         key = (variant.method, variant.scale, config.sr_weights, config.train_size, config.test_size)
         if variant.method == "none" or key in seen:
             continue
         seen.add(key)
-        sizes = {split: size or SPLIT_IMAGES[split]
-                 for split, size in (("train", config.train_size), ("test", config.test_size))}
+        sizes = dict(zip(("train", "test"), cost.split_sizes(config), strict=True))
         missing = [s for s, n in sizes.items() if not _cache_present(cache, variant.method, variant.scale, n)]
-        splits = missing or list(sizes)
-        images = sum(sizes[s] for s in splits)
-        records = [r for r in earlier if r.get("config", {}).get("variant") == config.variant]
-        seconds, basis = _upscale_seconds(config, images, records, device)
-        caches.append(CachePlan(f"{config.variant} ({'+'.join(splits)})", images, variant.px, not missing,
-                                0.0 if not missing else seconds, basis))
-    return caches
+        images = sum(sizes[s] for s in missing or sizes)
+        estimate = cost.estimate_run(config, earlier, device, images)
+        if missing:
+            builds[id(config)] = images
+        caches.append(CachePlan(f"{config.variant} ({'+'.join(missing or sizes)})", images, variant.px,
+                                not missing, estimate.upscale_s if missing else 0.0, estimate.upscale_basis))
+    return caches, builds
 
 
 def _cache_present(cache: Path, method: str, scale: int, images: int) -> bool:
@@ -404,60 +395,6 @@ def _images_in(path: Path) -> tuple[int, ...] | None:
         return None
 
 
-def _epoch_seconds(config: TrainConfig, earlier: list[dict], device: str) -> tuple[float, str]:
-    """Seconds per epoch (evaluation included): from earlier records of this variant, else the cost model
-    fitted to the earlier records on this device (any variant), else its rough rate."""
-    same = [r for r in earlier if _same_work(r.get("config", {}), config) and r.get("epochs")]
-    if same:
-        return float(np.mean([_measured_epoch_s(r) for r in same])), f"from {len(same)} earlier record(s)"
-    px, (n_train, n_test) = VARIANTS[config.variant].px, _split_sizes(config)
-    speed = cost.fit_speed([s for r in earlier if (s := _trained_image_sample(r))], device)
-    return cost.epoch_seconds(n_train, n_test, px, config.width, speed), speed.basis
-
-
-def _measured_epoch_s(record: dict) -> float:
-    wall, upscale = record.get("wall_seconds"), record.get("upscale_seconds") or 0.0
-    if wall:  # wall time covers evaluation and loading too, which the per-epoch seconds leave out
-        return max(wall - upscale, 0.0) / len(record["epochs"])
-    return float(np.mean([e["seconds"] for e in record["epochs"]]))
-
-
-def _trained_image_sample(record: dict) -> tuple[float, float] | None:
-    """(FLOPs, seconds) per trained-image equivalent of a finished record, for fitting the cost model."""
-    config = record.get("config", {})
-    try:
-        px, width = VARIANTS[config["variant"]].px, int(config["width"])
-        n_train = config.get("train_size") or SPLIT_IMAGES["train"]
-        n_test = config.get("test_size") or SPLIT_IMAGES["test"]
-        seconds = _measured_epoch_s(record) / cost.epoch_images(n_train, n_test, px, width)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-    return train_flops_per_image(px, width), seconds
-
-
-def _split_sizes(config: TrainConfig) -> tuple[int, int]:
-    return config.train_size or SPLIT_IMAGES["train"], config.test_size or SPLIT_IMAGES["test"]
-
-
-def _upscale_seconds(config: TrainConfig, images: int, records: list[dict], device: str) -> tuple[float, str]:
-    built = [r for r in records if _same_work(r.get("config", {}), config) and r.get("upscale_seconds")]
-    if built:  # the earliest run built the caches; its upscale time covers both splits
-        total = sum(_split_sizes(config))
-        return max(r["upscale_seconds"] for r in built) * images / total, "from earlier records"
-    kind = VARIANTS[config.variant].upscale_kind
-    return cost.upscale_seconds(images, kind, device), f"rough {device} rate"
-
-
-def _same_work(recorded: dict, config: TrainConfig) -> bool:
-    """Same variant and the settings that decide a run's speed (seeds and epochs may differ)."""
-    return all(recorded.get(k) == getattr(config, k)
-               for k in ("variant", "profile", "width", "batch_size", "train_size", "test_size"))
-
-
-def _device_of(record: dict) -> str:
-    return record.get("provenance", {}).get("device", {}).get("type", "cpu")
-
-
 # --- the plan in words -------------------------------------------------------------------------------------
 
 def format_plan(plan: Plan) -> str:
@@ -467,10 +404,7 @@ def format_plan(plan: Plan) -> str:
              f"data: {plan.data}"]
     width = max((len(r.variant) for r in plan.runs), default=0)
     for r in plan.runs:
-        state = ("done (record found, reused)" if r.done else
-                 f"to run: {r.epochs} epochs x {_duration(r.epoch_seconds)} + start-up = {_duration(r.seconds)} "
-                 f"({r.basis})")
-        lines.append(f"  {r.variant:<{width}}  seed {r.seed}  {state}")
+        lines.append(f"  {r.variant:<{width}}  seed {r.seed}  {_run_state(r)}")
     build = [c for c in plan.caches if not c.present]
     for c in plan.caches:
         state = "present" if c.present else f"to build, ~{_duration(c.seconds)} ({c.basis})"
@@ -479,14 +413,31 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"disk: {_size(plan.bytes_needed)} of new caches in {plan.cache_dir}{free}")
     if plan.analysis:
         lines.append("then: the analysis notebooks (sr_quality.ipynb, compare.ipynb)")
-    lines.append(f"estimated time: ~{_duration(plan.seconds)} for {len(todo)} run(s) to train and {len(build)} "
-                 f"cache(s) to build; {len(plan.runs) - len(todo)} run(s) already done")
+    lines.append(f"{estimate_line(plan)}; {len(todo)} run(s) to train and {len(build)} cache(s) to build, "
+                 f"{len(plan.runs) - len(todo)} run(s) already done")
     if plan.problems:
         lines.append(f"problems ({len(plan.problems)}):")
         lines += [f"  - {p}" for p in plan.problems]
     else:
         lines.append("checks: data, SR weights, folders and disk space are fine")
     return "\n".join(lines)
+
+
+def estimate_line(plan: Plan) -> str:
+    """The estimated total on this machine and what it rests on: the dry run's and the sweep's first line."""
+    basis = ("measured on this machine (earlier records)" if plan.measured_here else
+             "the cost model's rough rates: nothing measured on this machine yet, the ETA calibrates on the first "
+             "epochs")
+    return f"estimated time on this {plan.device}: ~{_duration(plan.seconds)}, from {basis}"
+
+
+def _run_state(run: RunPlan) -> str:
+    if run.done:
+        return "done (record found, reused)"
+    e = run.estimate
+    upscale = f"upscaling {e.upscale_images:,} images ~{_duration(e.upscale_s)} + " if e.upscale_images else ""
+    return (f"to run: {upscale}{e.epochs} epochs x {_duration(e.epoch_s)} + start-up = {_duration(run.seconds)} "
+            f"({e.basis})")
 
 
 def _duration(seconds: float) -> str:

@@ -2,17 +2,19 @@
 
 What to run (profile, seeds, variants, overrides, records only, analysis), where (output folders, data, caches)
 and how (executor, slots, threads, Slurm options, waiting, the book). The sweep, its finishing step and the plan
-take what they need from it; a Slurm job that finishes a --no-wait sweep gets it pickled.
+take what they need from it; a Slurm job that finishes a --no-wait sweep gets it pickled. Each run's config is
+built (and so checked) once, in `configs`; the plan, the tasks and the record look-ups all read it.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import KW_ONLY, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import PROFILES, STUDY_VARIANTS, VARIANTS, expand_variants, make_config
+from ..config import STUDY_VARIANTS, TrainConfig, expand_variants, make_config
 from ..errors import ConfigError
 from .slurm import SlurmOptions
 
@@ -20,13 +22,14 @@ if TYPE_CHECKING:
     from .preflight import Plan
 
 EXECUTORS = ("local", "slurm")
+SEEDS = 1  # a sweep's default: seed 0 only (the paper's table has config.PAPER_SEEDS: `--seeds 3`)
 
 
 @dataclass(frozen=True)
 class SweepRequest:
     # what to run (the first fields in the order the sweep's positional arguments had)
     profile: str
-    seeds: int = 1  # seeds 0..seeds-1
+    seeds: int = SEEDS  # seeds 0..seeds-1
     variants: tuple[str, ...] = STUDY_VARIANTS  # variant and set names; set names are expanded on creation
     # where
     out: Path = Path("runs")  # the run records
@@ -47,31 +50,30 @@ class SweepRequest:
     book: bool = False  # build the book at the end
 
     def __post_init__(self) -> None:
-        # Normalised once, so every reader sees the same variants and paths.
-        object.__setattr__(self, "variants", tuple(expand_variants(list(self.variants))))
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "notebooks_out", Path(self.notebooks_out))
+        # Normalised once, so every reader (and a Slurm job on another node) sees the same variants and paths.
+        object.__setattr__(self, "variants", tuple(expand_variants(list(self.variants))))  # refuses unknown names
+        object.__setattr__(self, "out", Path(self.out).resolve())
+        object.__setattr__(self, "notebooks_out", Path(self.notebooks_out).resolve())
         object.__setattr__(self, "overrides", dict(self.overrides or {}))
-
-    def check(self) -> None:
-        """Refuse (ConfigError) what no run could do: an unknown profile, no seeds, bad overrides."""
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or self.profile not in PROFILES or self.seeds < 1:
-            raise ConfigError(f"sweep needs known variants ({', '.join(VARIANTS)}), a profile in {list(PROFILES)} "
-                              f"and seeds >= 1; got variants {list(self.variants)}, profile {self.profile!r}, "
-                              f"seeds {self.seeds}")
         if self.executor not in EXECUTORS:
-            raise ConfigError(f"unknown executor {self.executor!r}; use local or slurm")
-        for variant in self.variants:  # fail fast on bad overrides, before hours of work
-            make_config(variant, self.profile, 0, **self.overrides)
+            raise ConfigError(f"unknown executor {self.executor!r}; use {' or '.join(EXECUTORS)}")
+
+    @cached_property
+    def configs(self) -> list[TrainConfig]:
+        """Every run's config, seed by seed and variants in order. Building them checks the profile, the seeds and
+        the overrides (ConfigError) once per request, before the sweep starts anything."""
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds {self.seeds}: a sweep runs seeds 0..N-1, so N must be >= 1")
+        return [make_config(v, self.profile, seed, **self.overrides) for seed in range(self.seeds)
+                for v in self.variants]
 
     def plan(self, device: str | None = None) -> Plan:
         """What the sweep would do (runs, caches, time) and every problem that would stop it (srlib.orchestration.
         preflight); starts nothing."""
-        from .preflight import sweep_plan
+        from .preflight import make_plan
 
-        return sweep_plan(self.profile, self.seeds, self.variants, self.out, self.notebooks_out, self.data,
-                          self.cache_dir, self.overrides, self.analysis, device)
+        return make_plan(self.configs, self.out, self.data, self.cache_dir, notebooks_out=self.notebooks_out,
+                         analysis=self.analysis, device=device)
 
     @property
     def sr_weights(self) -> str | os.PathLike | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SrlibError
-from .tasks import Task, run_task, write_job
+from .tasks import Task, run_task
 
 DEFAULT_SLURM_CPUS = 4  # one training process and its data path; fewer when the partition's nodes have fewer
 MAX_SIGNAL_DELAY_S = 120  # submitit's warning before the time limit: time to write a checkpoint and requeue
@@ -127,16 +127,12 @@ def slurm_executor(folder: Path, options: SlurmOptions, name: str, threads: int,
     return executor
 
 
-def submit_slurm(tasks: list[Task], folder: Path, options: SlurmOptions, name: str, threads: int) -> list[str]:
-    """One array job, one task per Task; returns the job ids ('<array>_<index>')."""
+def submit_slurm(tasks: list[Task], folder: Path, options: SlurmOptions, name: str, threads: int) -> list:
+    """One array job, one task per Task; returns submitit's jobs (`job_id` '<array>_<index>', `paths.stderr`)."""
     executor = slurm_executor(folder, options, name, threads)
     with executor.batch():
         jobs = [executor.submit(SlurmTask(task, threads)) for task in tasks]
-    ids = [job.job_id for job in jobs]
-    for task, job in zip(tasks, jobs, strict=True):
-        write_job(task, "queued", executor="slurm", job_id=job.job_id,
-                  slurm_log=str(job.paths.stderr))
-    return ids
+    return jobs  # submitted, with their ids, as the batch closed
 
 
 def cancel_slurm(job_ids: list[str]) -> None:

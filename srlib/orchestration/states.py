@@ -1,5 +1,6 @@
 """What a run is doing (done, running, queued, failed, missing), from its record, its job.json and Slurm's queue:
-the facts `srlib status` prints and the sweep's wait loop acts on."""
+the facts `srlib status` prints and the sweep's wait loop acts on. Callers read each job.json once per look
+(`tasks.read_job`) and hand it here; nothing here reads it again."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import slurm
 from .slurm import QueueEntry, pending_words
@@ -24,11 +24,11 @@ class RunState:
     reason: str = ""  # queued in Slurm: squeue's reason code (Resources, Priority, PartitionConfig, ...)
 
 
-def run_state(run_dir: Path, finished: bool, queue: dict[str, QueueEntry] | None) -> RunState:
-    """The state of the run in `run_dir`; `queue` maps Slurm job ids to what squeue says (None: unknown)."""
+def run_state(job: dict | None, finished: bool, queue: dict[str, QueueEntry] | None) -> RunState:
+    """The state of a run whose job.json says `job` (None: it has none); `queue` maps Slurm job ids to what
+    squeue says (None: unknown)."""
     if finished:
         return RunState("done")
-    job = read_job(run_dir)
     if job is None:
         return RunState("missing")
     job_id = job.get("job_id")
@@ -97,18 +97,16 @@ def _alive(pid) -> bool:
 
 def status(out: str | os.PathLike = "runs", profile: str | None = None) -> list[tuple[str, RunState]]:
     """(run, state) for every run that has a folder under `out` (one profile, or all)."""
-    from ..runs import RECORD
+    from ..runs import RECORD, run_dirs
     from ..store import read_json
 
-    out = Path(out)
-    dirs = sorted(p for p in out.glob(f"{profile or '*'}/*/seed*") if p.is_dir())
-    needs_queue = any((read_job(d) or {}).get("job_id") for d in dirs)
-    queue = slurm.slurm_queue() if needs_queue else None
+    jobs = {d: read_job(d) for d in run_dirs(out, profile)}
+    queue = slurm.slurm_queue() if any((job or {}).get("job_id") for job in jobs.values()) else None
     rows = []
-    for d in dirs:
+    for d, job in jobs.items():
         try:
             finished = read_json(d / RECORD).get("status") == "complete"
         except (OSError, ValueError):
             finished = False
-        rows.append((f"{d.parent.parent.name}/{d.parent.name}/{d.name}", run_state(d, finished, queue)))
+        rows.append((f"{d.parent.parent.name}/{d.parent.name}/{d.name}", run_state(job, finished, queue)))
     return rows

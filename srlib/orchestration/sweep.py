@@ -20,24 +20,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..config import make_config
+from ..cost import ANALYSIS_S
 from ..errors import SrlibError
 from ..runs import EXECUTED, ROOT
 from ..store import directory_lock, write_json
 from . import local
 from .executors import Executor, LocalExecutor, SlurmExecutor
-from .progress import Reporter
+from .reporter import Reporter, run_estimates
 from .request import SweepRequest
 from .slurm import SlurmFinish
 from .states import RunState
-from .tasks import Task, failure_line, last_error_line
+from .tasks import Task, executed_parameters, failure_line, last_error_line
 
-if TYPE_CHECKING:
-    from .preflight import Plan
-
-__all__ = ["SweepResult", "finish", "sweep"]
 ANALYSIS = ("sr_quality.ipynb", "compare.ipynb")
 BOOK_NOTEBOOKS = ROOT / EXECUTED  # where the book (_toc.yml) looks for executed notebooks
 
@@ -52,37 +47,39 @@ class SweepResult:
     seconds: float = 0.0
     index: Path | None = None  # the book's index.html, when this sweep built it
     missing: list[str] = field(default_factory=list)  # records mode: runs with no complete record
+    left_out: list[str] = field(default_factory=list)  # records the report leaves out, each with why
     verdicts: list[str] = field(default_factory=list)  # SR - resize at each scale, one line each
+
+    def closing_lines(self) -> list[str]:
+        """What the sweep says last: the runs without a record, the records left out and why, the verdicts, the
+        report."""
+        lines = [f"no record (named in the book as not run): {', '.join(self.missing)}"] if self.missing else []
+        lines += [f"left out of the report: {why}" for why in self.left_out]
+        return lines + self.verdicts + ([f"report: {self.index}"] if self.index else [])
 
 
 def _is_current(output: Path, parameters: dict, inputs: list[Path]) -> bool:
     """True when `output` was executed with `parameters` to the end, after every file in `inputs`."""
-    import nbformat
-
     if not output.is_file() or not inputs or not all(p.is_file() for p in inputs):
         return False
-    try:
-        ran_with = nbformat.read(output, as_version=4).metadata.get("papermill", {}).get("parameters")
-    except (OSError, ValueError):
-        return False
-    return ran_with == parameters and output.stat().st_mtime >= max(p.stat().st_mtime for p in inputs)
+    return executed_parameters(output) == parameters and output.stat().st_mtime >= max(p.stat().st_mtime
+                                                                                       for p in inputs)
 
 
 def train_tasks(request: SweepRequest) -> list[Task]:
-    """One train.ipynb task per (seed, variant), in that order."""
-    from ..runs import executed_train_notebook, run_dir
+    """One train.ipynb task per run of the request (seed by seed, variants in order)."""
+    from ..runs import config_dir, executed_train_notebook
 
     common = {"profile": request.profile, "out": str(request.out), "data": request.data,
               "cache_dir": request.cache_dir}
     if request.records_only:
         common["records_only"] = True
     tasks = []
-    for seed in range(request.seeds):
-        for variant in request.variants:
-            page = executed_train_notebook(request.notebooks_out, request.profile, variant, seed)
-            params = {**common, "variant": variant, "seed": seed, "overrides": request.overrides}
-            tasks.append(Task(page.stem, "train.ipynb", str(page), params,
-                              str(run_dir(request.out, request.profile, variant, seed)), variant, seed))
+    for c in request.configs:
+        page = executed_train_notebook(request.notebooks_out, c.profile, c.variant, c.seed)
+        params = {**common, "variant": c.variant, "seed": c.seed, "overrides": request.overrides}
+        tasks.append(Task(page.stem, "train.ipynb", str(page), params, str(config_dir(request.out, c)), c.variant,
+                          c.seed))
     return tasks
 
 
@@ -90,8 +87,10 @@ def record_finder(request: SweepRequest) -> Callable[[Task], dict | None]:
     """A task's finished record in `request.out`, or None (srlib.runs decides what counts as finished)."""
     from ..runs import find_finished
 
+    configs = {(c.variant, c.seed): c for c in request.configs}
+
     def record_of(task: Task) -> dict | None:
-        return find_finished(request.out, make_config(task.variant, request.profile, task.seed, **request.overrides))
+        return find_finished(request.out, configs[(task.variant, task.seed)])
 
     return record_of
 
@@ -108,23 +107,25 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
     dependent job runs the analysis and the book). `records_only`: the train notebooks show the records already in
     `out` (a missing one is named, never trained), one after another; nothing is written into `out`.
     """
-    request.check()
+    tasks = train_tasks(request)  # builds (and so checks) each run's config first
     plan = None
     # No data, weights, space or writable folder: one error now, not one per kernel or job (records: none needed).
     if preflight and not request.records_only:
         plan = request.plan()
         plan.raise_problems()
+        from .preflight import estimate_line
+
+        log(f"[sweep] {estimate_line(plan)}")
     slots = None
     if request.executor == "local":
         slots = local.plan_slots(request.jobs, request.runs_per_gpu, request.threads)
-    request = replace(request, out=request.out.resolve(), notebooks_out=request.notebooks_out.resolve())
     result, started = SweepResult(), time.perf_counter()
-    tasks = train_tasks(request)
     record_of = record_finder(request)
     executor: Executor = (LocalExecutor(slots, record_of) if slots is not None else
                           SlurmExecutor(record_of, request.slurm, request.out / request.profile / "slurm",
                                         f"srlib-{request.profile}", request.threads))
-    reporter = Reporter(log, live, executor.parallel, estimates=_estimates(plan, tasks))
+    reporter = Reporter(log, live, executor.parallel, estimates=run_estimates(plan, tasks),
+                        after_s=ANALYSIS_S if plan is not None and request.analysis else 0.0)
     # A records folder is only read (and may be a committed one): no lock file there.
     lock = (contextlib.nullcontext() if request.records_only else
             directory_lock(request.out, f"srlib sweep --profile {request.profile}"))
@@ -144,7 +145,7 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
                 getattr(result, name).extend(getattr(ran, name))
             result.failed.update(ran.failed)
             result.logs.update(ran.logs)
-            result.index, result.verdicts = ran.index, ran.verdicts
+            result.index, result.verdicts, result.left_out = ran.index, ran.verdicts, ran.left_out
         result.seconds = time.perf_counter() - started
         if not request.records_only:  # a records folder (e.g. results/paper, committed) is only read
             _write_summary(request, result)
@@ -167,14 +168,6 @@ def _missing(tasks: list[Task], record_of: Callable[[Task], dict | None], result
     return todo
 
 
-def _estimates(plan: Plan | None, tasks: list[Task]) -> dict[str, float]:
-    """Each task's estimated seconds from the preflight plan (srlib.cost), for the ETA."""
-    if plan is None:
-        return {}
-    seconds = {(r.variant, r.seed): r.seconds for r in plan.runs}
-    return {t.name: seconds[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in seconds}
-
-
 def _run(executor: Executor, todo: list[Task], request: SweepRequest, reporter: Reporter, result: SweepResult,
          record_of: Callable[[Task], dict | None]) -> bool:
     """Submit what is missing and wait for it; False when a --no-wait sweep leaves it to Slurm."""
@@ -195,24 +188,25 @@ def _run(executor: Executor, todo: list[Task], request: SweepRequest, reporter: 
 def wait_for(executor: Executor, tasks: list[Task], reporter: Reporter, result: SweepResult,
              record_of: Callable[[Task], dict | None]) -> None:
     """The one wait loop, for every executor: look at what each run does, say what changed and how far it is,
-    and end when nothing is running or queued (or the executor says a run can never start)."""
+    and end when nothing is running or queued (or the executor says a run can never start). `seen` is the one
+    memory of what each run did: the executor is asked only about those that have not ended."""
     if not tasks:
         return
     by_name = {t.name: t for t in tasks}
-    seen: dict[str, str] = {}
+    seen = {t.name: RunState("queued") for t in tasks}  # submitted: queued until the executor says otherwise
     try:
         while True:
-            states = executor.poll()
-            for name, state in states.items():
-                if state.state != seen.get(name):
-                    _report_change(by_name[name], state, seen.get(name), executor, reporter, result, record_of)
-                seen[name] = state.state
-            reporter.progress(states, by_name)
-            never = executor.unrunnable(states)
+            pending = [by_name[n] for n, st in seen.items() if st.state not in ("done", "failed")]
+            for name, state in executor.poll(pending).items():
+                if state.state != seen[name].state:
+                    _report_change(by_name[name], state, seen[name].state, executor, reporter, result, record_of)
+                seen[name] = state
+            reporter.progress(seen, by_name)
+            never = executor.unrunnable(seen)
             if never is not None:
                 result.failed.update(never.failed)
                 raise SrlibError(never.message)
-            if not any(st.state in ("running", "queued") for st in states.values()):
+            if not any(st.state in ("running", "queued") for st in seen.values()):
                 return
             time.sleep(executor.poll_s)
     except BaseException:  # Ctrl-C, SIGTERM (see cmd_sweep), a run that can never start, or a bug
@@ -221,7 +215,7 @@ def wait_for(executor: Executor, tasks: list[Task], reporter: Reporter, result: 
         raise
 
 
-def _report_change(task: Task, state: RunState, previous: str | None, executor: Executor, reporter: Reporter,
+def _report_change(task: Task, state: RunState, previous: str, executor: Executor, reporter: Reporter,
                    result: SweepResult, record_of: Callable[[Task], dict | None]) -> None:
     """One line when a run starts (again), finishes or fails; a failure is named with its log files."""
     if state.state == "running":
@@ -283,13 +277,14 @@ def finish(request: SweepRequest, log: Callable[[str], None] = print, rerun: boo
     records = record_paths(out, profile)
     from ..quality import default_images
 
-    params = {**common, "n": default_images(profile)}
+    quality = {**common, "n": default_images(profile)}
     if request.records_only:  # the SR-quality page shows the measurement saved beside the records (e.g. from the GPU)
-        params["records_only"] = True
+        quality["records_only"] = True
     if request.sr_weights:  # the SR-quality page measures the checkpoint the runs were trained with
-        params["sr_weights"] = request.sr_weights
+        quality["sr_weights"] = request.sr_weights
     for template in ANALYSIS:
         output = notebooks_out / template
+        params = quality if template == "sr_quality.ipynb" else common
         if not rerun and _is_current(output, params, records):
             result.skipped.append(template)
             continue
@@ -305,14 +300,12 @@ def finish(request: SweepRequest, log: Callable[[str], None] = print, rerun: boo
         log(f"[sweep] analysis: {', '.join(result.done)} ({(time.time() - started) / 60:.1f} min)")
     elif result.skipped:
         log("[sweep] analysis notebooks up to date with every record, skipped")
-    result.verdicts = headline_verdicts(out, profile)
+    result.verdicts, result.left_out = read_outcome(out, profile)
     if request.book and not result.failed:
         result.index = _build_book(notebooks_out, log)
     if announce:
-        for line in result.verdicts:
+        for line in result.closing_lines():
             log(f"[sweep] {line}")
-        if result.index:
-            log(f"[sweep] report: {result.index}")
     return result
 
 
@@ -326,17 +319,17 @@ def _run_quietly(task: Task) -> None:
         raise SrlibError(last_error_line(task.log) or f"the worker exited with code {done.returncode}")
 
 
-def headline_verdicts(out: Path, profile: str) -> list[str]:
-    """SR - resize at each scale, one line each, from srlib.report.analysis (nothing when it cannot say)."""
-    try:
-        from ..report.analysis import comparisons, verdicts
-        from ..runs import load_records
+def read_outcome(out: Path, profile: str) -> tuple[list[str], list[str]]:
+    """The headline verdicts (SR - resize at each scale, one line each) over the records the report shows, and
+    each record or dataset it leaves out, with why, as the results page names them (srlib.report)."""
+    from ..report.record_checks import load_checked, select_dataset
+    from ..report.report_text import headline_verdicts
 
-        records = load_records(out, profile)
-        variants = {r["config"]["variant"] for r in records}
-        return verdicts(records, [c for c in comparisons(variants) if c.rule == ("sr", "bicubic")])
-    except Exception:  # noqa: BLE001 - the verdicts are a courtesy; the notebooks hold the analysis
-        return []
+    records, rejected = load_checked(out, profile)  # an unreadable or inconsistent record is named, not raised
+    shown, others = select_dataset(records)
+    left_out = [f"{path}: {why}" for path, why in rejected]
+    left_out += [f"{runs} run(s) on {name}: another dataset, never pooled" for name, runs in others.items()]
+    return headline_verdicts(shown), left_out
 
 
 def _build_book(notebooks_out: Path, log: Callable[[str], None]) -> Path | None:

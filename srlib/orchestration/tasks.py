@@ -29,7 +29,7 @@ JOB = "job.json"
 # jupyter_client picks free ports, releases them, and the kernel binds them a moment later.
 KERNEL_START_ERRORS = ("Address already in use", "Kernel died before replying to kernel_info",
                        "Kernel didn't respond")
-KERNEL_START_TRIES = 4
+KERNEL_START_TRIES = 4  # a kernel that lost the race is started again, up to this many times in all
 _EPOCH_DONE = re.compile(r"epoch (\d+)/(\d+): loss")  # train's line after each epoch, not the bar
 WORKER = "srlib.orchestration.tasks"  # `python -m` this module runs one task (see `main`)
 
@@ -61,20 +61,19 @@ class Task:
 
 # --- executing one notebook ---------------------------------------------------------------------------------
 
-def execute_notebook(template: str, output: Path, parameters: dict, log_output: bool = True,
-                     tries: int = KERNEL_START_TRIES) -> None:
+def execute_notebook(template: str, output: Path, parameters: dict, log_output: bool = True) -> None:
     """papermill `template` -> `output`; a kernel that could not start is started again (port races)."""
     import papermill as pm
 
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.stem + ".partial.ipynb")
-    for attempt in range(1, tries + 1):
+    for attempt in range(1, KERNEL_START_TRIES + 1):
         try:
             pm.execute_notebook(str(NOTEBOOKS / template), str(partial), parameters=parameters,
                                 kernel_name=KERNEL, cwd=str(ROOT), log_output=log_output, progress_bar=False)
             break
         except Exception as exc:
-            if attempt == tries or not is_kernel_start_failure(exc):
+            if attempt == KERNEL_START_TRIES or not is_kernel_start_failure(exc):
                 raise
             wait = 0.5 * attempt + (os.getpid() % 7) / 7  # spread the retries of workers that collided
             logging.getLogger("srlib").warning("kernel did not start (%s); starting it again in %.1f s",
@@ -82,6 +81,16 @@ def execute_notebook(template: str, output: Path, parameters: dict, log_output: 
             time.sleep(wait)
     _tag_for_the_book(partial, parameters)
     os.replace(partial, output)  # an executed notebook only appears once it ran to the end
+
+
+def executed_parameters(notebook: Path) -> dict:
+    """The parameters papermill executed `notebook` with ({} when it is not a readable executed notebook)."""
+    import nbformat
+
+    try:
+        return nbformat.read(notebook, as_version=4).metadata.get("papermill", {}).get("parameters") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def is_kernel_start_failure(exc: BaseException) -> bool:
@@ -130,23 +139,20 @@ def run_task(task: Task, executor: str = "local") -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # the terminal shows one line per run, not the cells
-    write_job(task, "running", executor=executor, job_id=slurm_job_id(), threads=os.environ.get("OMP_NUM_THREADS"))
+    env = os.environ  # a Slurm array task is named '<array>_<index>', as squeue lists it
+    job = {"executor": executor, "job_id": f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+           if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")}
+    write_job(task, "running", **job, threads=env.get("OMP_NUM_THREADS"))
     try:
         execute_notebook(task.template, Path(task.output), task.parameters)
     except BaseException as exc:
-        write_job(task, "failed", executor=executor, job_id=slurm_job_id(), why=failure_line(exc))
+        write_job(task, "failed", **job, why=failure_line(exc))
         raise
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
         handler.close()
-    write_job(task, "done", executor=executor, job_id=slurm_job_id())
-
-
-def slurm_job_id() -> str | None:
-    if "SLURM_ARRAY_JOB_ID" in os.environ:
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    return os.environ.get("SLURM_JOB_ID")
+    write_job(task, "done", **job)
 
 
 # --- job.json: where a run is and how it ended -----------------------------------------------------------

@@ -1,11 +1,8 @@
 """Pure functions from run records to the report's tables: results per variant, paired differences and
 their power, the controls' decomposition, per-class effects and provenance.
 
-Nothing here trains or upscales. Accuracies are in percent, differences in percentage points (pp). The
-statistics are in `srlib.statistics`, the comparisons in `srlib.comparisons`, the sentences in
-`srlib.report_text`, the record checks in `srlib.record_checks`, "where SR helps" in
-`srlib.where_sr_helps`, "what it costs" in `srlib.cost_report` and the reference report in `srlib.reference`;
-this module re-exports what the notebooks call, so a notebook needs `analysis` and `figures` only.
+Nothing here trains or upscales. Accuracies are in percent, differences in percentage points (pp); the
+statistics come from `srlib.report.comparisons`, the number formats from `srlib.report.formats`.
 """
 
 from __future__ import annotations
@@ -17,50 +14,24 @@ import numpy as np
 import pandas as pd
 
 from ..runs import sr_quality_path
-from ..statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mcnemar, mcnemar_counts, mean_ci  # noqa: F401
+from ..statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mean_ci
 from ..store import read_json
 from ..upscale import DEFAULT_SR_MODEL
-from .comparisons import (  # noqa: F401 -- re-exported for the notebooks and the sweep
-    COMPARISONS,
+from .comparisons import (
     HEADLINE_METRIC,
+    HEADLINE_RULE,
     METRICS,
-    Arm,
     Comparison,
-    ComparisonStats,
     Source,
-    compare,
-    comparison_stats,
     comparisons,
     order_variants,
     parse_variant,
     select_rules,
     select_stats,
 )
-from .record_checks import Loaded, by_dataset, dataset_name, load_checked, one_dataset, select_dataset  # noqa: F401
-from .report_text import (  # noqa: F401
-    CONTROLS_NOTE,
-    NO_COMPARISONS,
-    caveats,
-    device_name,
-    fmt,
-    fmt_diff,
-    fmt_interval,
-    fmt_p,
-    fmt_pp,
-    headline,
-    loading_notes,
-    missing_runs,
-    missing_runs_note,
-    no_pairs_note,
-    no_quality_note,
-    require_records,
-    run_summary,
-    study_facts,
-    study_summary,
-    sweep_command,
-    verdict,
-    verdicts,
-)
+from .formats import fmt, fmt_diff, fmt_interval, fmt_p, fmt_pp
+from .record_checks import dataset_name, one_dataset
+from .report_text import device_name
 
 # ---------------------------------------------------------------------------------------------------
 # Per-run frames
@@ -135,7 +106,8 @@ def selection_table(source: Source, which: list[Comparison] | None = None) -> pd
 
 
 def power_table(source: Source, which: list[Comparison] | None = None) -> pd.DataFrame:
-    """Per comparison: the noise behind the final-epoch difference and what the sweep could detect."""
+    """Per comparison: the noise behind the final-epoch difference and what the sweep could detect; where the
+    noise estimates cannot carry a power figure, no figure and why."""
     rows = []
     for st in select_stats(source, which):
         pw = st.power
@@ -143,9 +115,11 @@ def power_table(source: Source, which: list[Comparison] | None = None) -> pd.Dat
             "comparison": st.comparison.label, "seeds": len(st.seeds),
             "between-seed SD (pp)": _num(pw.seed_sd), "test-image SE (pp)": _num(pw.image_se),
             f"detectable, {POWER:.0%} power (pp)": _num(pw.detectable),
-            f"seeds for {TARGET_PP:g} pp": _seeds_text(pw.seeds_for_target, len(st.seeds)),
+            f"seeds for {TARGET_PP:g} pp": "—" if pw.why_not else _seeds_text(pw.seeds_for_target, len(st.seeds)),
+            "no figure because": pw.why_not or "",
         })
-    return pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
+    frame = pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
+    return frame.drop(columns="no figure because") if rows and not frame["no figure because"].any() else frame
 
 
 def _num(x: float | None) -> str:
@@ -163,7 +137,7 @@ def pixels_decomposition(source: Source) -> pd.DataFrame:
     pixels, no new information), resize − nearest (bicubic interpolation), SR − resize (the SR model),
     and their sum SR − original; final-epoch differences with crossed bootstrap intervals."""
     steps = {("nearest", "none"): "more pixels", ("bicubic", "nearest"): "better interpolation",
-             ("sr", "bicubic"): "the SR model", ("sr", "none"): "total"}
+             HEADLINE_RULE: "the SR model", ("sr", "none"): "total"}
     found = select_rules(source, steps)
     rows = []
     for scale in sorted({c.scale for c in found if c.rule == ("nearest", "none")}):
@@ -179,7 +153,7 @@ def sr_model_gains(source: Source) -> pd.DataFrame:
     """Per SR model and scale: its final-epoch accuracy gain over bicubic resizing at the same size (pp),
     with the crossed bootstrap interval (numbers, for plotting against the model's PSNR/SSIM gain)."""
     rows = []
-    for st in select_stats(source, select_rules(source, [("sr", "bicubic")])):
+    for st in select_stats(source, select_rules(source, [HEADLINE_RULE])):
         arm = parse_variant(st.comparison.a)
         low, high = st.bootstrap if st.bootstrap is not None else (math.nan, math.nan)
         rows.append({"model": arm.model or DEFAULT_SR_MODEL, "scale": arm.scale, "variant": arm.variant,

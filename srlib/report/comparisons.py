@@ -27,16 +27,19 @@ from ..statistics import (
     seeds_needed,
     sign_flip_test,
     variance_components,
+    why_no_power,
 )
 from .record_checks import one_dataset
 
 METRICS = {"max_test_acc": "max", "top5_mean_test_acc": "top-5 mean", "final_test_acc": "final"}
 HEADLINE_METRIC = "final_test_acc"  # not picked on the test set, hence unbiased; max/top-5 are for the reference
 
+# The study's question, asked of every scale: does the SR model beat bicubic resizing at the same size?
+HEADLINE_RULE = ("sr", "bicubic")
 # Which differences the report computes: (A method, B method, what it measures). `comparisons()`
 # expands the rules over the scales and SR models present; "none" is the 32 px original.
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
-    ("sr", "bicubic", "what the SR model adds over bicubic resizing at the same size"),
+    (*HEADLINE_RULE, "what the SR model adds over bicubic resizing at the same size"),
     ("sr", "none", "SR against the 32 px original"),
     ("bicubic", "none", "bicubic resizing against the 32 px original"),
     ("nearest", "none", "more pixels: no new information, more compute"),
@@ -125,6 +128,7 @@ class Power:
     detectable: float | None  # smallest difference found with 80% power by these seeds (pp)
     seeds_for_target: int | None  # seeds that would detect TARGET_PP; None = out of reach (or one seed)
     image_detectable: float | None  # the same from test-image noise alone (what one seed can at best show)
+    why_not: str | None = None  # why the three figures above are withheld (degenerate noise estimates)
 
 
 @dataclass(frozen=True)
@@ -206,10 +210,13 @@ def _power(deltas: np.ndarray, diff: np.ndarray | None) -> Power:
         else:  # seed-by-image noise cannot be told apart from the image effect: an upper bound
             image_var = float(np.var(diff.astype(float), ddof=1))
         image_se = 100 * math.sqrt(image_var / diff.shape[1])
+    seed_sd = float(np.std(deltas, ddof=1)) if len(deltas) >= 2 else None
+    why = why_no_power(seed_sd, image_se, None if diff is None else int(np.count_nonzero(diff)))
+    if why is not None:  # zeros or a handful of disagreements would give figures that mean nothing
+        return Power(seed_sd, image_se, None, None, None, why)
     image_detectable = None if image_se is None else float(z * image_se)
-    if len(deltas) < 2:
+    if seed_sd is None:
         return Power(None, image_se, None, None, image_detectable)
-    seed_sd = float(np.std(deltas, ddof=1))
     se_images = image_se or 0.0
     return Power(seed_sd, image_se, detectable_difference(seed_sd, len(deltas), se_images),
                  seeds_needed(TARGET_PP, seed_sd, se_images), image_detectable)

@@ -19,8 +19,9 @@ from ..config import STUDY_SCALES, VARIANTS
 from ..flops import train_flops_per_image
 from ..statistics import LEVEL, mean_ci
 from .comparisons import order_variants
+from .formats import fmt, fmt_diff
 from .record_checks import one_dataset
-from .report_text import device_name, fmt, fmt_diff
+from .report_text import device_name
 
 PFLOP = 1e15
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .analysis import ComparisonStats, order_variants
+from .comparisons import ComparisonStats, order_variants
 
 PAGE_WIDTH = 7.0  # inches: the book's text column at 100 dpi
 FONT = 11  # points, labels and ticks (>= 10 pt as displayed)

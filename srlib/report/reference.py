@@ -11,9 +11,9 @@ from __future__ import annotations
 import pandas as pd
 
 from ..statistics import LEVEL, mean_ci
-from .comparisons import METRICS, order_variants, parse_variant
+from .comparisons import METRICS, comparisons, order_variants, parse_variant
+from .formats import decimals, fmt, fmt_diff, fmt_pp
 from .record_checks import dataset_name, is_canonical, one_dataset
-from .report_text import decimals, fmt, fmt_diff, fmt_pp
 
 # The reference report (one seed per variant, picked on the test set): max test accuracy and mean of the
 # 5 best epochs, in percent. Quoted for comparison; never produced by this code. The one place they live.
@@ -98,6 +98,19 @@ def reference_differences(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("comparison")
 
 
+def scaled_differences(records: list[dict]) -> list[tuple[str, float, float]]:
+    """(label, ours, the reference's) for every comparison whose two variants the reference report has: the
+    difference A − B of the max test accuracy (the reference's statistic, pp), ours the mean over shared seeds."""
+    by_seed = {(r["config"]["variant"], r["config"]["seed"]): r["summary"]["max_test_acc"] for r in records}
+    found = []
+    for c in comparisons({v for v, _ in by_seed}):
+        seeds = [s for v, s in by_seed if v == c.a and (c.b, s) in by_seed]
+        if c.a in REFERENCE and c.b in REFERENCE and seeds:
+            ours = sum(by_seed[(c.a, s)] - by_seed[(c.b, s)] for s in seeds) / len(seeds)
+            found.append((c.label, ours, REFERENCE[c.a][0] - REFERENCE[c.b][0]))
+    return found
+
+
 def comparability_note(records: list[dict]) -> str:
     """One sentence: whether ours are set beside the reference's, and why not."""
     why = not_comparable(records)
@@ -107,5 +120,5 @@ def comparability_note(records: list[dict]) -> str:
     variants = order_variants({r["config"]["variant"] for r in records})
     return (f"Our runs ({', '.join(variants)}) are not comparable with the reference: {why}. Their numbers are in "
             "the tables above; here only the reference's are shown. Runs of profile `paper` on canonical CIFAR-10 "
-            "(`srlib kit assemble --parquet <a lossless CIFAR-10 Parquet copy>`, README \"Paper scale on a GPU\") "
-            "would fill this table.")
+            "(`srlib kit assemble --parquet <a lossless CIFAR-10 Parquet copy>`; the book's Guide, \"Paper scale on "
+            "a GPU\") would fill this table.")

@@ -1,19 +1,17 @@
-"""The report's sentences: number formats, verdicts, the study's summary and caveats, and the empty
-states, each naming its real cause and the command that fills it. Everything is read from records."""
+"""The report's sentences: verdicts, the study's summary and caveats, and the empty states, each naming its
+real cause and the command that fills it. Everything is read from records; numbers are written by `formats`."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import pandas as pd
-
 from ..config import STUDY_VARIANTS, VARIANT_SETS
 from ..errors import SrlibError
-from ..statistics import ALPHA, POWER, TARGET_PP
+from ..statistics import ALPHA, MAX_SEEDS, POWER, TARGET_PP
 from .comparisons import (
+    HEADLINE_RULE,
     Comparison,
     ComparisonStats,
     Source,
@@ -22,47 +20,9 @@ from .comparisons import (
     select_rules,
     select_stats,
 )
+from .formats import decimals, fmt_interval, fmt_p, fmt_pp
 from .record_checks import Loaded, dataset_name, load_checked, one_dataset, select_dataset
-
-# ---------------------------------------------------------------------------------------------------
-# Numbers: one format per kind, to the precision the interval supports
-
-
-def decimals(half: float | None, default: int = 2) -> int:
-    """Decimals that show two significant digits of an interval's half-width (0.42 -> 2, 2.3 -> 1, 13 -> 0);
-    `default` without an interval."""
-    if half is None or not math.isfinite(half) or half <= 0:
-        return default
-    return max(0, min(3, 1 - math.floor(math.log10(half))))
-
-
-def fmt(mean: float, half: float | None, digits: int | None = None) -> str:
-    d = decimals(half) if digits is None else digits
-    return f"{mean:.{d}f}" if half is None else f"{mean:.{d}f} ± {half:.{d}f}"
-
-
-def fmt_pp(x: float, digits: int = 2) -> str:
-    """A difference in pp: signed (U+2212 minus, as in the labels)."""
-    return f"{x:+.{digits}f}".replace("-", "−")
-
-
-def fmt_diff(mean: float, half: float | None) -> str:
-    """A mean difference (pp) and, with several seeds, its t half-width: "+1.0 ± 4.2"."""
-    d = decimals(half)
-    return fmt_pp(mean, d) + ("" if half is None else f" ± {half:.{d}f}")
-
-
-def fmt_interval(interval: tuple[float, float] | None) -> str:
-    if interval is None:
-        return "—"
-    d = decimals((interval[1] - interval[0]) / 2)
-    return f"[{fmt_pp(interval[0], d)}, {fmt_pp(interval[1], d)}]"
-
-
-def fmt_p(p: float | None) -> str:
-    """A p-value to 3 significant digits, trailing zeros kept (0.500, 0.0123, 1.00e-05)."""
-    return "—" if p is None or pd.isna(p) else f"{p:#.3g}"
-
+from .reference import scaled_differences
 
 # ---------------------------------------------------------------------------------------------------
 # Verdicts
@@ -93,25 +53,39 @@ def _finding(st: ComparisonStats) -> str:
     if n < 2:
         p = st.mcnemar_p[0]
         beyond = f"{'beyond' if p < ALPHA else 'within'} test-image noise (McNemar p = {fmt_p(p)})"
+        resolves = (f"no power figure is given: {pw.why_not}" if pw.why_not else
+                    f"this test set alone resolves about {pw.image_detectable:.2f} pp")
         return (f"{head} {interval} over the test images of one seed; {beyond}, but with one seed the training "
-                f"noise is unmeasured, so it cannot be told from seed-to-seed variation; this test set alone "
-                f"resolves about {pw.image_detectable:.2f} pp; run 3 or more seeds.")
+                f"noise is unmeasured, so it cannot be told from seed-to-seed variation; {resolves}; run 3 or "
+                "more seeds.")
     told = "distinguishable from 0" if st.distinguishable else "not distinguishable from 0"
-    if pw.seeds_for_target is None:
-        need = (f"{TARGET_PP:g} pp is out of reach on {st.images:,} test images however many seeds "
+    tested = f"{head} {interval}; {told} with {n} seeds (permutation p over test images = {fmt_p(st.permutation_p)})"
+    if pw.why_not:
+        return f"{tested}; no power figure is given: {pw.why_not}."
+    return f"{tested}; detectable with {POWER:.0%} power: {pw.detectable:.2f} pp; {_seeds_for_target(st)}."
+
+
+def _seeds_for_target(st: ComparisonStats) -> str:
+    """How many seeds would detect TARGET_PP, and when none would, which noise stands in the way."""
+    pw, n = st.power, len(st.seeds)
+    if pw.seeds_for_target is not None:
+        if pw.seeds_for_target <= n:
+            return f"{TARGET_PP:g} pp is detectable with these {n} seeds"
+        return f"{TARGET_PP:g} pp would need about {pw.seeds_for_target} seeds"
+    if pw.image_detectable is not None and pw.image_detectable >= TARGET_PP:
+        return (f"{TARGET_PP:g} pp is out of reach on {st.images:,} test images however many seeds "
                 f"(test-image SE {pw.image_se:.2f} pp)")
-    elif pw.seeds_for_target <= n:
-        need = f"{TARGET_PP:g} pp is detectable with these {n} seeds"
-    else:
-        need = f"{TARGET_PP:g} pp would need about {pw.seeds_for_target} seeds"
-    return (f"{head} {interval}; {told} with {n} seeds (permutation p over test images = {fmt_p(st.permutation_p)}); "
-            f"detectable with {POWER:.0%} power: {pw.detectable:.2f} pp; {need}.")
+    return f"{TARGET_PP:g} pp would need more than {MAX_SEEDS:,} seeds (between-seed SD {pw.seed_sd:.2f} pp)"
 
 
 def verdicts(source: Source, which: list[Comparison] | None = None) -> list[str]:
     """One verdict sentence per comparison present (plain text: the sweep prints them)."""
     return [verdict(st) for st in select_stats(source, which)]
 
+
+def headline_verdicts(source: Source) -> list[str]:
+    """The verdicts of the study's question (`HEADLINE_RULE`, SR − resize) at every scale and SR model."""
+    return verdicts(source, select_rules(source, [HEADLINE_RULE]))
 
 
 NO_COMPARISONS = "No two variants share a seed among these runs, so there is nothing to compare."
@@ -120,7 +94,7 @@ NO_COMPARISONS = "No two variants share a seed among these runs, so there is not
 def headline(source: Source, records: list[dict] | None = None) -> str:
     """A markdown list: the SR − resize verdicts at every scale and SR model (final-epoch accuracy); without
     a pair, which partner run is missing and how to make it (`records` names it)."""
-    found = select_stats(source, select_rules(source, [("sr", "bicubic")]))
+    found = select_stats(source, select_rules(source, [HEADLINE_RULE]))
     if not found:
         return no_pairs_note(records or [], how=False)
     return "\n".join(f"- **{st.comparison.label}**: {_finding(st)}" for st in found)
@@ -152,7 +126,7 @@ CONTROLS_NOTE = ("The controls `nearest_x2` / `nearest_x4` are not among these r
 
 def no_quality_note(records: list[dict], quality: dict | None, where: str) -> str:
     """Why "is it the pixels or the model?" has no points: no SR − resize pair, or no SR-quality record."""
-    if not select_rules(records, [("sr", "bicubic")]):
+    if not select_rules(records, [HEADLINE_RULE]):
         return no_pairs_note(records)
     if quality is None:
         return (f"There is no SR-quality measurement at `{where}` (the SR-quality page writes it; "
@@ -232,7 +206,8 @@ def caveats(records: list[dict]) -> list[str]:
     scaled = [p for p in f["profiles"] if p != "paper"]
     if scaled:
         found.append(f"Profile {', '.join(f'`{p}`' for p in scaled)} is a scaled-down protocol (narrower network, "
-                     "subset, fewer epochs): its absolute numbers are not comparable with the reference report.")
+                     "subset, fewer epochs): not only its absolute numbers but also its differences between "
+                     f"variants may not carry to the reference protocol{_beside_reference(records)}.")
     if len(f["seeds"]) < 2:
         found.append("One seed per variant: the intervals cover only the sampling of test images, not training "
                      "noise, so a difference may be seed-to-seed variation.")
@@ -241,6 +216,15 @@ def caveats(records: list[dict]) -> list[str]:
     found.append('"max" and "top-5 mean" are picked on the test set and therefore optimistic; '
                  "the final-epoch accuracy is the unbiased one, and the verdicts use it.")
     return found
+
+
+def _beside_reference(records: list[dict]) -> str:
+    """Our differences beside the reference report's, where it has both variants (its statistic: max)."""
+    pairs = scaled_differences(records)
+    if not pairs:
+        return ""
+    return (" (max test accuracy, here vs the reference report: "
+            + "; ".join(f"{label} {fmt_pp(ours)} vs {fmt_pp(theirs)} pp" for label, ours, theirs in pairs) + ")")
 
 
 def missing_runs(records: list[dict], variants: Iterable[str] = STUDY_VARIANTS) -> list[tuple[str, int]]:
@@ -268,7 +252,8 @@ def missing_runs_note(records: list[dict]) -> str:
     variants = set(f["variants"]) | set(STUDY_VARIANTS)
     if f["profiles"][0] == "paper":
         how = ("on a GPU: `srlib kit assemble --variants " + " ".join(sorted({v for v, _ in missing}))
-               + "`, then `scripts/gpu_paper.sh` there and `srlib kit unpack` here (README, \"Paper scale on a GPU\")")
+               + "`, then `scripts/gpu_paper.sh` there and `srlib kit unpack` here (the book's Guide, "
+               "\"Paper scale on a GPU\")")
     else:
         how = f"with `{sweep_command(f['profiles'][0], max(f['seeds']) + 1, variants)}` (finished runs are reused)"
     return f"Missing runs (not in the tables or the comparisons they belong to): {names}. Make them {how}."

@@ -18,9 +18,9 @@ import pandas as pd
 
 from ..config import VARIANTS
 from ..errors import SrlibError
-from .comparisons import Comparison, select_rules
+from .comparisons import HEADLINE_RULE, Comparison, select_rules
+from .formats import fmt_pp
 from .record_checks import dataset_name, dataset_sha, one_dataset
-from .report_text import fmt_pp
 
 CASES_PER_SIDE = 4  # images shown each way: one row each, across distinct classes first
 
@@ -58,7 +58,7 @@ def disagreements(records: list[dict]) -> list[Disagreements]:
     """Every SR − resize comparison whose runs of some shared seed all have per-image predictions."""
     runs = {(r["config"]["variant"], r["config"]["seed"]): r for r in one_dataset(records)}
     found = []
-    for c in select_rules(records, [("sr", "bicubic")]):
+    for c in select_rules(records, [HEADLINE_RULE]):
         seeds = tuple(sorted(s for (v, s) in runs if v == c.a and (c.b, s) in runs
                              and "_predictions" in runs[(c.a, s)] and "_predictions" in runs[(c.b, s)]))
         if not seeds:
@@ -246,7 +246,7 @@ def empty_note(records: list[dict]) -> str:
     """Why there is nothing to show here: no SR − resize pair, or a pair without per-image predictions."""
     from .report_text import no_pairs_note
 
-    if not select_rules(records, [("sr", "bicubic")]):
+    if not select_rules(records, [HEADLINE_RULE]):
         return no_pairs_note(records)
     return ("The SR and resize runs of a shared seed lack per-image predictions (`predictions.npz` beside their "
             "records), so the images they disagree on are unknown; only runs trained again (in a fresh output "

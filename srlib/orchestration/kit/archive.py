@@ -1,30 +1,18 @@
-"""The job's results in one archive and back: `pack` (there, into $OUT: records, predictions, sr-quality,
+"""The job's results in one archive and back: `pack` (there, into OUT: records, predictions, sr-quality,
 the probe table, timing and logs; never checkpoints), a partial run's checkpoint shipped in pieces
 (kit.partial), and `srlib kit unpack` (here: records into results/paper/, never mixing two datasets)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import (
-    ARCHIVE,
-    ARCHIVE_LIMIT_BYTES,
-    DIFF,
-    LOG_KEEP_BYTES,
-    MANIFEST,
-    SHIP_DIR,
-    TIMING_LOG,
-    KitError,
-    KitRun,
-    log_line,
-    work_folder,
-)
+from .job import KitRun, log_line, work_folder
+from .layout import ARCHIVE, DIFF, LOG_KEEP_BYTES, MANIFEST, RETURN_FILE_LIMIT_BYTES, SHIP_DIR, TIMING_LOG, KitError
 from .probe import PROBE_FILE
 
 UNPACKED = ("runs/", "logs/", "timing.json", TIMING_LOG, f"kit_{MANIFEST}", f"kit_{DIFF}", PROBE_FILE)
@@ -35,7 +23,7 @@ def pack(state: KitRun, lines: list[str]) -> Path:
     """One archive in `out`: records, predictions, sr-quality, timing and logs; never checkpoints."""
     from ...provenance import DIFF_FILE
     from ...runs import PREDICTIONS, RECORD, record_paths, sr_quality_paths
-    from ...store import write_json
+    from ...store import atomic_write_bytes, write_json
 
     stage = Path(tempfile.mkdtemp(prefix="srlib-kit-pack-"))
     try:
@@ -72,15 +60,17 @@ def pack(state: KitRun, lines: list[str]) -> Path:
         write_json(stage / "timing.json", state.timing)
         (stage / TIMING_LOG).write_text("\n".join(lines) + "\n")
         archive = state.out / ARCHIVE
-        tmp = archive.with_name(archive.name + ".partial")
-        with tarfile.open(tmp, "w:gz") as tar:
-            for path in sorted(stage.rglob("*")):
-                if path.is_file():
-                    tar.add(path, arcname=str(path.relative_to(stage)))
-        os.replace(tmp, archive)
+
+        def write(f) -> None:
+            with tarfile.open(fileobj=f, mode="w:gz") as tar:
+                for path in sorted(stage.rglob("*")):
+                    if path.is_file():
+                        tar.add(path, arcname=str(path.relative_to(stage)))
+
+        atomic_write_bytes(archive, write)
         shutil.copy2(stage / TIMING_LOG, state.out / TIMING_LOG)
         size = archive.stat().st_size
-        over = "; OVER the 16 MiB a returned file may have" if size > ARCHIVE_LIMIT_BYTES else ""
+        over = "; OVER the 16 MiB a file brought back may have" if size > RETURN_FILE_LIMIT_BYTES else ""
         state.log(f"[kit] packed {archive} ({size / 2**20:.2f} MiB{over}) and {state.out / TIMING_LOG}")
         return archive
     finally:
@@ -89,7 +79,7 @@ def pack(state: KitRun, lines: list[str]) -> Path:
 
 def ship_partial(state: KitRun) -> None:
     """The window ends with a run unfinished: cut its checkpoint into pieces under work/ship; piece 1 (with the
-    seal) goes into $OUT now, the others with `srlib kit ship N` in the calls after this one."""
+    seal) goes into OUT now, the others with `srlib kit ship N` in the commands after this one."""
     from ...runs import CHECKPOINT, run_dirs
     from .partial import ship
 
@@ -105,12 +95,12 @@ def ship_partial(state: KitRun) -> None:
     n = len(seal["stage"]["pieces"])
     state.timing["shipped"] = {"run": seal["run"], "epochs_done": seal["epochs_done"], "pieces": n}
     state.log(f"[kit] checkpoint of {seal['run']} after epoch {seal['epochs_done']}: piece 1 of {n} in "
-              f"{state.out / 'ckpt-1'}; fetch the others now, each in its own call: "
+              f"{state.out / 'ckpt-1'}; bring back the others now, each with a command of its own on the GPU machine: "
               + "; ".join(f"`bash scripts/gpu_paper.sh ship {i}`" for i in range(2, n + 1)))
 
 
 def ship_piece(index: int, out: Path, work: Path | None = None) -> Path:
-    """Piece `index` of the shipped checkpoint into `out/ckpt-<index>` (a call of its own: 64 MiB each way)."""
+    """Piece `index` of the shipped checkpoint into `out/ckpt-<index>` (a command of its own: 64 MiB each way)."""
     source = work_folder(work) / SHIP_DIR / str(index)
     if not source.is_dir():
         raise KitError(f"{source} does not exist: no checkpoint piece {index} was cut on this machine (it went back "
@@ -153,7 +143,8 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
     from .partial import keep
 
     if not archive.is_file():
-        raise KitError(f"{archive} does not exist; fetch the files the GPU command wrote to $OUT first")
+        raise KitError(f"{archive} does not exist; bring back the files the command on the GPU machine wrote to "
+                       "its OUT folder first")
     written = []
     with tempfile.TemporaryDirectory(prefix="srlib-kit-unpack-") as tmp, tarfile.open(archive, "r:gz") as tar:
         members = []

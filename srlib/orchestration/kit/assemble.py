@@ -1,7 +1,7 @@
-"""`srlib kit assemble` (here): the kit folder filled with what the GPU machine lacks, sized against the device
-tool's limit, and the next window's calls.
+"""`srlib kit assemble` (here): the kit folder filled with what the GPU machine lacks, sized against what one
+command may copy there, and the next window's commands.
 
-What a kit holds: the data staged in pieces (kit.data), the SR weights the variants need (checked by sha256),
+What a kit holds: the data staged in pieces (kit.dataset_pieces), the SR weights the variants need (checked by sha256),
 the `spandrel` wheel, the commit and diff of this tree (srlib.provenance), the queue of runs the results lack
 (kit.schedule) and a partial run's checkpoint to resume (kit.partial).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,23 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...config import VARIANTS
+from ...config import PAPER_SEEDS, VARIANTS, expand_variants
+from ...provenance import now
 from ...runs import ROOT
-from .common import (
+from ...store import atomic_write_bytes, sha256_file
+from .dataset_pieces import STAGE_DIR
+from .job import FRESH_WINDOW_S, log_line
+from .layout import (
+    ARCHIVE,
     CKPT_DIR,
-    DEVICE_LIMIT_BYTES,
     DIFF,
-    FRESH_WINDOW_S,
     KIT_SCHEMA,
     MANIFEST,
     MANIFEST_ROOM_BYTES,
+    SEND_LIMIT_BYTES,
     KitError,
-    check_variants,
-    log_line,
-    now,
     sr_checkpoints,
 )
-from .data import STAGE_DIR
 
 
 def _git(*args: str, root: Path = ROOT) -> str:
@@ -49,7 +48,8 @@ def _git(*args: str, root: Path = ROOT) -> str:
 
 
 def sent_files(root: Path = ROOT) -> list[Path]:
-    """The files the device tool sends besides carried paths: tracked + untracked-not-ignored, and shared/."""
+    """The files every command copies to the GPU machine besides the kit's paths: tracked +
+    untracked-not-ignored, and shared/."""
     names = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", root=root).split("\0")
     files = {root / n for n in names if n and (root / n).is_file() and not (root / n).is_symlink()}
     shared = root / "shared"
@@ -66,7 +66,7 @@ def _tree_bytes(folder: Path) -> int:
 class SizeCheck:
     repo_bytes: int
     kit_bytes: int
-    limit_bytes: int = DEVICE_LIMIT_BYTES
+    limit_bytes: int = SEND_LIMIT_BYTES
 
     @property
     def total(self) -> int:
@@ -78,34 +78,28 @@ class SizeCheck:
 
     def describe(self) -> str:
         mib = 2**20
-        return (f"files sent: repository {self.repo_bytes / mib:.2f} MiB + kit {self.kit_bytes / mib:.2f} MiB = "
+        return (f"files copied: repository {self.repo_bytes / mib:.2f} MiB + kit {self.kit_bytes / mib:.2f} MiB = "
                 f"{self.total / mib:.2f} MiB of {self.limit_bytes / mib:.0f} MiB; margin {self.margin / mib:.2f} MiB")
 
 
 def _require_ignored(kit: Path, root: Path) -> None:
     kit = kit.resolve()
     if root.resolve() not in kit.parents:
-        raise KitError(f"the kit folder {kit} is outside the repository {root}; the device tool only sends the "
-                       "repository and the paths its `carry` names inside it. Use a folder such as kit/")
+        raise KitError(f"the kit folder {kit} is outside the repository {root}; each command copies the "
+                       "repository and some of the kit's paths inside it to the GPU machine. Use a folder such as "
+                       "kit/")
     relative = kit.relative_to(root.resolve())
     if subprocess.run(["git", "check-ignore", "-q", str(relative) + "/"], cwd=root).returncode != 0:
-        raise KitError(f"{relative}/ is not git-ignored, so it would be sent twice (and could be committed); "
+        raise KitError(f"{relative}/ is not git-ignored, so it would be copied twice (and could be committed); "
                        f"add /{relative}/ to .gitignore")
 
 
-def _sha256(path: Path) -> str:
-    from ...store import sha256_file
-
-    return sha256_file(path)
-
-
 def _copy_if_changed(source: Path, target: Path) -> None:
-    if target.is_file() and target.stat().st_size == source.stat().st_size and _sha256(target) == _sha256(source):
+    same_size = target.is_file() and target.stat().st_size == source.stat().st_size
+    if same_size and sha256_file(target) == sha256_file(source):
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with source.open("rb") as handle:
+        atomic_write_bytes(target, lambda f: shutil.copyfileobj(handle, f))
 
 
 def copy_weights(weights_dir: Path, checkpoints: list, target: Path) -> dict:
@@ -113,7 +107,7 @@ def copy_weights(weights_dir: Path, checkpoints: list, target: Path) -> dict:
     target.mkdir(parents=True, exist_ok=True)
     wanted = {c.file for c in checkpoints}
     for old in target.iterdir():
-        if old.is_file() and old.name not in wanted:  # a scale or model not run this time: don't send it
+        if old.is_file() and old.name not in wanted:  # a scale or model not run this time: don't copy it
             old.unlink()
     copied = {}
     for entry in checkpoints:
@@ -121,7 +115,7 @@ def copy_weights(weights_dir: Path, checkpoints: list, target: Path) -> dict:
         if not source.is_file():
             raise KitError(f"{source} is missing: the {entry.label} SR variants need it. Set SRLIB_WEIGHTS_DIR (or "
                            f"--weights-dir) to a folder holding {entry.file}")
-        if _sha256(source) != entry.sha256:
+        if sha256_file(source) != entry.sha256:
             raise KitError(f"{source} does not have the registered sha256 ({entry.sha256[:16]}...); restore it")
         _copy_if_changed(source, target / entry.file)
         copied[entry.file] = {"model": entry.model, "scale": entry.scale, "bytes": source.stat().st_size,
@@ -160,7 +154,7 @@ def fetch_wheel(target: Path, package: str = "spandrel", version: str | None = N
                            f"reaches its registry, or pass --wheel PATH to a {prefix}{version}-*.whl")
     path = cached[-1]
     return {"package": package, "version": version, "file": path.name, "bytes": path.stat().st_size,
-            "sha256": _sha256(path)}
+            "sha256": sha256_file(path)}
 
 
 def source_state(root: Path = ROOT) -> tuple[dict, str]:
@@ -177,7 +171,7 @@ def source_state(root: Path = ROOT) -> tuple[dict, str]:
     return {"commit": info["commit"], "dirty": bool(diff), "untracked": untracked}, diff
 
 
-def _carried_bytes(kit: Path, names: list[str]) -> int:
+def _copied_bytes(kit: Path, names: list[str]) -> int:
     total = 0
     for name in names:
         path = kit.parent / name
@@ -186,58 +180,58 @@ def _carried_bytes(kit: Path, names: list[str]) -> int:
 
 
 def repo_bytes(kit: Path, root: Path = ROOT) -> int:
-    """What every call sends besides its carried paths: tracked + untracked-not-ignored files (and shared/)."""
+    """What every command copies besides the kit's paths: tracked + untracked-not-ignored files (and shared/)."""
     kit = kit.resolve()
     return sum(p.stat().st_size for p in sent_files(root) if kit not in p.resolve().parents)
 
 
-def window_calls(kit: Path, manifest: dict, probe_table: bool) -> list[dict]:
-    """The device calls of one window, in order: each data / checkpoint piece in a call of its own (the first also
-    probes when no probe table is committed), then the training call with the kit's base and the last data piece.
-    Each entry: purpose, carry (paths relative to the repository root), command."""
+def window_commands(kit: Path, manifest: dict, probe_table: bool) -> list[dict]:
+    """The commands of one window, in order: each data / checkpoint piece copied with a command of its own (the
+    first also probes when no probe table is committed), then the training command with the kit's base and the
+    last data piece. Each entry: purpose, copy (paths relative to the repository root), command."""
     name = kit.name
     base = [f"{name}/{MANIFEST}", f"{name}/weights", f"{name}/wheels", f"{name}/{DIFF}"]
     pieces = [p["index"] for p in manifest["data"]["stage"]["pieces"]]
     ckpt = [p["index"] for p in (manifest.get("partial") or {}).get("stage", {}).get("pieces", [])]
-    calls = [{"purpose": f"data piece {i} of {len(pieces)}", "carry": [f"{name}/{STAGE_DIR}/{i}"]}
-             for i in pieces[:-1]]
-    calls += [{"purpose": f"checkpoint piece {i} of {len(ckpt)} ({manifest['partial']['run']})",
-               "carry": [f"{name}/{CKPT_DIR}/{i}"]} for i in ckpt]
-    for i, call in enumerate(calls):
-        call["command"] = "bash scripts/gpu_paper.sh probe" + ("" if i == 0 and not probe_table else " --no-probe")
+    commands = [{"purpose": f"data piece {i} of {len(pieces)}", "copy": [f"{name}/{STAGE_DIR}/{i}"]}
+                for i in pieces[:-1]]
+    commands += [{"purpose": f"checkpoint piece {i} of {len(ckpt)} ({manifest['partial']['run']})",
+                  "copy": [f"{name}/{CKPT_DIR}/{i}"]} for i in ckpt]
+    for i, step in enumerate(commands):
+        step["command"] = "bash scripts/gpu_paper.sh probe" + ("" if i == 0 and not probe_table else " --no-probe")
         if i == 0 and not probe_table:
-            call["purpose"] += " + the sharing probe (~90 s)"
-    calls.append({"purpose": f"training (data piece {pieces[-1]} of {len(pieces)} and the kit's base)",
-                  "carry": [*base, f"{name}/{STAGE_DIR}/{pieces[-1]}"],
-                  "command": "bash scripts/gpu_paper.sh run --window-left-s <device seconds left (status)>"})
-    return calls
+            step["purpose"] += " + the sharing probe (~90 s)"
+    commands.append({"purpose": f"training (data piece {pieces[-1]} of {len(pieces)} and the kit's base)",
+                     "copy": [*base, f"{name}/{STAGE_DIR}/{pieces[-1]}"],
+                     "command": "bash scripts/gpu_paper.sh run --window-left-s <seconds left on the GPU machine>"})
+    return commands
 
 
 def check_size(kit: Path, root: Path = ROOT) -> SizeCheck:
-    """Bytes of the largest device call of the assembled kit (the repository plus that call's carried paths)."""
+    """Bytes of the largest command of the assembled kit (the repository plus that command's kit paths)."""
     if not (kit / MANIFEST).is_file():
         raise KitError(f"{kit / MANIFEST} is missing: run `srlib kit assemble` first")
     manifest = json.loads((kit / MANIFEST).read_text())
-    calls = window_calls(kit, manifest, probe_table=True)
-    return SizeCheck(repo_bytes(kit, root), max(_carried_bytes(kit, c["carry"]) for c in calls))
+    commands = window_commands(kit, manifest, probe_table=True)
+    return SizeCheck(repo_bytes(kit, root), max(_copied_bytes(kit, c["copy"]) for c in commands))
 
 
 def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[str], wheel: Path | None = None,
              root: Path = ROOT, check_location: bool = True, log: Callable[[str], None] = log_line,
-             transport: str = "webp", results: Path | None = None, seeds: tuple[int, ...] = (0, 1, 2),
+             transport: str = "webp", results: Path | None = None, seeds: tuple[int, ...] = PAPER_SEEDS,
              piece_bytes: int | None = None) -> tuple[dict, SizeCheck]:
-    """Fill `kit` with what the GPU machine lacks; returns the manifest and the size check of the largest call.
+    """Fill `kit` with what the GPU machine lacks; returns the manifest and the size check of the largest command.
 
-    The data is staged in pieces (`kit/stage/N`) of at most what a call can carry next to the repository and
+    The data is staged in pieces (`kit/stage/N`) of at most what a command may copy next to the repository and
     the kit's base (`piece_bytes` overrides that, for tests). `results`: the records folder whose missing runs
     make the queue (default results/paper). `check_location=False` allows a kit outside the repository, to
     size one without sending it."""
     from ...store import write_json
-    from .data import stage_dataset
+    from .dataset_pieces import stage_dataset
     from .partial import stage_back
     from .schedule import queue
 
-    variants = check_variants(variants)
+    variants = expand_variants(variants)
     kit = kit.resolve()
     results = results or root / "results" / "paper"
     if check_location:
@@ -256,9 +250,9 @@ def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[
         (kit / DIFF).write_text(diff)
     repo = repo_bytes(kit, root)
     base = _tree_bytes(kit / "weights") + _tree_bytes(kit / "wheels") + len(diff.encode()) + MANIFEST_ROOM_BYTES
-    room = piece_bytes or DEVICE_LIMIT_BYTES - repo - base
+    room = piece_bytes or SEND_LIMIT_BYTES - repo - base
     if piece_bytes is None and room < 4 * 2**20:
-        raise KitError(f"only {room / 2**20:.1f} MiB per call are left for data next to the repository "
+        raise KitError(f"only {room / 2**20:.1f} MiB per command are left for data next to the repository "
                        f"({repo / 2**20:.1f} MiB) and the kit's base ({base / 2**20:.1f} MiB); move large untracked "
                        "files out of the repository, or assemble fewer SR scales")
     data = stage_dataset(parquet, kit, room, transport, log)
@@ -272,28 +266,31 @@ def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[
                 "wheels": wheels, "queue": [[k.variant, k.seed] for k in wanted], "partial": partial}
     write_json(kit / MANIFEST, manifest)
     size = check_size(kit, root)
-    log(f"[kit] commit {source['commit'][:12]}{' + diff of the working tree' if diff else ''}; largest call: "
+    log(f"[kit] commit {source['commit'][:12]}{' + diff of the working tree' if diff else ''}; largest command: "
         f"{size.describe()}")
     if size.margin < 0:
-        raise KitError(f"{size.describe()}: over the device tool's limit. Run fewer SR scales (--variants), or "
+        raise KitError(f"{size.describe()}: over what one command may copy. Run fewer SR scales (--variants), or "
                        "move large untracked files out of the repository")
     return manifest, size
 
 
 def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
-    """What the next window runs: its calls (carry, command) and, from the committed probe table, the plan."""
+    """What the next window runs: its commands (what to copy, what to run) and, from the committed probe table, the
+    schedule."""
     from ...config import make_config
     from .probe import PROBE_FILE
-    from .schedule import RunKey, RunNeed, SpeedTable, plan_window
+    from .schedule import RunKey, RunNeed, SpeedTable, schedule_window
 
     probe_path = results / PROBE_FILE
-    lines = ["next window, call by call (each within 30 s of the last: the machine stays warm that long):"]
-    for i, call in enumerate(window_calls(kit, manifest, probe_path.is_file()), start=1):
-        size = _carried_bytes(kit, call["carry"]) + repo_bytes(kit)
-        lines.append(f"  call {i}: {call['purpose']}; {size / 2**20:.1f} MiB sent")
-        lines.append(f"    carry {json.dumps(call['carry'])}")
-        lines.append(f"    command: {call['command']}")
-    lines.append("  then here: srlib kit unpack <files_at>/paper_results.tar.gz [--pieces <files_at>/ckpt-*]")
+    lines = ["next window on the GPU machine, command by command (each within 30 s of the last, so that the "
+             "machine keeps what the earlier ones copied):"]
+    for i, step in enumerate(window_commands(kit, manifest, probe_path.is_file()), start=1):
+        size = _copied_bytes(kit, step["copy"]) + repo_bytes(kit)
+        lines.append(f"  command {i}: {step['purpose']}; {size / 2**20:.1f} MiB")
+        lines.append(f"    copy there, beside this repository's files: {' '.join(step['copy'])}")
+        lines.append(f"    run there: {step['command']}")
+    lines.append(f"  then bring back the files it wrote to its OUT folder ({ARCHIVE}, ckpt-* when a run spans "
+                 f"windows) and run here: srlib kit unpack {ARCHIVE} [--pieces ckpt-*]")
     queue = [RunKey(v, s) for v, s in manifest["queue"]]
     lines.append("queue: " + (", ".join(map(str, queue)) or "empty: every run is done"))
     if probe_path.is_file() and queue:
@@ -301,9 +298,9 @@ def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
         paper = make_config("original", "paper")
         needs = [RunNeed.of(k, paper.epochs, manifest["data"]["train_count"], manifest["data"]["test_count"],
                             width=paper.width) for k in queue]
-        plan = plan_window(needs, table, FRESH_WINDOW_S, FRESH_WINDOW_S)
-        lines += [f"plan for a fresh window (~{FRESH_WINDOW_S:.0f} s of compute, SR time not counted): {line}"
-                  for line in plan.describe()]
+        schedule = schedule_window(needs, table, FRESH_WINDOW_S, FRESH_WINDOW_S)
+        lines += [f"schedule for a fresh window (~{FRESH_WINDOW_S:.0f} s of compute, SR time not counted): {line}"
+                  for line in schedule.describe()]
     elif queue:
-        lines.append("plan: made there from the probe's measurements (no probe table is committed yet)")
+        lines.append("schedule: made there from the probe's measurements (no probe table is committed yet)")
     return lines

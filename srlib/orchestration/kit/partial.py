@@ -1,11 +1,11 @@
 """A run that spans two GPU windows: its checkpoint goes back in pieces, sealed, and comes again to resume.
 
-A paper-protocol checkpoint (weights, momentum, scheduler and RNG states) is ~89 MB; the device tool returns
-at most 8 files of 16 MiB (64 MiB) per call. `ship` cuts it into pieces of at most SHIP_MAX_CHUNKS files
-(piece 1 leaves room for the window's archive and timing log in the same call); the seal (`seal.json`:
+A paper-protocol checkpoint (weights, momentum, scheduler and RNG states) is ~89 MB; a command brings back
+at most 8 files of 16 MiB (kit.layout). `ship` cuts it into pieces of at most SHIP_MAX_CHUNKS files
+(piece 1 leaves room for the window's archive and timing log in the same command); the seal (`seal.json`:
 which run, after which epoch, every chunk's and the checkpoint's sha256) travels with piece 1. Here,
 the pieces are kept under `results/paper/partial/` (never a result; one at a time); a later window gets
-them like the data (one piece per call) and `restore` puts the checkpoint back where `srlib train`
+them like the data (one piece per command) and `restore` puts the checkpoint back where `srlib train`
 resumes it, after checking every hash.
 """
 
@@ -19,8 +19,7 @@ from .staging import StagingError, reassemble, split
 
 SEAL = "seal.json"
 SHIP_CHUNK_BYTES = 15 * 2**20
-SHIP_MAX_CHUNKS = 4  # + archive, timing log, piece.json and the seal: 8 files in the first call's $OUT
-SHIP_PIECE_BYTES = SHIP_MAX_CHUNKS * SHIP_CHUNK_BYTES
+SHIP_MAX_CHUNKS = 4  # + archive, timing log, piece.json and the seal: the 8 files the first command brings back
 
 
 def ship(run_dir: Path, runs: Path, root: Path, chunk_bytes: int = SHIP_CHUNK_BYTES,
@@ -34,7 +33,7 @@ def ship(run_dir: Path, runs: Path, root: Path, chunk_bytes: int = SHIP_CHUNK_BY
         raise StagingError(f"{run_dir} has no {CHECKPOINT} to ship: the run finished or never checkpointed")
     record = json.loads((run_dir / RECORD).read_text()) if (run_dir / RECORD).is_file() else {}
     relative = run_dir.relative_to(runs).as_posix()
-    # The partial record goes too: the next window's plan reads the epochs left from it.
+    # The partial record goes too: the next window's schedule reads the epochs left from it.
     files = {CHECKPOINT: checkpoint, **({RECORD: run_dir / RECORD} if (run_dir / RECORD).is_file() else {})}
     stage = split(files, root, chunk_bytes * max_chunks, chunk_bytes, max_chunks, label=f"checkpoint of {relative}")
     seal = {"run": relative, "epochs_done": len(record.get("epochs", [])),
@@ -54,7 +53,8 @@ def restore(root: Path, runs: Path, seal: dict | None = None) -> Path:
     """Reassemble the shipped checkpoint from `root`'s pieces into its run folder under `runs`; returns it."""
     seal = seal or read_seal(root)
     target = runs / seal["run"]
-    reassemble(root, seal["stage"], target, hint="send checkpoint piece {index} (its folder alone) first")
+    reassemble(root, seal["stage"], target,
+               hint="copy checkpoint piece {index} (its folder alone) in a command before this one")
     return target
 
 
@@ -62,7 +62,8 @@ def keep(pieces: list[Path], partial: Path) -> Path:
     """Pieces that came back (folders holding piece.json) into `partial/<run>/<index>/`, one partial at a time."""
     seal = next((json.loads((p / SEAL).read_text()) for p in pieces if (p / SEAL).is_file()), None)
     if seal is None:
-        raise StagingError("none of the checkpoint pieces holds the seal (piece 1); fetch the training call's files")
+        raise StagingError("none of the checkpoint pieces holds the seal (piece 1); bring back the files of the "
+                           "training command")
     name = seal["run"].replace("/", "-")
     others = [p for p in partial.iterdir() if p.is_dir() and p.name != name] if partial.is_dir() else []
     if others:
@@ -76,8 +77,8 @@ def keep(pieces: list[Path], partial: Path) -> Path:
 
 
 def _chunk_bytes(path: Path, root: Path) -> bytes:
-    """A kept chunk from the working tree, or, once it was committed and removed from the tree (every device call
-    sends the tree, and 89 MB would not fit), from the commit that added it."""
+    """A kept chunk from the working tree, or, once it was committed and removed from the tree (every command
+    copies the tree to the GPU machine, and 89 MB would not fit), from the commit that added it."""
     import subprocess
 
     if path.is_file():
@@ -93,7 +94,7 @@ def _chunk_bytes(path: Path, root: Path) -> bytes:
 
 
 def stage_back(partial: Path, target: Path, root: Path, room_bytes: int) -> dict | None:
-    """The kept partial run (if any) into piece folders `target/1..n` for the next window's calls; its seal."""
+    """The kept partial run (if any) into piece folders `target/1..n` for the next window's commands; its seal."""
     seals = sorted(partial.glob(f"*/{SEAL}")) if partial.is_dir() else []
     if target.is_dir():
         shutil.rmtree(target)
@@ -107,7 +108,8 @@ def stage_back(partial: Path, target: Path, root: Path, room_bytes: int) -> dict
             (folder / chunk["name"]).write_bytes(_chunk_bytes(seals[0].parent / str(piece["index"]) / chunk["name"],
                                                               root))
         if sum(c["length"] for c in piece["chunks"]) > room_bytes:
-            raise StagingError(f"checkpoint piece {piece['index']} is larger than a call can carry ({room_bytes} B)")
+            raise StagingError(f"checkpoint piece {piece['index']} is larger than one command may copy "
+                               f"({room_bytes} B)")
     (target / "1" / SEAL).write_text(json.dumps(seal, indent=1))
     reassemble(target, seal["stage"], target / "check")  # every chunk's hash, before anything travels
     shutil.rmtree(target / "check")

@@ -1,5 +1,5 @@
-"""The job's processes on the GPU machine: `srlib train` runs (at most a plan's slots at a time, under MPS when
-the plan says so) and `srlib sr-quality` beside them, each in its own session with its log, all stopped by the
+"""The job's processes on the GPU machine: `srlib train` runs (at most a schedule's slots at a time, under MPS
+when the schedule says so) and `srlib sr-quality` beside them, each in its own session with its log, all stopped by the
 job's deadline."""
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 
 from ...runs import ROOT
 from ..processes import kill_group
-from .common import KitRun, sr_scales
+from .job import KitRun
+from .layout import sr_scales
 
 if TYPE_CHECKING:
-    from .schedule import RunKey, WindowPlan
+    from .schedule import RunKey, WindowSchedule
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Launched:
     started: float
     ended: float | None = None
     seed: int = 0
+    stopped_by_kit: bool = False  # interrupted (then killed) by `wait` at the job's deadline: a clean stop
 
 
 def _deadline_text(deadline: float) -> str:
@@ -56,17 +58,17 @@ def _launch_one(state: KitRun, key: RunKey, env: dict, train_args: list[str], th
     return Launched(key.variant, process, path, time.time(), seed=key.seed)
 
 
-def run_plan(state: KitRun, plan: WindowPlan, env: dict, train_args: list[str]) -> list[Launched]:
-    """Start the plan's runs, at most `plan.slots` at a time (under MPS when the plan says so), and wait for all."""
+def run_schedule(state: KitRun, schedule: WindowSchedule, env: dict, train_args: list[str]) -> list[Launched]:
+    """Start the schedule's runs, at most `schedule.slots` at a time (under MPS when it says so), and wait for all."""
     from ...cost import RUN_STARTUP_S
     from .probe import find_mps_control, mps_daemon
 
-    pending = [*plan.runs, *([plan.span] if plan.span else [])]
-    binary = find_mps_control() if plan.mode == "mps" else None
-    if plan.mode == "mps" and binary is None:
-        state.log("[kit] the plan wanted MPS but nvidia-cuda-mps-control is gone: running the runs one at a time")
-        plan.slots = 1
-    threads = str(max(1, (os.cpu_count() or 2) // max(1, plan.slots)))
+    pending = [*schedule.runs, *([schedule.span] if schedule.span else [])]
+    binary = find_mps_control() if schedule.mode == "mps" else None
+    if schedule.mode == "mps" and binary is None:
+        state.log("[kit] the schedule wanted MPS but nvidia-cuda-mps-control is gone: running the runs one at a time")
+        schedule.slots = 1
+    threads = str(max(1, (os.cpu_count() or 2) // max(1, schedule.slots)))
     with mps_daemon(binary) if binary else contextlib.nullcontext(env) as run_env:
         run_env = {**env, **{k: v for k, v in run_env.items() if k.startswith("CUDA_MPS")}}
         launched: list[Launched] = []
@@ -74,13 +76,13 @@ def run_plan(state: KitRun, plan: WindowPlan, env: dict, train_args: list[str]) 
         extra = [quality] if quality else []
 
         def start_next() -> None:
-            while pending and sum(x.ended is None for x in launched) < plan.slots:
+            while pending and sum(x.ended is None for x in launched) < schedule.slots:
                 if state.left() < RUN_STARTUP_S:
                     state.log(f"[kit] not started, too close to the deadline: {', '.join(map(str, pending))}")
                     pending.clear()
                     return
                 key = pending.pop(0)
-                launched.append(_launch_one(state, key, run_env, [*train_args, *plan.train_args(key)], threads))
+                launched.append(_launch_one(state, key, run_env, [*train_args, *schedule.train_args(key)], threads))
 
         start_next()
         wait(state, launched, extra, start_next)
@@ -133,6 +135,7 @@ def wait(state: KitRun, launched: list[Launched], extra: list[Launched], start_n
                 state.log(f"[kit] {item.variant} still running at the packing deadline: interrupting it")
                 kill_group(pid, signal.SIGINT)  # its own session: the run and anything it started
                 interrupted[pid] = now
+                item.stopped_by_kit = True
             elif pid in interrupted and now - interrupted[pid] > grace_s:
                 kill_group(pid, signal.SIGKILL)
         time.sleep(0.5)

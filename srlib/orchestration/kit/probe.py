@@ -2,19 +2,20 @@
 
 Without MPS, processes on one GPU take turns (time slicing), so several `srlib train` processes are not
 faster than one after another unless measured so. The probe measures aggregate training images/s of N
-runs (N = 1, 2, 4) at 32, 64 and 128 px in each mode the machine offers:
+runs (N = 1, 2, 4) at 32, 64 and 128 px in each way `srlib kit run` can start runs:
 
-- `alone`: one run (N = 1), in this process;
-- `streams`: N runs in this process, each on its own CUDA stream, each run's graph captured on that stream
-  (graphs captured on one shared stream share its cuBLAS workspace), every graph captured before any
-  concurrent work;
+- `alone`: one run (N = 1), in this process: the reference every other row is compared with;
 - `mps`: N worker processes under an MPS control daemon (when `nvidia-cuda-mps-control` exists), or
   `processes`: the same without MPS, when it does not.
 
 Every run starts from the same seed and batches, so its weights after the probe's steps must be
-bit-identical to the run alone; the table says whether they were. At 128 px it also times other numerics
-alone (non-deterministic cuDNN, cudnn.benchmark, torch.compile) when time allows. The table goes to
-`results/paper/gpu_probe.json`, from where later windows read it (kit.schedule), re-checking one size.
+bit-identical to the run alone; the table says whether they were. At 128 px it also times the faster
+numerics the planner may choose (non-deterministic cuDNN, torch.compile; kit.schedule.FASTER_NUMERICS)
+alone when time allows. The table goes to `results/paper/gpu_probe.json`, from where later windows read
+it (kit.schedule), re-checking one size.
+
+Speeds are also shown as a fraction of H200_BF16_FLOPS, a bf16 matmul rate measured on the H200 the kit was
+built for: on another GPU that column still means "of the H200's", not of that GPU's own peak.
 
 Needs a CUDA GPU, except the MPS control (tested on a CPU against a fake control binary).
 """
@@ -22,7 +23,6 @@ Needs a CUDA GPU, except the MPS control (tested on a CPU against a fake control
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -43,7 +43,7 @@ SHARING = (1, 2, 4)
 STEPS = 40  # timed steps per run and setting
 MPS_BINARY = "nvidia-cuda-mps-control"
 MPS_SEARCH = ("/usr/local/nvidia/bin", "/usr/bin", "/usr/local/cuda/bin")
-BF16_PEAK_FLOPS = 790e12  # measured on the H200 (8192^3 bf16 matmul); the yardstick of "fraction of peak"
+H200_BF16_FLOPS = 790e12  # measured on the H200 (8192^3 bf16 matmul): the yardstick of "of H200 bf16 peak"
 WORKER_WAIT_S = 60.0  # a worker gives up waiting for the others after this
 WORKER_MODULE = "srlib.orchestration.kit.probe"  # `python -m` this, with `worker SPEC RANK`: one probe process
 
@@ -86,57 +86,46 @@ def mps_daemon(binary: Path, root: Path = Path("/tmp"), timeout_s: float = 30.0)
 # ---------------------------------------------------------------- one probe run
 
 
-def _state_sha256(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 class ProbeRun:
     """One run of the probe: the study's model, optimizer and training step on fixed random batches; every
     ProbeRun of a size starts from the same weights and sees the same batches."""
 
-    def __init__(self, px: int, config, device, numerics, stream=None, n_batches: int = 4):
+    def __init__(self, px: int, config, device, numerics, n_batches: int = 4):
         import torch
 
-        from ...model import resnet18
-        from ...train import GraphedStep
+        from ...train import GraphedStep, build_training
 
-        torch.manual_seed(0)
-        fmt = torch.channels_last if numerics.channels_last else torch.contiguous_format
-        self.model = resnet18(num_classes=10, width=config.width).to(device, memory_format=fmt)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum)
+        self.model, self.optimizer, _ = build_training(config, device, numerics)
         self.model.train()
         g = torch.Generator().manual_seed(1)
         n = config.batch_size * n_batches
         self.x = torch.randint(0, 256, (n, 3, px, px), dtype=torch.uint8, generator=g).to(device)
         self.y = torch.randint(0, 10, (n,), generator=g).to(device)
         self.flips = (torch.rand(n, generator=g) < 0.5).to(device)
-        self.batch, self.n_batches, self.numerics, self.stream = config.batch_size, n_batches, numerics, stream
-        if stream is not None:  # the weights and batches were made on the current stream
-            stream.wait_stream(torch.cuda.current_stream())
+        self.batch, self.n_batches, self.numerics = config.batch_size, n_batches, numerics
         self.step_model = torch.compile(self.model) if numerics.compile else self.model
-        self.graph = GraphedStep(self.model, self.optimizer, numerics.bf16, stream=stream) \
-            if numerics.cuda_graphs else None
+        self.graph = GraphedStep(self.model, self.optimizer, numerics.bf16) if numerics.cuda_graphs else None
 
     def step(self, i: int) -> None:
         import torch
 
         from ...train import make_batch, train_step
 
-        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            k = i % self.n_batches
-            idx = torch.arange(k * self.batch, (k + 1) * self.batch, device=self.x.device)
-            x, y = make_batch(self.x, self.y, idx, self.flips, self.numerics.channels_last)
-            if self.graph is not None:
-                self.graph(x, y)
-            else:
-                train_step(self.step_model, self.optimizer, x, y, self.numerics.bf16)
+        k = i % self.n_batches
+        idx = torch.arange(k * self.batch, (k + 1) * self.batch, device=self.x.device)
+        x, y = make_batch(self.x, self.y, idx, self.flips, self.numerics.channels_last)
+        if self.graph is not None:
+            self.graph(x, y)
+        else:
+            train_step(self.step_model, self.optimizer, x, y, self.numerics.bf16)
 
     def sha256(self) -> str:
-        return _state_sha256(self.model)
+        """A hash of the weights, buffers and their names: equal only for bit-identical runs."""
+        from ...store import sha256_bytes
+
+        state = self.model.state_dict()
+        return sha256_bytes(b"".join(name.encode() + t.detach().cpu().contiguous().numpy().tobytes()
+                                     for name, t in state.items()))
 
 
 def _numerics(config, device, variant: str):
@@ -148,43 +137,26 @@ def _numerics(config, device, variant: str):
     base = resolve_numerics(config, device)
     if variant == "nondeterministic":
         return replace(base, deterministic=False)
-    if variant == "benchmark":
-        return replace(base, deterministic=False)  # plus cudnn.benchmark, set around the timing
     if variant == "compile":
         return replace(base, compile=True, cuda_graphs=False)
     return base
 
 
-@contextlib.contextmanager
-def _backend(numerics, benchmark: bool) -> Iterator[None]:
+def time_in_process(px: int, n: int, config, device, steps: int = STEPS,
+                    variant: str = "default") -> tuple[float, list[str]]:
+    """(aggregate images/s, weight hashes) of n runs in this process, one step of each in turn (the runs do not
+    overlap: the modes that share the GPU run in worker processes). On a CPU (the kit's dry run) it times the
+    plain step."""
     import torch
 
     from ...numerics import deterministic_algorithms
 
-    was = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = benchmark
-    try:
-        with deterministic_algorithms(numerics.deterministic):
-            yield
-    finally:
-        torch.backends.cudnn.benchmark = was
-
-
-def time_in_process(px: int, n: int, config, device, steps: int = STEPS, variant: str = "default",
-                    streams: bool = False) -> tuple[float, list[str]]:
-    """(aggregate images/s, weight hashes) of n runs in this process; n > 1 runs share the GPU only with `streams`
-    (one each). On a CPU (the kit's dry run) it times the plain step."""
-    import torch
-
     cuda = device.type == "cuda"
-    # The whole device, not srlib.timing.timed's events: those are recorded on one stream and would miss the
-    # work of the runs on their own streams.
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     numerics = _numerics(config, device, variant)
-    with _backend(numerics, variant == "benchmark"):
-        runs = [ProbeRun(px, config, device, numerics, torch.cuda.Stream() if streams and cuda else None)
-                for _ in range(n)]
-        for run in runs:  # every graph captured (and compiled) before any concurrent work
+    with deterministic_algorithms(numerics.deterministic):
+        runs = [ProbeRun(px, config, device, numerics) for _ in range(n)]
+        for run in runs:  # every graph captured (and compiled) before the timing
             run.step(0)
         sync()
         started = time.perf_counter()
@@ -288,15 +260,16 @@ class Row:
     px: int
     n: int
     images_per_s: float
-    peak_fraction: float
-    identical: bool
+    peak_fraction: float  # of H200_BF16_FLOPS, whatever the GPU
+    identical: bool | None  # weights bit-identical to the run alone's; None on the run alone itself (the reference)
     numerics: str = "default"
 
 
 def peak_fraction(images_per_s: float, px: int, width: int) -> float:
+    """Training FLOP/s as a fraction of the H200's measured bf16 rate (H200_BF16_FLOPS), on any GPU."""
     from ...flops import train_flops_per_image
 
-    return images_per_s * train_flops_per_image(px, width) / BF16_PEAK_FLOPS
+    return images_per_s * train_flops_per_image(px, width) / H200_BF16_FLOPS
 
 
 def probe(config, budget_s: float = 90.0, steps: int = STEPS, sizes: tuple[int, ...] = SIZES,
@@ -311,20 +284,17 @@ def probe(config, budget_s: float = 90.0, steps: int = STEPS, sizes: tuple[int, 
     alone: dict[int, str] = {}
 
     def add(mode: str, px: int, n: int, img_s: float, hashes: list[str], numerics: str = "default") -> None:
-        identical = all(h == alone.get(px) for h in hashes)
+        reference = mode == "alone" and numerics == "default"
+        identical = None if reference else all(h == alone.get(px) for h in hashes)
         rows.append(Row(mode, px, n, img_s, peak_fraction(img_s, px, config.width), identical, numerics))
         log(f"[probe] {mode:>9} {px:>3} px x{n} {numerics:>16}: {img_s:9.0f} img/s, {rows[-1].peak_fraction:6.1%} "
-            f"of bf16 peak, weights {'identical' if identical else 'NOT identical'} to the run alone")
+            f"of H200 bf16 peak, " + ("the reference" if reference else
+                                      f"weights {'identical' if identical else 'NOT identical'} to the run alone"))
 
     for px in sizes:
         img_s, hashes = time_in_process(px, 1, config, device, steps)
         alone[px] = hashes[0]
         add("alone", px, 1, img_s, hashes)
-    for n in (k for k in sharing if k > 1):
-        for px in sizes:
-            if left() < 10:
-                break
-            add("streams", px, n, *time_in_process(px, n, config, device, steps, streams=True))
     binary = find_mps_control()
     mode = "mps" if binary else "processes"
     phases = [(px, n) for n in sharing if n > 1 for px in sizes]
@@ -339,7 +309,7 @@ def probe(config, budget_s: float = 90.0, steps: int = STEPS, sizes: tuple[int, 
             mps_note = f"failed: {exc}"
             log(f"[probe] {mode}: {exc}")
     largest = max(sizes)
-    for variant in ("nondeterministic", "benchmark", "compile"):
+    for variant in ("nondeterministic", "compile"):
         if left() < (45 if variant == "compile" else 8):
             log(f"[probe] {variant} at {largest} px: skipped, {left():.0f} s of the probe's budget left")
             continue
@@ -350,7 +320,7 @@ def probe(config, budget_s: float = 90.0, steps: int = STEPS, sizes: tuple[int, 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"schema": PROBE_SCHEMA, "device": name, "torch": torch.__version__,
             "steps": steps, "batch_size": config.batch_size, "width": config.width, "mps": mps_note,
-            "seconds": time.perf_counter() - started, "bf16_peak_flops": BF16_PEAK_FLOPS,
+            "seconds": time.perf_counter() - started, "h200_bf16_flops": H200_BF16_FLOPS,
             "rows": [asdict(r) for r in rows]}
 
 
@@ -366,11 +336,12 @@ def recheck(table: dict, config, px: int, steps: int = STEPS, log: Callable[[str
 
 
 def table_lines(table: dict) -> list[str]:
-    """The probe table as text: mode x size x N -> img/s, % of bf16 peak, identical."""
-    lines = [f"{'mode':>9} {'px':>4} {'N':>2} {'numerics':>16} {'img/s':>9} {'peak':>6} identical"]
+    """The probe table as text: mode x size x N -> img/s, % of the H200's bf16 peak, identical to the run alone."""
+    lines = [f"{'mode':>9} {'px':>4} {'N':>2} {'numerics':>16} {'img/s':>9} {'of H200 bf16 peak':>17} identical"]
     for r in table["rows"]:
+        same = "reference" if r["identical"] is None else "yes" if r["identical"] else "no"
         lines.append(f"{r['mode']:>9} {r['px']:>4} {r['n']:>2} {r['numerics']:>16} {r['images_per_s']:9.0f} "
-                     f"{r['peak_fraction']:6.1%} {'yes' if r['identical'] else 'no'}")
+                     f"{r['peak_fraction']:17.1%} {same}")
     return lines
 
 

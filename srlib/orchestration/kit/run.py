@@ -1,8 +1,8 @@
-"""`srlib kit run` (on the GPU machine): the whole job of one call.
+"""`srlib kit run` (on the GPU machine): the whole job of one command.
 
-It reassembles and hash-checks the data, resumes a checkpoint staged back, measures speeds (kit.speeds), plans
+It reassembles and hash-checks the data, resumes a checkpoint staged back, measures speeds (kit.speeds), schedules
 the runs that end within the window's time left (kit.schedule), runs them (kit.pool) and packs everything into
-one archive in $OUT (kit.archive), whatever happened. `--dry-run` does all of it on a CPU, smoke-sized.
+one archive in OUT (kit.archive), whatever happened. `--dry-run` does all of it on a CPU, smoke-sized.
 """
 
 from __future__ import annotations
@@ -20,33 +20,30 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...config import VARIANTS
+from ...config import VARIANTS, expand_variants
 from ...errors import PARTIAL_EXIT_CODE
+from ...provenance import now
 from ...runs import ROOT
 from .archive import pack
-from .common import (
-    CKPT_DIR,
+from .job import (
+    COMMAND_BUDGET_S,
     DRY_RUN,
     FRESH_WINDOW_S,
-    KIT_SCHEMA,
-    MANIFEST,
     MIN_COMMAND_S,
+    PACK_RESERVE_S,
     PAPER,
     RESUME_COST_S,
     RETURN_RESERVE_S,
-    KitError,
     KitRun,
     Settings,
-    check_variants,
     log_line,
-    now,
     run_config,
-    sr_checkpoints,
     work_folder,
 )
-from .pool import Launched, run_plan
-from .probe import BF16_PEAK_FLOPS, PROBE_FILE, peak_fraction, write_table
-from .speeds import check_graphs, probe_upscaling, speed_table, upscaler_key
+from .layout import CKPT_DIR, KIT_SCHEMA, MANIFEST, KitError, sr_checkpoints
+from .pool import Launched, run_schedule
+from .probe import H200_BF16_FLOPS, PROBE_FILE, peak_fraction, write_table
+from .speeds import check_graphs, measure_upscaling, speed_table, upscaler_key
 
 if TYPE_CHECKING:
     from .schedule import RunKey
@@ -88,32 +85,31 @@ def _epochs_left(runs: Path, settings: Settings, key: RunKey, epochs: int) -> in
     return max(0, epochs - len(record.get("epochs", [])))
 
 
-def run_kit(kit: Path, out: Path, variants: list[str] | None = None, budget_s: float = 560.0,
-            pack_reserve_s: float = 40.0, dry_run: bool = False, work: Path | None = None,
-            start_all: bool = False, train_args: list[str] | None = None, probe_steps: int | None = None,
-            window_left_s: float | None = None, log: Callable[[str], None] = log_line) -> int:
-    """The whole GPU-side job; returns 0 (all started runs complete), PARTIAL_EXIT_CODE or 1 (a failure).
+def run_kit(kit: Path, out: Path, variants: list[str] | None = None, dry_run: bool = False, work: Path | None = None,
+            train_args: list[str] | None = None, window_left_s: float | None = None,
+            log: Callable[[str], None] = log_line) -> int:
+    """The whole GPU-side job; returns 0 (all started runs complete, or nothing to run), PARTIAL_EXIT_CODE or 1
+    (a failure).
 
-    `window_left_s`: the device time left in this window when the command starts (the device tool's status); runs
-    are planned to end within it, and this command trains until the earlier of its own budget and the window."""
+    `window_left_s`: the time left on the GPU machine in this window when the command starts; runs are scheduled
+    to end within it, and this command trains until the earlier of its own budget (COMMAND_BUDGET_S) and the
+    window."""
     started = time.time()
     kit = kit.resolve()
     manifest_path = kit / MANIFEST
     if not manifest_path.is_file():
-        raise KitError(f"{manifest_path} is missing: run `srlib kit assemble` on the prepared machine first and "
-                       "send the kit's last call along (device tool: the carry list `assemble` printed)")
+        raise KitError(f"{manifest_path} is missing: run `srlib kit assemble` on the prepared machine first, and "
+                       "copy the kit paths it printed for the training command to the GPU machine")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("schema") != KIT_SCHEMA:
         raise KitError(f"{manifest_path} is from another srlib (schema {manifest.get('schema')}); assemble it again")
     settings = DRY_RUN if dry_run else PAPER
-    if probe_steps:
-        settings = Settings(**{**asdict(settings), "probe_steps": probe_steps})
-    variants = check_variants(variants or manifest["variants"])
+    variants = expand_variants(variants or manifest["variants"])
     missing = [c.file for c in sr_checkpoints(variants) if c.file not in manifest["weights"]]
     if missing:
         raise KitError(f"the kit holds no SR weights for {', '.join(missing)}; assemble it with these variants")
-    window = window_left_s if window_left_s is not None else budget_s
-    end = started + min(budget_s, max(0.0, window - RETURN_RESERVE_S))
+    window = window_left_s if window_left_s is not None else COMMAND_BUDGET_S
+    end = started + min(COMMAND_BUDGET_S, max(0.0, window - RETURN_RESERVE_S))
     work = work_folder(work)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -122,15 +118,15 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, budget_s: f
         lines.append(f"[{time.time() - started:6.1f}s] {message}")
         log(message)
 
-    state = KitRun(kit, out, work, settings, variants, started, end - pack_reserve_s, end, say,
+    state = KitRun(kit, out, work, settings, variants, started, end - PACK_RESERVE_S, end, say,
                    {"schema": KIT_SCHEMA, "started": now(), "dry_run": dry_run, "variants": variants,
-                    "budget_s": budget_s, "window_left_s": window_left_s, "pack_reserve_s": pack_reserve_s,
+                    "budget_s": COMMAND_BUDGET_S, "window_left_s": window_left_s, "pack_reserve_s": PACK_RESERVE_S,
                     "kit": manifest["source"], "data": {k: v for k, v in manifest["data"].items() if k != "stage"}},
                    window_ends=window - (end - started) < MIN_COMMAND_S)
     code = 1
     try:
         with _restored_environment():
-            code = _run(state, manifest, start_all, train_args or [], window)
+            code = _run(state, manifest, train_args or [], window)
     except BaseException as exc:  # the archive's timing log says why the job ended early, then it goes on up
         say(f"[kit] stopped by {type(exc).__name__}: {exc}")
         raise
@@ -165,15 +161,20 @@ def _environment(state: KitRun, site: Path) -> dict:
 
 
 def _queue(manifest: dict, variants: list[str]) -> list[RunKey]:
+    """The kit's queue (the runs the results lacked when it was assembled) among `variants`; may be empty."""
     from .schedule import RunKey
 
-    keys = [RunKey(v, s) for v, s in manifest.get("queue") or [(v, 0) for v in manifest["variants"]]]
-    return [k for k in keys if k.variant in variants]
+    return [RunKey(v, s) for v, s in manifest["queue"] if v in variants]
 
 
-def _run(state: KitRun, manifest: dict, start_all: bool, train_args: list[str], window_s: float) -> int:
+def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) -> int:
     say, settings = state.log, state.settings
     config = run_config(settings, train_args)  # bad --train-args stop the job here, before any work
+    keys = _queue(manifest, state.variants)
+    if not keys:
+        say(f"[kit] the queue holds no run of {', '.join(state.variants)}: every run was done when the kit was "
+            "assembled; nothing to train")
+        return 0
     state.work.mkdir(parents=True, exist_ok=True)
     installed = install_wheels(state.kit, state.work / "site", say)
     env = _environment(state, state.work / "site")
@@ -184,9 +185,9 @@ def _run(state: KitRun, manifest: dict, start_all: bool, train_args: list[str], 
 
     from ...data import load_dataset, stratified_subset
     from ...numerics import resolve_device
-    from .data import unstage
+    from .dataset_pieces import unstage
     from .partial import restore
-    from .schedule import RunNeed, plan_window
+    from .schedule import RunNeed, schedule_window
 
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise KitError("torch sees no CUDA GPU; `srlib kit run` is for the GPU machine (use --dry-run on a CPU)")
@@ -207,13 +208,12 @@ def _run(state: KitRun, manifest: dict, start_all: bool, train_args: list[str], 
         f"images (reassembled and decoded in {decode_s:.1f}s), content sha256 "
         f"{dataset.identity['content_sha256'][:16]}... verified")
 
-    keys = _queue(manifest, state.variants)
     px_list = sorted({VARIANTS[k.variant].px for k in keys})
     table, probe_table = speed_table(state, config, device, px_list)
     graph_check = check_graphs(config, device, say) if device.type == "cuda" and config.cuda_graphs else None
     if graph_check is not None and not graph_check["ok"]:
         train_args = [*train_args, "--no-cuda-graphs"]
-    sr_speed = probe_upscaling(sorted({k.variant for k in keys}), dataset.test_x, settings, device, say)
+    sr_speed = measure_upscaling(sorted({k.variant for k in keys}), dataset.test_x, settings, device, say)
     needs = []
     for key in keys:
         left = _epochs_left(state.runs, settings, key, config.epochs)
@@ -221,30 +221,27 @@ def _run(state: KitRun, manifest: dict, start_all: bool, train_args: list[str], 
         if left:
             needs.append(RunNeed.of(key, left, n_train, n_test, upscale_s, width=config.width))
     # Runs end within this command when no further command fits the window; otherwise within the window, and the
-    # next command (the same one, on the warm machine) resumes what this one stopped at its deadline.
+    # next command (the same one, on the same machine) resumes what this one stopped at its deadline.
     seconds = state.left() if state.window_ends else (
         window_s - RETURN_RESERVE_S - (state.end - state.deadline) - (time.time() - state.started)
         - RESUME_COST_S)
-    plan = plan_window(needs, table, seconds, FRESH_WINDOW_S)
-    if start_all:
-        plan.runs += [n.key for n in needs if n.key not in plan.runs and n.key != plan.span]
-    for line in plan.describe():
-        say(f"[kit] plan: {line}")
+    schedule = schedule_window(needs, table, seconds, FRESH_WINDOW_S)
+    for line in schedule.describe():
+        say(f"[kit] schedule: {line}")
     state.timing.update({
         "device": gpu or "cpu", "torch": torch.__version__, "cpu_count": os.cpu_count(),
         "installed_wheels": installed, "decode_seconds": decode_s, "train_images": n_train, "test_images": n_test,
         "dataset_sha256": dataset.identity.get("content_sha256"), "probe_table": probe_table is not None,
-        "speeds": [asdict(r) for r in table.rows], "sr_probe_images_per_s": sr_speed, "graph_check": graph_check,
-        "bf16_peak_flops": BF16_PEAK_FLOPS, "plan": {"mode": plan.mode, "slots": plan.slots,
-                                                      "runs": [str(k) for k in plan.runs],
-                                                      "span": str(plan.span) if plan.span else None,
-                                                      "numerics": plan.numerics, "estimated_s": plan.estimated_s,
-                                                      "skipped": plan.skipped, "seconds": seconds},
+        "speeds": [asdict(r) for r in table.rows], "sr_images_per_s": sr_speed, "graph_check": graph_check,
+        "h200_bf16_flops": H200_BF16_FLOPS,
+        "schedule": {"mode": schedule.mode, "slots": schedule.slots, "runs": [str(k) for k in schedule.runs],
+                     "span": str(schedule.span) if schedule.span else None, "numerics": schedule.numerics,
+                     "estimated_s": schedule.estimated_s, "skipped": schedule.skipped, "seconds": seconds},
     })
     if probe_table is not None:
         write_table(probe_table, state.work / PROBE_FILE)
     del dataset
-    launched = run_plan(state, plan, env, train_args)
+    launched = run_schedule(state, schedule, env, train_args)
     return _report(state, launched, [n.key for n in needs])
 
 
@@ -278,17 +275,42 @@ def _report(state: KitRun, launched: list[Launched], keys: list[RunKey]) -> int:
         else:
             row["status"] = "not run" if item is None else "failed"
         rows[str(key)] = row
-        stopped = item is not None and item.process.returncode in (0, PARTIAL_EXIT_CODE, 130, -signal.SIGKILL)
-        if item is not None and not stopped:
-            code = 1  # a failed run: its log is in the archive
+        state.log(_row_text(str(key), row))
+        if item is not None and not _clean_stop(item):
+            code = 1  # a failed run, or one killed by something else than the kit (the out-of-memory killer, say)
+            row["log"] = f"logs/{item.log.name}"
+            state.log(f"[kit] {key} FAILED ({_exit_text(item.process.returncode)}); the end of its log "
+                      f"({row['log']} in the archive):\n" + _log_tail(item.log))
         elif row["status"] != "complete" and code == 0 and item is not None:
             code = PARTIAL_EXIT_CODE  # stopped at the deadline: rerun to resume
-        state.log(_row_text(str(key), row))
     if quality is not None:
         state.timing["sr_quality_exit_code"] = quality.process.returncode
         state.log(f"[kit] sr-quality exit code {quality.process.returncode}")
     state.timing["runs"] = rows
     return code
+
+
+def _clean_stop(item: Launched) -> bool:
+    """Finished, stopped itself before the deadline, or stopped by the kit's own deadline interrupt (SIGINT, then
+    SIGKILL when it did not stop in time). Any other signal, SIGKILL included, is a failure."""
+    returncode = item.process.returncode
+    if returncode in (0, PARTIAL_EXIT_CODE):
+        return True
+    return item.stopped_by_kit and returncode in (130, -signal.SIGINT, -signal.SIGKILL)
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(errors="replace") if path.is_file() else "(no log)"
+    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
 
 
 def _row_text(name: str, row: dict) -> str:
@@ -297,7 +319,7 @@ def _row_text(name: str, row: dict) -> str:
     fmt = (lambda v, spec: "-" if v is None else format(v, spec))  # noqa: E731
     return (f"[kit] result {name:>13}: {row['status']}, {row['epochs_done']}/{row['epochs']} epochs at "
             f"{row['px']} px, {fmt(row['mean_epoch_s'], '.1f')} s/epoch (+{fmt(row['mean_eval_s'], '.1f')} s eval), "
-            f"{fmt(row['train_images_per_s'], '.0f')} img/s = {fmt(row['peak_fraction'], '.1%')} of bf16 peak, "
+            f"{fmt(row['train_images_per_s'], '.0f')} img/s = {fmt(row['peak_fraction'], '.1%')} of H200 bf16 peak, "
             f"upscaling {fmt(row['upscale_s'], '.0f')} s, wall {fmt(row['wall_s'], '.0f')} s; "
             f"max {fmt(row['max_test_acc'], '.2f')}%, final {fmt(row['final_test_acc'], '.2f')}%")
 

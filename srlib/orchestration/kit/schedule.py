@@ -1,10 +1,10 @@
 """What a GPU window runs: the queue from what the results lack, and the runs that complete in the time left.
 
 Speeds come only from measurements (the probe's table, kit.probe): aggregate training images/s of N runs
-sharing the GPU in a mode (`alone`, `mps`, `processes`, `streams`) at each input size. Nothing assumes
+sharing the GPU in a mode (`alone`, `mps`, `processes`) at each input size. Nothing assumes
 that sharing is faster: where the probe says it is not, the runs go one after another.
 
-A run starts only if the estimate says it ends within the device time left in the window; a run that
+A run starts only if the estimate says it ends within the machine time left in the window; a run that
 fits starts even when the one before it in the queue (its pair) does not, so no time is left idle. A run
 that cannot end within any window (an x4 run at a slow setting) is started alone with a deadline and
 its checkpoint comes back, to be resumed in a later window (kit.partial). How long a run's epochs take in
@@ -16,12 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import STUDY_VARIANTS
+from ...config import PAPER_SEEDS, STUDY_VARIANTS
 
-VARIANT_ORDER = STUDY_VARIANTS  # each seed's runs, in this order
-SEEDS = (0, 1, 2)
 SAFETY = 1.1  # estimates are stretched by this before they are compared with the time left
-LAUNCHABLE = ("alone", "mps", "processes")  # modes in which `srlib kit run` starts `srlib train` processes
 FASTER_NUMERICS = {"nondeterministic": ["--no-deterministic"], "compile": ["--compile", "--no-cuda-graphs"]}
 SPAN_MIN_S = 240.0  # a spanning run is started only with at least this much time: a few epochs and its checkpoint
 
@@ -35,8 +32,8 @@ class RunKey:
         return f"{self.variant} s{self.seed}"
 
 
-def queue(results: Path, content_sha256: str, profile: str = "paper", seeds: tuple[int, ...] = SEEDS,
-          variants: tuple[str, ...] = VARIANT_ORDER) -> list[RunKey]:
+def queue(results: Path, content_sha256: str, profile: str = "paper", seeds: tuple[int, ...] = PAPER_SEEDS,
+          variants: tuple[str, ...] = STUDY_VARIANTS) -> list[RunKey]:
     """The runs `results` lacks, in study order: per seed original, resize_x2, sr_x2, resize_x4, sr_x4. A record
     made on other data (another content hash, e.g. the JPEG copy) does not count as done."""
     from ...runs import load_records
@@ -47,18 +44,19 @@ def queue(results: Path, content_sha256: str, profile: str = "paper", seeds: tup
 
 
 @dataclass(frozen=True)
-class Speed:
-    mode: str  # alone | mps | processes | streams
+class ModeSpeed:
+    mode: str  # alone | mps | processes
     px: int
     n: int  # runs sharing the GPU
     images_per_s: float  # all n runs together
-    identical: bool = True  # every run's weights after the probe's steps were bit-identical to the run alone
-    numerics: str = "default"  # default | nondeterministic | benchmark | compile (alone only)
+    # Every run's weights after the probe's steps were bit-identical to the run alone's; None: the run alone itself.
+    identical: bool | None = True
+    numerics: str = "default"  # default | nondeterministic | compile (alone only)
 
 
 @dataclass
 class SpeedTable:
-    rows: list[Speed]
+    rows: list[ModeSpeed]
 
     def aggregate(self, mode: str, px: int, n: int, numerics: str = "default") -> float | None:
         """Measured images/s of `n` runs together; for an unmeasured n, that of the largest measured n below it
@@ -77,15 +75,15 @@ class SpeedTable:
         """Modes whose runs were bit-identical to runs alone (sharing must not change the numbers)."""
         rows = [r for r in self.rows if r.numerics == "default"]  # other numerics are not meant to be identical
         modes = dict.fromkeys(r.mode for r in rows)
-        return [m for m in modes if all(r.identical for r in rows if r.mode == m)]
+        return [m for m in modes if all(r.identical is not False for r in rows if r.mode == m)]
 
     def numerics_at(self, px: int) -> list[str]:
         return [r.numerics for r in self.rows if r.mode == "alone" and r.px == px and r.n == 1]
 
     @classmethod
     def from_json(cls, rows: list[dict]) -> SpeedTable:
-        fields = Speed.__dataclass_fields__
-        return cls([Speed(**{k: v for k, v in r.items() if k in fields}) for r in rows])
+        fields = ModeSpeed.__dataclass_fields__
+        return cls([ModeSpeed(**{k: v for k, v in r.items() if k in fields}) for r in rows])
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ def finish_times(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int,
 
 
 @dataclass
-class WindowPlan:
+class WindowSchedule:
     mode: str
     slots: int
     runs: list[RunKey] = field(default_factory=list)
@@ -168,8 +166,8 @@ class WindowPlan:
         return lines
 
 
-def _greedy(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int, seconds: float) -> WindowPlan:
-    plan = WindowPlan(mode, slots)
+def _greedy(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int, seconds: float) -> WindowSchedule:
+    schedule = WindowSchedule(mode, slots)
     chosen: list[RunNeed] = []
     chosen_numerics: list[str] = []
     for need in needs:
@@ -180,20 +178,19 @@ def _greedy(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int, seco
             if max(times) * SAFETY <= seconds:
                 chosen.append(need)
                 chosen_numerics.append(numerics)
-                plan.estimated_s = max(times) * SAFETY
+                schedule.estimated_s = max(times) * SAFETY
                 break
         else:
             alone = finish_times([need], table, mode, 1)[0] * SAFETY
-            plan.skipped[str(need.key)] = (f"not started: ~{alone:.0f} s alone in mode {mode}, with the runs before it "
-                                           f"more than the {seconds:.0f} s left")
-    plan.runs = [n.key for n in chosen]
-    plan.numerics = {str(n.key): m for n, m in zip(chosen, chosen_numerics, strict=True) if m != "default"}
-    return plan
+            schedule.skipped[str(need.key)] = (f"not started: ~{alone:.0f} s alone in mode {mode}, with the runs "
+                                               f"before it more than the {seconds:.0f} s left")
+    schedule.runs = [n.key for n in chosen]
+    schedule.numerics = {str(n.key): m for n, m in zip(chosen, chosen_numerics, strict=True) if m != "default"}
+    return schedule
 
 
-def plan_window(needs: list[RunNeed], table: SpeedTable, seconds: float, window_s: float,
-                modes: tuple[str, ...] = LAUNCHABLE) -> WindowPlan:
-    """The best launchable plan for `seconds` of device time left: most runs completed, then the earliest end.
+def schedule_window(needs: list[RunNeed], table: SpeedTable, seconds: float, window_s: float) -> WindowSchedule:
+    """The best schedule for `seconds` of machine time left: most runs completed, then the earliest end.
     `window_s`: the compute time a fresh window offers. A run at the head of the queue that can never end within
     one (at any measured setting) is started alone and spans windows; a run that would fit a fresh window but not
     the time left waits, while later runs that fit use the time."""
@@ -203,11 +200,11 @@ def plan_window(needs: list[RunNeed], table: SpeedTable, seconds: float, window_
                       for m in ["default", *(n for n in table.numerics_at(head.px) if n in FASTER_NUMERICS)])
         if fastest * SAFETY > window_s:  # it fits no window: it goes first, alone, and spans windows
             later = {str(n.key): "after the spanning run" for n in needs[1:]}
-            return WindowPlan("alone", 1, span=head.key, skipped=later)
+            return WindowSchedule("alone", 1, span=head.key, skipped=later)
     candidates = []
-    for mode in [m for m in table.usable_modes() if m in modes]:
+    for mode in table.usable_modes():
         for slots in ((1,) if mode == "alone" else (2, 4)):
             candidates.append(_greedy(needs, table, mode, slots, seconds))
     if not candidates:
-        return WindowPlan("alone", 1, skipped={str(n.key): "no measured speed" for n in needs})
+        return WindowSchedule("alone", 1, skipped={str(n.key): "no measured speed" for n in needs})
     return max(candidates, key=lambda p: (len(p.runs), -p.estimated_s, p.mode == "alone"))

@@ -1,4 +1,4 @@
-"""What a job measures on the GPU machine before it plans: training speeds per input size (this window's
+"""What a job measures on the GPU machine before it schedules: training speeds per input size (this window's
 probe, the committed table re-checked, or a probe now), whether CUDA graphs train like eager steps, and how
 fast each SR upscaler runs."""
 
@@ -10,26 +10,24 @@ from typing import TYPE_CHECKING
 
 from ...config import VARIANTS
 from ...runs import ROOT
-from .common import KitRun, Settings
+from .job import KitRun, Settings
 
 if TYPE_CHECKING:
     from .schedule import SpeedTable
 
 
 def speed_table(state: KitRun, config, device, px_list: list[int]) -> tuple[SpeedTable, dict | None]:
-    """(SpeedTable for the plan, the probe table when one was measured in this window). On the GPU: this window's
-    probe (`srlib kit probe` in an earlier call), else the committed one re-checked at one size, else a probe now.
+    """(SpeedTable for the schedule, the probe table when one was measured in this window). On the GPU: this window's
+    probe (`srlib kit probe` in an earlier command), else the committed one re-checked at one size, else a probe now.
     Dry run: each size timed alone on the CPU."""
-    from dataclasses import replace
-
     from .probe import PROBE_FILE, probe, recheck, table_lines, time_in_process
-    from .schedule import Speed, SpeedTable
+    from .schedule import ModeSpeed, SpeedTable
 
     if device.type != "cuda":
-        rows = [Speed("alone", px, 1, time_in_process(px, 1, config, device, state.settings.probe_steps)[0])
+        rows = [ModeSpeed("alone", px, 1, time_in_process(px, 1, config, device, state.settings.timing_steps)[0])
                 for px in px_list]
         for r in rows:
-            state.log(f"[kit] probe alone {r.px:>3} px: {r.images_per_s:9.1f} img/s (CPU dry run)")
+            state.log(f"[kit] speed alone {r.px:>3} px: {r.images_per_s:9.1f} img/s (CPU dry run)")
         return SpeedTable(rows), None
     here, committed = state.work / PROBE_FILE, ROOT / "results" / "paper" / PROBE_FILE
     if here.is_file():
@@ -46,8 +44,7 @@ def speed_table(state: KitRun, config, device, px_list: list[int]) -> tuple[Spee
         table = fresh = probe(config, log=state.log)
     for line in table_lines(table):
         state.log(f"[kit] speeds {line}")
-    speeds = SpeedTable.from_json(table["rows"])
-    return SpeedTable([replace(r) for r in speeds.rows]), fresh
+    return SpeedTable.from_json(table["rows"]), fresh
 
 
 def check_graphs(config, device, log: Callable[[str], None], steps: int = 12) -> dict:
@@ -89,14 +86,14 @@ def upscaler_key(variant: str) -> str:
     return f"{v.method} x{v.scale}"
 
 
-def probe_upscaling(variants: list[str], images, settings: Settings, device,
-                    log: Callable[[str], None]) -> dict[str, float]:
+def measure_upscaling(variants: list[str], images, settings: Settings, device,
+                      log: Callable[[str], None]) -> dict[str, float]:
     """Images/s of each SR upscaler the variants use (srlib.upscale, as training calls it), by upscaler_key."""
     from ...timing import timed
     from ...upscale import build_upscaler, upscale
 
     speeds = {}
-    batch = images[:settings.sr_probe_images]
+    batch = images[:settings.sr_speed_images]
     for variant in variants:
         key = upscaler_key(variant)
         if not VARIANTS[variant].is_sr or key in speeds:
@@ -105,7 +102,7 @@ def probe_upscaling(variants: list[str], images, settings: Settings, device,
         upscale(batch[:upscaler.chunk_size], upscaler, progress=False)  # warm-up: weights, kernels
         seconds = timed(lambda u=upscaler: upscale(batch, u, progress=False), device)
         speeds[key] = len(batch) / seconds
-        log(f"[kit] probe {key}: {speeds[key]:9.1f} img/s ({len(batch)} images of 32 px)")
+        log(f"[kit] speed {key}: {speeds[key]:9.1f} img/s ({len(batch)} images of 32 px)")
     if device.type == "cuda":
         import torch
 

@@ -1,46 +1,33 @@
-"""Files cut into pieces that fit one device call each, put back together there, checked by sha256.
+"""Files cut into pieces that fit one command on the GPU machine each, put back together there, checked by sha256.
 
-The device tool sends at most 64 MiB per call (the repository included) and returns at most 8 files of
-16 MiB. Data (131 MiB of lossless CIFAR-10) and checkpoints (~89 MB) are larger, so they travel in
-pieces: piece N is one folder (`<root>/N/`) of chunk files no larger than `chunk_bytes`, with a
-`piece.json` naming what it holds. Each call carries only its own piece folder, never a parent: a
-carried path replaces that path on the other machine, and a carried path absent here is deleted there.
+A command takes at most 64 MiB of files to the GPU machine (the repository included) and brings back at most
+8 files of 16 MiB (kit.layout). Data (131 MiB of lossless CIFAR-10) and checkpoints (~89 MB) are larger, so
+they travel in pieces: piece N is one folder (`<root>/N/`) of chunk files no larger than `chunk_bytes`, with a
+`piece.json` naming what it holds. Each command gets only its own piece folder copied, never a parent, so the
+pieces copied by earlier commands stay where they are on the GPU machine.
 
 The stage manifest (`split`'s return value) travels with the last piece inside the kit's manifest; it is
 what `reassemble` trusts, chunk by chunk and file by file. A missing or altered piece stops with one
-line that names the piece and what to carry.
+line that names the piece and what to copy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ...errors import SrlibError
+from ...store import atomic_write_bytes, sha256_bytes, sha256_file
+from .layout import RETURN_FILE_LIMIT_BYTES
 
 STAGE_SCHEMA = 1
 PIECE_FILE = "piece.json"
-CHUNK_BYTES = 16 * 2**20  # the largest file the device tool hands back from $OUT
-_BLOCK = 2**20
+CHUNK_BYTES = RETURN_FILE_LIMIT_BYTES  # a checkpoint's chunks come back from the GPU machine as files
 
 
 class StagingError(SrlibError):
     pass
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _slices(files: dict[str, Path], piece_bytes: int, chunk_bytes: int,
@@ -84,7 +71,7 @@ def split(files: dict[str, Path], root: Path, piece_bytes: int, chunk_bytes: int
         pieces.setdefault(piece, []).append({"name": chunk, "file": name, "offset": offset, "length": length,
                                              "sha256": sha256_bytes(data)})
     manifest = {"schema": STAGE_SCHEMA, "label": label,
-                "files": {n: {"bytes": p.stat().st_size, "sha256": sha256_path(p)} for n, p in sorted(files.items())},
+                "files": {n: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for n, p in sorted(files.items())},
                 "pieces": [{"index": i, "bytes": sum(c["length"] for c in chunks), "chunks": chunks}
                            for i, chunks in sorted(pieces.items())]}
     for piece in manifest["pieces"]:
@@ -92,10 +79,6 @@ def split(files: dict[str, Path], root: Path, piece_bytes: int, chunk_bytes: int
             {"label": label, "index": piece["index"], "of": len(manifest["pieces"]), "chunks": piece["chunks"]},
             indent=1))
     return manifest
-
-
-def piece_bytes_on_disk(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
 
 
 def _check_piece(folder: Path, piece: dict, total: int, label: str, hint: str) -> None:
@@ -106,28 +89,29 @@ def _check_piece(folder: Path, piece: dict, total: int, label: str, hint: str) -
         path = folder / chunk["name"]
         if not path.is_file():
             raise StagingError(f"{where} lacks {chunk['name']}: {hint.format(index=piece['index'])}")
-        if path.stat().st_size != chunk["length"] or sha256_path(path) != chunk["sha256"]:
+        if path.stat().st_size != chunk["length"] or sha256_file(path) != chunk["sha256"]:
             raise StagingError(f"{where}: {chunk['name']} differs from the one staged (sha256 "
                                f"{chunk['sha256'][:16]}...); {hint.format(index=piece['index'])}")
 
 
 def verify_piece(folder: Path) -> str:
-    """Check one arrived piece against its own piece.json (the staging call's check); a one-line summary."""
+    """Check one arrived piece against its own piece.json (the staging command's check); a one-line summary."""
     meta_path = folder / PIECE_FILE
     if not meta_path.is_file():
-        raise StagingError(f"{folder} holds no {PIECE_FILE}: the piece did not arrive; carry exactly that folder")
+        raise StagingError(f"{folder} holds no {PIECE_FILE}: the piece did not arrive; copy exactly that folder to "
+                           "the GPU machine")
     meta = json.loads(meta_path.read_text())
     _check_piece(folder, {"index": meta["index"], "chunks": meta["chunks"]}, meta["of"], meta["label"],
-                 "carry that piece folder again")
+                 "copy that piece folder to the GPU machine again")
     size = sum(c["length"] for c in meta["chunks"])
     return f"{meta['label']} piece {meta['index']} of {meta['of']}: {len(meta['chunks'])} chunk(s), " \
            f"{size / 2**20:.1f} MiB, sha256 verified"
 
 
 def reassemble(root: Path, manifest: dict, target: Path,
-               hint: str = "send piece {index} (its folder alone) before this call") -> dict[str, Path]:
-    """Check every piece under `root` against `manifest`, then write the files into `target` (each written to
-    a temporary name and renamed only after its sha256 matched). `hint` says what to do about a bad piece."""
+               hint: str = "copy piece {index} (its folder alone) in a command before this one") -> dict[str, Path]:
+    """Check every piece under `root` against `manifest`, then write the files into `target` (each one whole,
+    only after its sha256 matched). `hint` says what to do about a bad piece."""
     label, pieces = manifest["label"], manifest["pieces"]
     for piece in pieces:
         _check_piece(root / str(piece["index"]), piece, len(pieces), label, hint)
@@ -142,16 +126,10 @@ def reassemble(root: Path, manifest: dict, target: Path,
         if sum(p[2] for p in parts) != expected["bytes"]:
             raise StagingError(f"the {label} stage does not cover {name} ({sum(p[2] for p in parts)} of "
                                f"{expected['bytes']} bytes); assemble the kit again")
-        path = target / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        with tmp.open("wb") as out:
-            for _, chunk, _ in parts:
-                out.write(chunk.read_bytes())
-        if sha256_path(tmp) != expected["sha256"]:
-            tmp.unlink()
+        data = b"".join(chunk.read_bytes() for _, chunk, _ in parts)  # ~100 MB at most: one data file
+        if sha256_bytes(data) != expected["sha256"]:
             raise StagingError(f"{name} reassembled from the {label} pieces does not match its sha256 "
-                               f"{expected['sha256'][:16]}...; assemble the kit again and resend every piece")
-        os.replace(tmp, path)
-        written[name] = path
+                               f"{expected['sha256'][:16]}...; assemble the kit again and copy every piece again")
+        atomic_write_bytes(target / name, lambda f, data=data: f.write(data))
+        written[name] = target / name
     return written

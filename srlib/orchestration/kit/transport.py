@@ -2,7 +2,7 @@
 re-encoded as lossless WebP.
 
 On CIFAR-10 the PNG copy is 131 MiB; lossless WebP holds the same pixels in about 78% of that (measured:
-README, "Paper scale on a GPU"), which is two device calls of data instead of three. WebP lossless
+README, "Paper scale on a GPU"), which is two commands' worth of data instead of three. WebP lossless
 restores every RGB value exactly, so the copy has the source's content hash (srlib.data), which the kit
 checks here after encoding and there after reassembly.
 """
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .staging import sha256_path
+from ...store import atomic_write_bytes, sha256_file
 
 WEBP_OPTIONS = {"lossless": True, "quality": 50, "method": 2}  # effort: measured smallest and fastest on CIFAR
 TRANSPORT_FILE = "transport.json"
@@ -43,11 +43,8 @@ def _transcode_file(source: Path, target: Path) -> int:
     struct = pa.StructArray.from_arrays([pa.array(encoded, pa.binary()), pa.array(paths, pa.string())],
                                         fields=list(images.type))
     table = table.set_column(table.column_names.index(column), column, struct)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
     # Encoded images do not compress further; row groups as the Hub writes them.
-    pq.write_table(table, tmp, compression="none", row_group_size=10_000)
-    tmp.replace(target)
+    atomic_write_bytes(target, lambda f: pq.write_table(table, f, compression="none", row_group_size=10_000))
     return len(encoded)
 
 
@@ -55,7 +52,7 @@ def transcode_webp(source: Path, target: Path, log: Callable[[str], None] = prin
     """`target` as a lossless-WebP copy of the Parquet dataset in `source` (same layout and rows); reused when
     it was made from the same source files with the same options."""
     files = sorted(p.relative_to(source) for p in source.rglob("*.parquet") if p.is_file())
-    sources = {str(f): sha256_path(source / f) for f in files}
+    sources = {str(f): sha256_file(source / f) for f in files}
     state_path = target / TRANSPORT_FILE
     if state_path.is_file():
         state = json.loads(state_path.read_text())

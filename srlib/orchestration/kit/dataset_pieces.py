@@ -1,8 +1,8 @@
-"""The GPU kit's data: the study's lossless CIFAR-10, staged in device-call pieces and checked by content hash.
+"""The GPU kit's dataset: the study's lossless CIFAR-10, staged in pieces and checked by content hash.
 
 Here (`stage_dataset`): the lossless Parquet copy, optionally re-encoded as lossless WebP (kit.transport),
-is cut into as few pieces as fit one call each next to the repository (kit.staging) under `kit/stage/N`.
-There (`unstage`): the pieces the earlier calls left plus the last one are checked and put back together,
+is cut into as few pieces as fit one command each next to the repository (kit.staging) under `kit/stage/N`.
+There (`unstage`): the pieces the earlier commands left plus the last one are checked and put back together,
 and the decoded data must have the content hash the kit was assembled with; otherwise the job stops with
 one line before anything trains.
 """
@@ -18,7 +18,7 @@ from ...errors import SrlibError
 from .staging import reassemble, split
 
 STAGE_DIR = "stage"
-TRANSPORT_DIR = "transport"  # the WebP copy, made here; never carried
+TRANSPORT_DIR = "transport"  # the WebP copy, made here; never copied to the GPU machine
 TRANSPORTS = ("webp", "png")
 
 
@@ -69,8 +69,8 @@ def unstage(kit: Path, data: dict, target: Path, cache_dir: Path) -> Path:
 
     n = len(data["stage"]["pieces"])
     reassemble(kit / STAGE_DIR, data["stage"], target,
-               hint=f"send piece {{index}} of {n} in its own call before this one (device tool: carry "
-                    f"[\"kit/{STAGE_DIR}/{{index}}\"]; the machine keeps what earlier calls left while it is warm)")
+               hint=f"copy the folder {kit.name}/{STAGE_DIR}/{{index}} to the GPU machine in a command of its own "
+                    f"before this one (piece {{index}} of {n}; the machine keeps what earlier commands left there)")
     found = load_dataset(target, cache_dir=cache_dir).identity["content_sha256"]
     if found != data["content_sha256"]:
         raise KitDataError(f"the staged data decodes to content sha256 {found[:16]}..., not the kit's "
