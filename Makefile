@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROFILE ?=
 SEEDS ?= 1
 
-.PHONY: setup report preview book test lint bench lab clean
+.PHONY: setup report preview book test test-fast lint bench lab clean
 
 # Quiet: pip's progress is hidden (errors still show), and so is setuptools' "Editable installation" notice,
 # which asks nothing of us. Measured here: 80 s with pip's cache warm (torch's CUDA wheels dominate a first download).
@@ -32,10 +32,18 @@ preview: setup
 book: setup
 	$(PY) -m srlib book
 
-test: setup
+lint: setup
 	$(PY) -m ruff check srlib tests
 	$(VENV)/bin/lint-imports .importlinter
+
+# What CI runs: every test, the slow ones too.
+test: lint
 	$(PY) -m pytest -q
+
+# While editing: the tests not marked slow (each of those takes over ~20 s: real data, notebook sweeps, a real
+# Slurm); about 4 minutes on a 2-core machine. `make test` before a commit.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) -m srlib bench --json results/bench_cpu.json

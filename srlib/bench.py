@@ -1,9 +1,8 @@
 """`srlib bench`: the speed of srlib's own training loop and upscaler, beside code written the way the reference is.
 
 Training (ResNet-18 width 64, batch 32, SGD), at each input size (32, 64, 128 px: the variants' inputs):
-- baseline, the thing compared against, in the reference's style (kuangliu/pytorch-cifar): fp32, NCHW, a
-  torchvision `DataLoader` over PIL images with per-sample RandomHorizontalFlip / ToTensor / Normalize(0.5, 0.5),
-  `loss.item()` and the accuracy count every step. Its PIL images are held in memory, which favours it;
+- baseline, the thing compared against, in the reference's style (srlib.bench_baseline; its PIL images are held
+  in memory, which favours it);
 - srlib: `srlib.train.train_epoch` itself (its `make_batch` and `train_step`), with the numerics
   `srlib.numerics.resolve_numerics` picks for the paper config on this device.
 Both see the same images (resized by srlib's bicubic upscaler) and start from the same weights. On CPU they

@@ -51,9 +51,6 @@ class Speed:
         """Seconds per trained image of `flops` training FLOPs."""
         return flops / self.flop_rate + self.overhead_s
 
-    def images_per_s(self, px: int, width: int) -> float:
-        return 1.0 / self.train_image_s(px, width)
-
 
 def device_type(device: str | None) -> str:
     """'cuda' or 'cpu' for a device string; None means what this machine has."""
@@ -69,25 +66,12 @@ def rough_speed(device: str) -> Speed:
     return Speed(rate, overhead, f"rough {device_type(device)} rate")
 
 
-def eval_weight(px: int, width: int) -> float:
-    """A test image's cost in trained images (a forward pass against forward + backward)."""
+def epoch_images(n_train: int, n_test: int, px: int, width: int) -> float:
+    """One epoch (training and the test pass) in trained-image equivalents: a test image costs a forward pass
+    against a trained image's forward + backward."""
     from .flops import eval_flops_per_image, train_flops_per_image
 
-    return eval_flops_per_image(px, width) / train_flops_per_image(px, width)
-
-
-def epoch_images(n_train: int, n_test: int, px: int, width: int) -> float:
-    """One epoch (training and the test pass) in trained-image equivalents."""
-    return n_train + eval_weight(px, width) * n_test
-
-
-def epoch_seconds(n_train: int, n_test: int, px: int, width: int, speed: Speed) -> float:
-    return epoch_images(n_train, n_test, px, width) * speed.train_image_s(px, width)
-
-
-def run_seconds(epochs: int, epoch_s: float, upscale_s: float = 0.0) -> float:
-    """A whole run: start-up, upscaling its inputs (when it builds the cache), its epochs."""
-    return RUN_STARTUP_S + upscale_s + epochs * epoch_s
+    return n_train + eval_flops_per_image(px, width) / train_flops_per_image(px, width) * n_test
 
 
 def decode_seconds(images: int) -> float:
@@ -104,22 +88,19 @@ def fit_speed(samples: list[tuple[float, float]], device: str) -> Speed:
     samples = [(f, s) for f, s in samples if f > 0 and s > 0]
     if not samples:
         return rough
-    flops = sorted({f for f, _ in samples})
-    if len(flops) >= 2:
-        n = len(samples)
+    basis, n = f"fitted to {len(samples)} earlier run(s) on this {device_type(device)}", len(samples)
+    if len({f for f, _ in samples}) >= 2:
         mean_f = sum(f for f, _ in samples) / n
         mean_s = sum(s for _, s in samples) / n
         var = sum((f - mean_f) ** 2 for f, _ in samples)
         slope = sum((f - mean_f) * (s - mean_s) for f, s in samples) / var
         overhead = mean_s - slope * mean_f
         if slope > 0 and overhead >= 0:
-            return Speed(1.0 / slope, overhead, f"fitted to {n} earlier run(s) on this {device_type(device)}")
+            return Speed(1.0 / slope, overhead, basis)
     excess = [s - rough.overhead_s for _, s in samples]
     if all(e > 0 for e in excess):
-        rate = sum(f for f, _ in samples) / sum(excess)
-        return Speed(rate, rough.overhead_s, f"fitted to {len(samples)} earlier run(s) on this {device_type(device)}")
+        return Speed(sum(f for f, _ in samples) / sum(excess), rough.overhead_s, basis)
     return rough
-
 
 
 # --- records -> samples -> estimates -----------------------------------------------------------------------
@@ -183,7 +164,8 @@ class RunEstimate:
 
     @property
     def seconds(self) -> float:
-        return run_seconds(self.epochs, self.epoch_s, self.upscale_s)
+        """The whole run: start-up, upscaling its inputs (when it builds the cache), its epochs."""
+        return self.startup_s + self.upscale_s + self.epochs * self.epoch_s
 
 
 def estimate_run(config: TrainConfig, earlier: list[dict], device: str, upscale_images: int = 0) -> RunEstimate:

@@ -1,20 +1,13 @@
 """CIFAR-10 as uint8 arrays: where it is found, how it is identified, and stratified subsets.
 
-Lookup order (first that exists wins):
-1. an explicit path (`--data PATH` or `SRLIB_DATA`), one of
-   - a directory holding `cifar-10-batches-py` (or that folder itself),
-   - an ImageFolder tree (`train/<class>/*`, `test/<class>/*`),
-   - a folder of Parquet files laid out as the Hugging Face Hub serves image datasets
-     (`<config>/train-*.parquet`, `<config>/test-*.parquet`, or the same files directly in the folder);
-2. canonical CIFAR-10 (torchvision's `cifar-10-batches-py`) in the data directory
-   (`SRLIB_DATA_DIR`, default `./data`);
-3. a torchvision download of canonical CIFAR-10 into the data directory.
+Lookup order: an explicit path (`--data` / `SRLIB_DATA`: a folder holding `cifar-10-batches-py` or that
+folder itself, an ImageFolder tree `train/<class>/*` + `test/<class>/*`, or Parquet files in the Hugging
+Face Hub layout); else canonical CIFAR-10 in the data directory (`SRLIB_DATA_DIR`, default `./data`);
+else a torchvision download into it.
 
-A dataset's identity (`content_sha256`) is the hash of what training sees: each split's labels and
-decoded uint8 pixels, in the dataset's row order (canonical: batch order; ImageFolder: class, then
-file name; Parquet: row order). So an ImageFolder tree and a Parquet copy of the same images have the
-same identity. Decoded arrays are cached on disk, keyed by a cheap fingerprint of the encoded source
-(labels, class names and image bytes, not file names), which is again the same for both copies.
+A dataset's identity (`content_sha256`) hashes what training sees: each split's labels and uint8 pixels
+in row order, so an ImageFolder tree and a Parquet copy of the same images share it. Decoded arrays are
+cached under a fingerprint of the encoded images and labels (not file names), again shared by both copies.
 """
 
 from __future__ import annotations
@@ -43,7 +36,6 @@ from .errors import DataError
 from .store import load_or_build
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-LOSSY_NOTE = "lossy (JPEG) copy: absolute accuracies are not comparable to canonical CIFAR-10"
 _PIXELS_TAG = b"srlib-pixels-v1\0"
 
 
@@ -55,10 +47,6 @@ class Dataset:
     test_y: np.ndarray
     classes: tuple[str, ...]
     identity: dict = field(default_factory=dict)  # source, path/url, counts, content hash, lossy
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("SRLIB_DATA_DIR", "data"))
 
 
 def default_cache_dir() -> Path:
@@ -83,7 +71,7 @@ def locate(data: str | os.PathLike | None = None, data_dir: str | os.PathLike | 
         if files is not None:
             return {"kind": "parquet", "path": path, "files": files}
         raise DataError(f"{_not_a_dataset(path)}; check --data / SRLIB_DATA")
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    root = Path(data_dir if data_dir is not None else os.environ.get("SRLIB_DATA_DIR", "data"))
     if (root / CANONICAL_DIR).is_dir():
         return {"kind": "canonical", "path": root / CANONICAL_DIR}
     return {"kind": "download", "path": root / CANONICAL_DIR}
@@ -134,26 +122,17 @@ def download_canonical(root: Path) -> Path:
     return root / CANONICAL_DIR
 
 
-def load_dataset(
-    data: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-) -> Dataset:
+def load_dataset(data: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Dataset:
     """Find, decode (once, cached) and identify CIFAR-10."""
     where = locate(data, data_dir)
     path = Path(where["path"])
     if where["kind"] == "download":
         path = download_canonical(path.parent)
         where = {"kind": "canonical", "path": path}
-    if where["kind"] == "canonical":
-        source = scan_canonical(path)
-        identity: dict[str, Any] = {"source": "canonical", "url": CIFAR10_URL}
-    elif where["kind"] == "imagefolder":
-        source = scan_imagefolder(path)
-        identity = {"source": "imagefolder"}
-    else:
-        source = scan_parquet(where["files"])
-        identity = {"source": "parquet"}
+    scanners = {"canonical": scan_canonical, "imagefolder": scan_imagefolder}
+    source = scan_parquet(where["files"]) if where["kind"] == "parquet" else scanners[where["kind"]](path)
+    identity: dict[str, Any] = {"source": source.kind, **({"url": CIFAR10_URL} if source.kind == "canonical" else {})}
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     # Folder and Parquet copies of the same images share one scheme, so they share the cached arrays.
     scheme = "canonical" if source.kind == "canonical" else "images"
@@ -168,7 +147,7 @@ def load_dataset(
         classes=list(source.classes),
     )
     if source.lossy:
-        identity["note"] = LOSSY_NOTE
+        identity["note"] = "lossy (JPEG) copy: absolute accuracies are not comparable to canonical CIFAR-10"
     return Dataset(arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
                    tuple(source.classes), identity)
 
@@ -199,14 +178,13 @@ def content_sha256(arrays: dict[str, np.ndarray]) -> str:
 def quick_check(where: dict) -> str | None:
     """What is wrong with the data `locate` found, from a few bytes of each split (not the whole dataset, which
     a run decodes and hashes anyway); None when it looks readable."""
-    path, kind = Path(where["path"]), where["kind"]
+    path, kind, samples = Path(where["path"]), where["kind"], []
     if kind == "canonical":
         samples = [path / name for name in CANONICAL_FILES]
         missing = [p.name for p in samples if not p.is_file()]
         if missing:
             return f"{path} lacks {missing}; re-download CIFAR-10 or delete the folder to fetch it again"
     elif kind == "imagefolder":
-        samples = []
         for split in ("train", "test"):
             try:
                 image = _first_image(path / split)
@@ -217,8 +195,6 @@ def quick_check(where: dict) -> str | None:
             samples.append(image)
     elif kind == "parquet":
         samples = [files[0] for files in where.get("files", {}).values() if files]
-    else:
-        samples = []
     for sample in samples:
         try:
             with open(sample, "rb") as f:

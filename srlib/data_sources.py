@@ -89,15 +89,12 @@ def _unpickle(path: Path) -> dict:
 
 
 def _decode_canonical(path: Path) -> dict[str, np.ndarray]:
-    def split(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    arrays = {}
+    for split, names in (("train", CANONICAL_FILES[:5]), ("test", ["test_batch"])):
         batches = [_unpickle(path / n) for n in names]
-        x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).astype(np.uint8)
-        y = np.concatenate([np.asarray(b["labels"]) for b in batches]).astype(np.int64)
-        return x, y
-
-    train_x, train_y = split([f"data_batch_{i}" for i in range(1, 6)])
-    test_x, test_y = split(["test_batch"])
-    return dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+        arrays[f"{split}_x"] = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).astype(np.uint8)
+        arrays[f"{split}_y"] = np.concatenate([np.asarray(b["labels"]) for b in batches]).astype(np.int64)
+    return arrays
 
 
 # --- decoding encoded images (ImageFolder files and Parquet rows alike) ------------------------------------
@@ -133,12 +130,6 @@ class _Images:
 
 # --- ImageFolder: train/<class>/<image>, test/<class>/<image> ----------------------------------------------
 
-def scan_imagefolder(root: Path) -> Source:
-    files, fingerprint, lossy = _imagefolder_files(root)
-    return Source("imagefolder", files["classes"], fingerprint, lossy,
-                   lambda: _decode_imagefolder(root, files))
-
-
 def _list_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
     split_dir = root / split
     classes = sorted(d.name for d in _listdir(split_dir) if d.is_dir() and not d.name.startswith("."))
@@ -161,16 +152,8 @@ def _listdir(folder: Path) -> list[Path]:
         raise DataError(f"cannot list {folder} ({exc}); fix its permissions") from exc
 
 
-def _read_image_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); "
-                        "fix its permissions, or replace or delete that file") from exc
-
-
-def _imagefolder_files(root: Path) -> tuple[dict, str, bool]:
-    """The tree's files per split (class, then file name), its fingerprint, and whether any image is lossy."""
+def scan_imagefolder(root: Path) -> Source:
+    """The tree's files per split (class, then file name), fingerprinted from their bytes."""
     train_classes, train_files = _list_split(root, "train")
     test_classes, test_files = _list_split(root, "test")
     if train_classes != test_classes:
@@ -184,11 +167,16 @@ def _imagefolder_files(root: Path) -> tuple[dict, str, bool]:
     for split, files in (("train", train_files), ("test", test_files)):
         fingerprint.split(split)
         for rel, label in files:
-            data = _read_image_bytes(root / rel)
+            try:
+                data = (root / rel).read_bytes()
+            except OSError as exc:
+                raise DataError(f"cannot read image {root / rel} ({type(exc).__name__}: {exc}); "
+                                "fix its permissions, or replace or delete that file") from exc
             fingerprint.row(label, data)
             lossy = lossy or _is_lossy(data)
-    files = {"classes": train_classes, "train": train_files, "test": test_files}
-    return files, fingerprint.finish(train_classes), lossy
+    files = {"train": train_files, "test": test_files}
+    return Source("imagefolder", train_classes, fingerprint.finish(train_classes), lossy,
+                  lambda: _decode_imagefolder(root, files))
 
 
 def _decode_imagefolder(root: Path, files: dict) -> dict[str, np.ndarray]:
@@ -327,8 +315,7 @@ def scan_parquet(files: dict[str, list[Path]]) -> Source:
     """Check every file and row (labels, image bytes present) and fingerprint them, without decoding."""
     opened = {s: [(f, *_open_parquet(f)) for f in files[s]] for s in SPLITS}
     classes = _agreed_class_names([(f, names) for s in SPLITS for f, _, _, names in opened[s]])
-    fingerprint, lossy, top = _Fingerprint(), False, -1
-    counts = {}
+    fingerprint, lossy, top, counts = _Fingerprint(), False, -1, {}
     for split in SPLITS:
         fingerprint.split(split)
         counts[split] = 0

@@ -43,10 +43,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
+    if precision in ("fp32", "bf16"):
+        return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     # Without native bf16 (AVX-512 BF16 / AMX) CPU autocast emulates it and runs slower than fp32.

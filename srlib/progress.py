@@ -30,8 +30,8 @@ class ImageMeter:
     def __init__(self, what: str, total: int, enabled: bool = True, log: Callable[[str], None] = print,
                  clock: Callable[[], float] = time.monotonic, live: bool | None = None) -> None:
         self.what, self.total, self.enabled, self.log, self.clock = what, total, enabled, log, clock
-        self.done, self.started = 0, clock()
-        self._shown_at, self._shown = self.started, 0
+        self.done, self.started, self._shown = 0, clock(), 0
+        self._shown_at = self.started
         live = sys.stderr.isatty() if live is None else live
         self.bar = progress_bar(total=total, desc=what, unit="img", mininterval=1) if enabled and live else None
 

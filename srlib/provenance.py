@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("torch", "torchvision", "numpy", "spandrel", "safetensors", "pillow", "papermill")
-
-
 DIFF_FILE = "code.diff"
 
 
@@ -26,40 +24,32 @@ def git_info(cwd: str | Path | None = None) -> dict:
     holding `git diff HEAD` made where the copy came from) stand in for it.
     """
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")
+    top = _git(cwd, "rev-parse", "--show-toplevel")
     if top:  # paths (of new files) relative to the repository, wherever it was asked from
         cwd = Path(top.strip())
-    commit = git("rev-parse", "HEAD")
+    commit = _git(cwd, "rev-parse", "HEAD")
     if commit is None and os.environ.get("SRLIB_SOURCE_COMMIT"):
         diff_file = os.environ.get("SRLIB_SOURCE_DIFF")
         diff = Path(diff_file).read_text() if diff_file and Path(diff_file).is_file() else ""
         return _with_diff({"commit": os.environ["SRLIB_SOURCE_COMMIT"], "dirty": bool(diff)}, diff)
-    status = git("status", "--porcelain")
+    status = _git(cwd, "status", "--porcelain")
     info = {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
     if not info["dirty"]:
         return info
     # New files are part of the code too: `git diff HEAD` alone would leave them out.
-    untracked = (git("ls-files", "--others", "--exclude-standard", "-z") or "").split("\0")
-    diff = (git("diff", "HEAD", "--binary") or "") + "".join(_new_file_diff(cwd, name) for name in untracked if name)
-    return _with_diff(info, diff)
+    untracked = (_git(cwd, "ls-files", "--others", "--exclude-standard", "-z") or "").split("\0")
+    # an untracked file diffed against nothing: exit code 1 means "differs", which it always does
+    new = [_git(cwd, "diff", "--no-index", "--binary", "--", "/dev/null", n, ok=(0, 1)) or "" for n in untracked if n]
+    return _with_diff(info, (_git(cwd, "diff", "HEAD", "--binary") or "") + "".join(new))
 
 
-def _new_file_diff(cwd: Path, name: str) -> str:
-    """`git diff` of an untracked file against nothing (exit code 1 means "differs", which it always does)."""
+def _git(cwd: Path, *args: str, ok: tuple[int, ...] = (0,)) -> str | None:
+    """git's output in `cwd`, or None when git is missing or fails (`ok`: the exit codes that are no failure)."""
     try:
-        done = subprocess.run(["git", "diff", "--no-index", "--binary", "--", "/dev/null", name], cwd=cwd,
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout
+        return None
+    return done.stdout if done.returncode in ok else None
 
 
 def _with_diff(info: dict, diff: str) -> dict:

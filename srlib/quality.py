@@ -36,8 +36,6 @@ from .upscale import (
 if TYPE_CHECKING:
     import pandas as pd
 
-SMOKE_IMAGES = 100  # test images measured for the smoke profile (CI), where every second counts
-STUDY_IMAGES = 1000  # and for the others: +-0.1 dB intervals on the PSNR gain
 PROTOCOL = ("HR = CIFAR test images (32 px); LR = antialiased bicubic downscale by s; restored to 32 px by "
             "bicubic and by each SR model; PSNR on 8-bit RGB, SSIM (Gaussian, per channel); gains are SR minus "
             "bicubic per image, with 95% t-intervals over images")
@@ -60,9 +58,8 @@ def _gaussian_kernel(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> np.ndarray:
     """Per-image SSIM of uint8 batches (N, C, H, W); matches skimage's gaussian_weights=True."""
-    x = torch.from_numpy(a).double()
-    y = torch.from_numpy(b).double()
-    n, c, _, _ = x.shape
+    x, y = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    c = x.shape[1]
     kernel = _gaussian_kernel().expand(c, 1, -1, -1)
 
     def blur(t: torch.Tensor) -> torch.Tensor:  # "valid" region only: padding never enters the mean
@@ -92,9 +89,6 @@ class SRCandidate:
     weights: str | None  # the user checkpoint, None for registered models
     kind: str | None  # "psnr", "gan", ... (None: unknown, a user checkpoint)
     variant: str | None  # the training variant that sees these models' pixels, if any
-
-    def upscaler_kwargs(self) -> dict:
-        return {"weights": self.weights} if self.weights else {}
 
 
 def _variant_of(method: str, scale: int) -> str | None:
@@ -174,7 +168,7 @@ def sr_quality(scales: tuple[int, ...] | list[int] = (2, 4), n: int = 1000, data
         low = downscale(hr, scale)
         bicubic = upscale(low, build_upscaler("bicubic", scale, device=device), progress=False)
         for c in (c for c in candidates if c.scale == scale):
-            upscaler = build_upscaler(c.method, scale, device=device, **c.upscaler_kwargs())
+            upscaler = build_upscaler(c.method, scale, device=device, weights=c.weights)
             started = time.perf_counter()
             sr = upscale(low, upscaler, progress=progress, desc=f"{c.model} x{scale}")
             seconds = time.perf_counter() - started
@@ -182,23 +176,18 @@ def sr_quality(scales: tuple[int, ...] | list[int] = (2, 4), n: int = 1000, data
                             "images": int(len(hr)), "low_px": int(low.shape[-1]), **compare(hr, bicubic, sr),
                             "seconds": seconds, "images_per_s": len(hr) / seconds})
             identities[f"{c.model} x{scale}"] = upscaler.identity
-    record = {
-        "kind": "sr_quality",
-        "protocol": PROTOCOL,
-        "results": results,
-        "data": {**dataset.identity, "test_subset": int(len(idx))},
-        "upscalers": identities,
-        "finished": now(),
-        "provenance": provenance(device),
-    }
+    record = {"kind": "sr_quality", "protocol": PROTOCOL, "results": results,
+              "data": {**dataset.identity, "test_subset": int(len(idx))}, "upscalers": identities,
+              "finished": now(), "provenance": provenance(device)}
     if out is not None:
         write_json(Path(out), record)
     return record
 
 
 def default_images(profile: str) -> int:
-    """How many test images the report's SR-quality page measures for `profile`."""
-    return SMOKE_IMAGES if profile == "smoke" else STUDY_IMAGES
+    """How many test images the report's SR-quality page measures for `profile`: 100 for smoke (CI, where every
+    second counts), else 1000 (+-0.1 dB intervals on the PSNR gain)."""
+    return 100 if profile == "smoke" else 1000
 
 
 def quality_table(record: dict) -> pd.DataFrame:
@@ -230,12 +219,11 @@ def summary_lines(record: dict) -> list[str]:
 def grid_columns(images: np.ndarray, scale: int, candidates: list[SRCandidate],
                  device: torch.device | None = None) -> dict[str, np.ndarray]:
     """What the classifier sees at x`scale`: the original, bicubic and one column per SR model."""
-    device = device or torch.device("cpu")
-    columns = {"original": images, f"bicubic x{scale}": upscale(images, build_upscaler("bicubic", scale,
-                                                                                       device=device), False)}
-    for c in (c for c in candidates if c.scale == scale):
-        upscaler = build_upscaler(c.method, scale, device=device, **c.upscaler_kwargs())
-        columns[f"{c.model} x{scale}"] = upscale(images, upscaler, progress=False)
+    columns = {"original": images}
+    for name, method, weights in [("bicubic", "bicubic", None),
+                                  *((c.model, c.method, c.weights) for c in candidates if c.scale == scale)]:
+        upscaler = build_upscaler(method, scale, device=device or torch.device("cpu"), weights=weights)
+        columns[f"{name} x{scale}"] = upscale(images, upscaler, progress=False)
     return columns
 
 

@@ -1,16 +1,13 @@
 """Runs on disk: the folder layout, finding and loading records, and what makes two runs the same.
 
 Layout: `<out>/<profile>/<variant>/seed<k>/` holds `record.json` (config, per-epoch metrics, summary,
-provenance), `predictions.npz` (the final epoch's per-image test predictions) and, while a run is
-unfinished, `checkpoint.pt`; `<out>/<profile>/sr_quality.json` holds the SR-quality measurement of that
-profile's SR models. The executed notebooks go to `<notebooks_out>/train/<profile>-<variant>-seed<k>.ipynb`
-(with a `.log` beside each) and `<notebooks_out>/<analysis notebook>.ipynb`. Everything else (training,
-the sweep, the report, the GPU kit) finds these files through the functions here.
+provenance), `predictions.npz` (the last epoch's test predictions) and, while unfinished, `checkpoint.pt`;
+`<out>/<profile>/sr_quality.json` the profile's SR-quality measurement. Executed notebooks go to
+`<notebooks_out>/train/<profile>-<variant>-seed<k>.ipynb` (a `.log` beside each) and `<notebooks_out>/*.ipynb`.
+Everything else finds these files through the functions here.
 
-A run's identity is its protocol and its data: the `TrainConfig` fields in `IDENTITY_FIELDS` plus the
-dataset's content hash. Numerics (precision, channels_last, deterministic, compile), deadlines, thread and
-job counts are recorded but do not make a different run, so a record made on a GPU with bf16 is found and
-reused on a CPU, and a checkpoint resumes under other numerics.
+A run's identity is the `TrainConfig` fields in `IDENTITY_FIELDS` plus the dataset's content hash; numerics,
+deadlines and thread counts are recorded but make no other run (a bf16 GPU record is reused on a CPU).
 """
 
 from __future__ import annotations
@@ -68,23 +65,19 @@ def executed_train_dir(notebooks_out: str | os.PathLike = EXECUTED) -> Path:
 
 def record_paths(out: str | os.PathLike, profile: str | None = None) -> list[Path]:
     """Every record.json under `out` (one profile, or all), sorted."""
-    pattern = f"{profile or '*'}/*/seed*/{RECORD}"
-    return sorted(Path(out).glob(pattern))
+    return sorted(Path(out).glob(f"{profile or '*'}/*/seed*/{RECORD}"))
 
 
-def load_records(out: str | os.PathLike, profile: str | None = None, complete_only: bool = True,
-                 predictions: bool = True) -> list[dict]:
-    """The records under `out`, with `_path` and (when present) `_predictions` / `_labels` attached.
-
-    Partial records (a run stopped at a deadline) are left out unless `complete_only` is False.
-    """
+def load_records(out: str | os.PathLike, profile: str | None = None, predictions: bool = True) -> list[dict]:
+    """The complete records under `out` (not a run stopped at a deadline), with `_path` and (when present)
+    `_predictions` / `_labels` attached."""
     records = []
     for path in record_paths(out, profile):
         try:
             record = read_json(path)
         except (OSError, ValueError):
             continue  # a record being written or damaged is not a result
-        if complete_only and record.get("status") != "complete":
+        if record.get("status") != "complete":
             continue
         record["_path"] = str(path)
         file = path.parent / (record.get("predictions") or PREDICTIONS)

@@ -1,16 +1,11 @@
 """Statistics on paired correctness arrays and on per-seed numbers: intervals, tests and power.
 
-`diff` is a (seeds, images) array of +1 (only A right), -1 (only B right) and 0 (both agree). Every seed
-is evaluated on the same test images, so neither the seeds nor the images are independent replications
-on their own:
-- `crossed_bootstrap` resamples the seeds and, once per replicate, the test images, and uses that one
-  image sample for every drawn seed (training noise and test-set sampling together);
-- `sign_flip_test` swaps A/B per image, the same swap for every seed (conditional on the trained models:
-  test-image noise); with one seed it is the exact McNemar test;
-- `variance_components`, `t_test_power`, `detectable_difference`, `seeds_needed`: the power of the sweep,
-  given only where `why_no_power` finds the noise estimates usable.
-
-Nothing here knows about records, variants or pages.
+`diff` is a (seeds, images) array of +1 (only A right), -1 (only B right) and 0 (both agree). Every seed is
+evaluated on the same test images, so neither seeds nor images are independent replications on their own:
+`crossed_bootstrap` resamples the seeds and, once per replicate, the images every drawn seed shares (training
+noise and test-set sampling together); `sign_flip_test` swaps A/B per image, the same swap for every seed
+(test-image noise given the trained models; with one seed, the exact McNemar test). The sweep's power is given
+only where `why_no_power` finds the noise estimates usable. Nothing here knows about records or pages.
 """
 
 from __future__ import annotations
@@ -33,6 +28,7 @@ RNG_SEED = 0  # the resampling is seeded so that a rerun of the report prints th
 # Fewer (seed, image) disagreements than this leave the noise estimates too rough to plan seeds with
 # (the usual floor for McNemar's b + c).
 MIN_DISCORDANT = 10
+
 
 def crossed_bootstrap(diff: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
                       rng: np.random.Generator | int | None = RNG_SEED) -> tuple[float, float]:
@@ -164,7 +160,6 @@ def seeds_needed(effect: float, seed_sd: float, image_se: float = 0.0, power: fl
     return high
 
 
-
 def mean_ci(values: Iterable[float], level: float = LEVEL) -> tuple[float, float | None]:
     """Mean and the half-width of a Student-t confidence interval (None with fewer than 2 values)."""
     x = np.asarray(list(values), dtype=float)
@@ -174,11 +169,7 @@ def mean_ci(values: Iterable[float], level: float = LEVEL) -> tuple[float, float
     return float(x.mean()), float(half)
 
 
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
-    """Exact McNemar test on paired per-image correctness: b = only A right, c = only B right."""
-    return mcnemar_counts(int(np.sum(correct_a & ~correct_b)), int(np.sum(~correct_a & correct_b)))
-
-
-def mcnemar_counts(b: int, c: int) -> dict:
-    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
-    return {"only_a_right": b, "only_b_right": c, "p_value": p}
+def mcnemar_p(only_a_right: int, only_b_right: int) -> float:
+    """Exact McNemar test from the discordant counts: images only A got right, and only B."""
+    n = only_a_right + only_b_right
+    return 1.0 if n == 0 else float(stats.binomtest(only_a_right, n, 0.5).pvalue)

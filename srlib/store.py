@@ -63,8 +63,7 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], Any]) -> No
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
-        fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{_HOST}-{os.getpid()}.", suffix=".tmp",
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w+b") as f:  # readable too: save_arrays hashes what it wrote
             write(f)
             f.flush()
@@ -84,13 +83,9 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], Any]) -> No
         raise
 
 
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
 def _remove_stale_temps(path: Path) -> None:
     """Delete temporary files of `path` left by killed writers on this machine (live ones are kept)."""
-    prefix = f"{_temp_prefix(path)}{_HOST}-"
+    prefix = f".{path.name}.{_HOST}-"
     for name in os.listdir(path.parent):
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
@@ -121,13 +116,12 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def write_json(path: str | Path, obj: dict) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    text = json.dumps(obj, indent=2, default=str) + "\n"
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def read_json(path: str | Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(Path(path).read_text())
 
 
 # --- array caches: .npz files sealed with the sha256 of all their bytes ---------------------------------
@@ -201,26 +195,23 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     """Load and verify a file written by `save_arrays`; raise CacheError if it is damaged in any way."""
     path = Path(path)
     try:
-        return _load_verified(path)
+        sealed = _check_seal(path)
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(bytes(z["__header__"]).decode())
+            arrays = {name: z[name] for name in z.files if name != "__header__"}
+        expected = header["sha256"]
+        if set(expected) != set(arrays):
+            raise CacheError(f"cache file {path} holds {sorted(arrays)}, its header lists {sorted(expected)}")
+        if not sealed:  # files from before the seal: check what they carry, each array's hash
+            for name, array in arrays.items():
+                if sha256_array(array) != expected[name]:
+                    raise CacheError(f"cache file {path}: array {name!r} does not match its sha256 (altered or "
+                                     "damaged)")
+        return arrays, header.get("meta", {})
     except CacheError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a damaged zip makes numpy raise, the file is unusable
         raise CacheError(f"cache file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
-
-
-def _load_verified(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    sealed = _check_seal(path)
-    with np.load(path, allow_pickle=False) as z:
-        header = json.loads(bytes(z["__header__"]).decode())
-        arrays = {name: z[name] for name in z.files if name != "__header__"}
-    expected = header["sha256"]
-    if set(expected) != set(arrays):
-        raise CacheError(f"cache file {path} holds {sorted(arrays)}, its header lists {sorted(expected)}")
-    if not sealed:  # files from before the seal: check what they carry, each array's hash
-        for name, array in arrays.items():
-            if sha256_array(array) != expected[name]:
-                raise CacheError(f"cache file {path}: array {name!r} does not match its sha256 (altered or damaged)")
-    return arrays, header.get("meta", {})
 
 
 def load_or_build(path: Path, build: Callable[[], tuple[dict, dict]],
@@ -246,7 +237,6 @@ def load_or_build(path: Path, build: Callable[[], tuple[dict, dict]],
 
 # --- a lock file that works across machines sharing a (network) filesystem -----------------------------
 
-LOCK_SUFFIX = ".lock"
 LOCK_HEARTBEAT_S = 20.0  # the holder touches its lock file this often ...
 LOCK_STALE_S = 300.0  # ... so one untouched this long belongs to a dead holder on another machine
 
@@ -284,7 +274,7 @@ def file_lock(path: str | Path, what: str = "", log: Callable[[str], Any] = prin
     """
     import threading
 
-    lock = Path(str(path) + LOCK_SUFFIX)
+    lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "what": what}
     started, told = time.monotonic(), False
@@ -352,7 +342,7 @@ def save_torch(path: str | Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getbuffer()
-    line = _TORCH_SEAL + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    line = _TORCH_SEAL + sha256_bytes(payload).encode() + b"\n"
     atomic_write_bytes(path, lambda f: (f.write(line), f.write(payload)))
 
 
@@ -365,7 +355,7 @@ def load_torch(path: str | Path) -> Any:
     if len(data) < head or not data.startswith(_TORCH_SEAL) or data[head - 1:head] != b"\n":
         raise CacheError(f"{path} has no valid sha256 line (truncated, altered or not an srlib checkpoint)")
     payload = memoryview(data)[head:]
-    if hashlib.sha256(payload).hexdigest().encode() != data[len(_TORCH_SEAL):head - 1]:
+    if sha256_bytes(payload).encode() != data[len(_TORCH_SEAL):head - 1]:
         raise CacheError(f"{path} does not match its sha256 (altered or damaged)")
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)

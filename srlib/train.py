@@ -264,23 +264,16 @@ def build_training(config: TrainConfig, device: torch.device, numerics: Numerics
     return model, optimizer, scheduler
 
 
-def _start(config: TrainConfig, n_classes: int, device: torch.device, numerics: Numerics, checkpoint: Path,
-           identity: dict, force: bool, log) -> _Run:
-    model, optimizer, scheduler = build_training(config, device, numerics, n_classes)
-    epochs: list[dict] = []
-    resumes: list[dict] = []
-    if checkpoint.is_file() and not force:
-        epochs, resumes = load_checkpoint(checkpoint, model, optimizer, scheduler, config, identity, log)
-    return _Run(model, optimizer, scheduler, epochs, resumes)
-
-
 def _train(config: TrainConfig, directory: Path, dataset: Dataset, cache_dir: str | os.PathLike | None,
            device: torch.device, progress: bool, force: bool, log, deadline: float | None) -> dict:
     started_at, started = now(), time.perf_counter()
     variant_data = prepare_data(config, dataset, device, cache_dir, progress)
     numerics = resolve_numerics(config, device)
     checkpoint = directory / CHECKPOINT
-    run = _start(config, len(dataset.classes), device, numerics, checkpoint, variant_data.identity, force, log)
+    run = _Run(*build_training(config, device, numerics, len(dataset.classes)), [], [])
+    if checkpoint.is_file() and not force:
+        run.epochs, run.resumes = load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler, config,
+                                                  variant_data.identity, log)
     step_model = torch.compile(run.model) if numerics.compile else run.model
     step = GraphedStep(run.model, run.optimizer, numerics.bf16) if numerics.cuda_graphs else None
     preds, stopped_early = None, False
@@ -370,7 +363,8 @@ def _stop_if_diverged(epoch: int, train_loss: float, test_loss: float, model: to
     """Raise before a diverged model can overwrite the last good checkpoint."""
     bad = [f"{name} loss {value}" for name, value in (("train", train_loss), ("test", test_loss))
            if not math.isfinite(value)]
-    if not _weights_finite(model):
+    finite = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    if finite and not bool(torch.stack(finite).all()):
         bad.append("non-finite weights")
     if not bad:
         return
@@ -379,8 +373,3 @@ def _stop_if_diverged(epoch: int, train_loss: float, test_loss: float, model: to
     raise TrainingError(f"loss became non-finite in epoch {epoch + 1} ({', '.join(bad)}); stopped without saving "
                         f"that epoch: {kept}. Fix: lower the learning rate (--lr) or use --precision fp32, then rerun "
                         "(a changed setting starts the run afresh)")
-
-
-def _weights_finite(model: torch.nn.Module) -> bool:
-    checks = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack(checks).all()) if checks else True

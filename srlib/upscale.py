@@ -1,18 +1,10 @@
-"""Upscalers (bicubic, nearest, pretrained SR via spandrel), batched and cached on disk.
+"""Upscalers (bicubic, nearest, pretrained SR via spandrel): uint8 (N, 3, H, W) -> uint8 (N, 3, sH, sW).
 
-An upscaler maps uint8 images (N, 3, H, W) to uint8 (N, 3, sH, sW). The registry makes the
-methods data, not if-chains; every upscaled array is cached under a key made of the input
-images' hash, the method, the scale and the weights' sha256, so it is computed once and shared
-by every run and seed.
-
-The SR checkpoints we know by hash are data too (`SR_CHECKPOINTS`, one entry per model and scale).
-Method `sr` uses the default model (DCTLSA) or any spandrel checkpoint passed as `weights`
-(`--sr-weights`); method `sr@<model>` uses a registered model, e.g. `sr@swift-srgan`. Registered
-files are looked up in `SRLIB_WEIGHTS_DIR` (default ./weights), and downloaded and verified when
-missing and a URL is known.
-
-torch is imported inside the functions that use it: `srlib.config` reads this registry, and the
-command line should not pay for importing torch just to print its help.
+Each upscaled array is cached under (input hash, method, scale, weights sha256), so every run and seed
+shares it. `SR_CHECKPOINTS` lists the SR weights known by hash: method `sr` uses the default model
+(DCTLSA) or a `--sr-weights` file, `sr@<model>` a registered one; their files are looked up in
+`SRLIB_WEIGHTS_DIR` (default ./weights), else downloaded and verified. torch is imported inside
+functions: `srlib.config` reads this registry, and `srlib --help` should not pay for torch.
 """
 
 from __future__ import annotations
@@ -167,10 +159,9 @@ def bicubic(scale: int, device: torch.device | None = None, **_) -> Upscaler:
     def run(x: torch.Tensor) -> torch.Tensor:
         return _to_uint8(F.interpolate(x.float(), scale_factor=scale, mode="bicubic", align_corners=False))
 
-    device = device or default_device()
     identity = {"method": "bicubic", "scale": scale, "impl": "torch.nn.functional.interpolate(bicubic, "
                 "align_corners=False), rounded and clamped to uint8"}
-    return Upscaler("bicubic", scale, run, device, 1024, identity)
+    return Upscaler("bicubic", scale, run, device or default_device(), 1024, identity)
 
 
 @register("nearest")
@@ -184,9 +175,7 @@ def nearest(scale: int, device: torch.device | None = None, **_) -> Upscaler:
 
 def _pads(size: int, minimum: int, multiple_of: int) -> tuple[int, int]:
     """(before, after) padding that brings `size` to the model's minimum and multiple."""
-    target = max(size, minimum)
-    target = -(-target // multiple_of) * multiple_of
-    total = target - size
+    total = -(-max(size, minimum) // multiple_of) * multiple_of - size
     return total // 2, total - total // 2
 
 
@@ -359,10 +348,8 @@ def upscale(images: np.ndarray, upscaler: Upscaler, progress: bool = True, desc:
     (one meter over several arrays), else a bar of their own."""
     import torch
 
-    n, c, h, w = images.shape
-    s = upscaler.scale
+    (n, c, h, w), s, step = images.shape, upscaler.scale, upscaler.chunk_size
     out = np.empty((n, c, h * s, w * s), dtype=np.uint8)
-    step = upscaler.chunk_size
     bar = meter or progress_bar(total=n, desc=desc or f"{upscaler.method} x{s}", unit="img", disable=not progress,
                                 mininterval=1)
     for start in range(0, n, step):
@@ -377,19 +364,14 @@ def upscale(images: np.ndarray, upscaler: Upscaler, progress: bool = True, desc:
 def upscale_cached(images: np.ndarray, method: str, scale: int, cache_dir: str | os.PathLike,
                    progress: bool = True, **kwargs) -> tuple[np.ndarray, dict]:
     """`upscale` with an on-disk cache keyed by (input hash, method, scale, weights sha256)."""
-    return upscale_cached_with(images, build_upscaler(method, scale, **kwargs), cache_dir, progress, method)
-
-
-def upscale_cached_with(images: np.ndarray, upscaler: Upscaler, cache_dir: str | os.PathLike, progress: bool = True,
-                        method: str | None = None, label: str | None = None) -> tuple[np.ndarray, dict]:
-    """`upscale_cached` with an upscaler already built (loading an SR model once for several arrays)."""
-    return upscale_splits({"images": images}, upscaler, cache_dir, progress, method, label)["images"]
+    upscaler = build_upscaler(method, scale, **kwargs)
+    return upscale_splits({"images": images}, upscaler, cache_dir, progress, method)["images"]
 
 
 def upscale_splits(splits: dict[str, np.ndarray], upscaler: Upscaler, cache_dir: str | os.PathLike,
                    progress: bool = True, method: str | None = None,
                    label: str | None = None) -> dict[str, tuple[np.ndarray, dict]]:
-    """Each array upscaled through its own cache (as `upscale_cached_with`), as one phase of a run: one count
+    """Each array upscaled through its own cache (as `upscale_cached`), as one phase of a run: one count
     over the arrays still to build (`upscaling sr_x4: 1,200/2,500 images, 11 img/s`), and a line naming those
     reused from the cache. `label`: the phase's name in the log (default e.g. `sr_x4`)."""
     method, scale = method or upscaler.method, upscaler.scale
@@ -403,13 +385,13 @@ def upscale_splits(splits: dict[str, np.ndarray], upscaler: Upscaler, cache_dir:
     meter = ImageMeter(label, sum(len(splits[n]) for n in splits if n not in reused), enabled=progress)
     done = {}
     for name, images in splits.items():
-        identity = {"input_sha256": hashes[name], **upscaler.identity}
+        identity = {**upscaler.identity, "input_sha256": hashes[name]}
 
         def build(images: np.ndarray = images, identity: dict = identity) -> tuple[dict, dict]:
             return {"images": upscale(images, upscaler, meter=meter)}, identity
 
         arrays, _ = load_or_build(paths[name], build)
-        done[name] = arrays["images"], {**upscaler.identity, "input_sha256": hashes[name], "cache": str(paths[name])}
+        done[name] = arrays["images"], {**identity, "cache": str(paths[name])}
     meter.close()
     return done
 

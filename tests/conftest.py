@@ -251,3 +251,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter) -> None:
     if "message" in _finished:
         terminalreporter.write_sep("=", _finished["message"], red=True)
+
+
+# Fixtures that cost over 20 s to set up (a real Slurm cluster, a trained study): a test using one is slow.
+SLOW_FIXTURES = {"slurm_cluster", "study", "smoke_study", "smoke_book"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

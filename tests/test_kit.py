@@ -239,6 +239,7 @@ def test_a_run_killed_by_a_signal_that_is_not_the_kits_deadline_stop_is_a_failur
     assert not any("FAILED" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     """`srlib kit run --dry-run` on a CPU: wheel check, probe, plan, parallel `srlib train` with a deadline,
     sr-quality when weights are at hand, one archive; then `srlib kit unpack` and a rerun that trains nothing."""

@@ -21,14 +21,14 @@ from srlib.config import make_config
 from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.sweep import sweep
 
-REAL_HOST_ANSWERS = preflight.host_answers  # the autouse fixture below replaces it in every test
+REAL_PORT_OPEN = preflight.port_open  # the autouse fixture below replaces it in every test
 REAL_CREATE_CONNECTION = socket.create_connection
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """No test here depends on the network: every download host 'does not answer'."""
-    monkeypatch.setattr(preflight, "host_answers", lambda url, timeout=preflight.PROBE_SECONDS: False)
+    monkeypatch.setattr(preflight, "port_open", lambda url, timeout=preflight.CONNECT_SECONDS: False)
     monkeypatch.delenv("SRLIB_DATA", raising=False)
 
 
@@ -59,7 +59,7 @@ def forbid_slow_work(mp: pytest.MonkeyPatch) -> list[str]:
     for module, name in ((srlib.data, "load_dataset"), (srlib.data, "download_canonical"),
                          (srlib.train, "load_dataset"), (srlib.train, "train"),
                          (srlib.orchestration.tasks, "execute_notebook"),
-                         (srlib.orchestration.local, "LocalPool")):
+                         (srlib.orchestration.executors.LocalExecutor, "submit")):
         mp.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
     return called
 
@@ -150,19 +150,19 @@ def test_several_problems_come_in_one_message(tmp_path, no_weights):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(preflight.PreflightError, match=r"^2 problems, nothing was started: \(1\) no CIFAR-10 found"
                        r".*\(2\) the output folder .* cannot be created: .*a-file is a file"):
-        preflight.sweep_plan("smoke", 1, ["original"], out=tmp_path / "a-file" / "runs", analysis=False,
-                             cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb").raise_problems()
+        SweepRequest("smoke", 1, ["original"], out=tmp_path / "a-file" / "runs", analysis=False,
+                     cache_dir=str(tmp_path / "cache"), notebooks_out=tmp_path / "nb").plan().raise_problems()
 
 
 def test_an_upscaled_cifar10_copy_at_x4_is_sized_as_2_9_gb(tmp_path, imagefolder, no_weights):
-    plan = preflight.sweep_plan("paper", 1, ["resize_x4"], out=tmp_path / "runs", data=str(imagefolder),
-                                cache_dir=tmp_path / "cache", analysis=False, device="cpu")
+    plan = SweepRequest("paper", 1, ["resize_x4"], out=tmp_path / "runs", data=str(imagefolder),
+                        cache_dir=str(tmp_path / "cache"), analysis=False).plan(device="cpu")
     (cache,) = [c for c in plan.caches if c.name.startswith("resize_x4")]
     assert cache.bytes == 60_000 * 3 * 128 * 128  # 2,949,120,000 bytes: the issue's 2.9 GB
     assert preflight._size(cache.bytes) == "2.9 GB"
 
 
-def test_the_host_probe_is_a_tcp_connect(monkeypatch):
+def test_the_host_check_is_a_tcp_connect(monkeypatch):
     connects = []
 
     def create_connection(address, timeout):
@@ -179,24 +179,24 @@ def test_the_host_probe_is_a_tcp_connect(monkeypatch):
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         url = f"http://127.0.0.1:{listening.getsockname()[1]}/cifar-10-python.tar.gz"
-        assert REAL_HOST_ANSWERS(url, timeout=30)
+        assert REAL_PORT_OPEN(url, timeout=30)
     # Closed now: one connect, refused, and that refusal is the answer (no retrying until the 30 s are up).
-    assert not REAL_HOST_ANSWERS(url, timeout=30)
+    assert not REAL_PORT_OPEN(url, timeout=30)
     assert connects == ["connected", ConnectionRefusedError]
 
 
-def test_all_hosts_are_probed_at_once(monkeypatch):
-    """Several unreachable hosts cost one probe time, not one each: the probes must all be waiting together
-    (a sequential prober breaks the barrier, and its probes count as unanswered)."""
+def test_all_hosts_are_tried_at_once(monkeypatch):
+    """Several unreachable hosts cost one connect time, not one each: the connects must all be waiting together
+    (a sequential check breaks the barrier, and its connects count as unanswered)."""
     urls = [f"http://host{i}.example/file" for i in range(3)]
-    barrier = threading.Barrier(len(urls), timeout=preflight.PROBE_SECONDS)
+    barrier = threading.Barrier(len(urls), timeout=preflight.CONNECT_SECONDS)
 
-    def host_answers(url, timeout=preflight.PROBE_SECONDS):
+    def port_open(url, timeout=preflight.CONNECT_SECONDS):
         barrier.wait()
         return True
 
-    monkeypatch.setattr(preflight, "host_answers", host_answers)
-    assert preflight._probe_all(urls) == dict.fromkeys(urls, True)
+    monkeypatch.setattr(preflight, "port_open", port_open)
+    assert preflight._ports_open(urls) == dict.fromkeys(urls, True)
 
 
 def write_record(out: Path, variant: str, seed: int, epoch_seconds: list[float], wall: float) -> None:
@@ -260,7 +260,7 @@ def test_sr_weights_of_the_wrong_scale_are_refused(tmp_path, capsys, imagefolder
 
 def test_the_official_weights_pass(tmp_path, imagefolder, weights_dir, monkeypatch):
     monkeypatch.setenv("SRLIB_WEIGHTS_DIR", str(weights_dir))
-    plan = preflight.sweep_plan("smoke", 1, ["sr_x2", "sr_x4"], out=tmp_path / "runs", data=str(imagefolder),
-                                cache_dir=tmp_path / "cache", notebooks_out=tmp_path / "nb")
+    plan = SweepRequest("smoke", 1, ["sr_x2", "sr_x4"], out=tmp_path / "runs", data=str(imagefolder),
+                        cache_dir=str(tmp_path / "cache"), notebooks_out=tmp_path / "nb").plan()
     plan.raise_problems()
     assert plan.problems == [] and [r.done for r in plan.runs] == [False, False]

@@ -119,6 +119,7 @@ def smoke_book(smoke_study) -> Path:
     return build_book(root=smoke_study[0]).parent
 
 
+@pytest.mark.slow
 def test_sweep_rerun_does_only_what_is_missing(smoke_study):
     root, kwargs = smoke_study
     executed = sorted((root / "book" / "executed").rglob("*.ipynb"))
@@ -150,6 +151,7 @@ def test_report_opens_offline_in_a_browser_and_fits_the_screen(smoke_book):
     assert len([p for p in seen if "/train/" in p]) == len(STUDY_VARIANTS)
 
 
+@pytest.mark.slow
 def test_pages_show_results_not_stderr(smoke_study, smoke_book):
     root, _ = smoke_study
     executed = (root / "book" / "executed" / "train" / "smoke-sr_x2-seed0.ipynb").read_text()

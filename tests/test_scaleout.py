@@ -173,6 +173,7 @@ def test_several_kernels_started_at_once_all_run(tmp_path):
 
 # --- local workers -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_local_jobs_give_the_same_results_as_one(study):
     root, data = study
     result, lines = run_sweep(root, data, "jobs2", jobs=2)
@@ -193,6 +194,7 @@ def _cli_sweep(root: Path, data: Path, name: str, *extra: str) -> list[str]:
             "--cache-dir", str(root / "cache"), *extra]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_reported_and_a_rerun_completes_only_it(study, capsys):
     root, data = study
     sweep_process = subprocess.Popen(_cli_sweep(root, data, "killed", "--jobs", "2"), cwd=ROOT,
@@ -260,6 +262,7 @@ def slurm_cluster(tmp_path_factory):
 SLURM = dict(executor="slurm", slurm=ex.SlurmOptions(cpus=1, time="10"))
 
 
+@pytest.mark.slow
 def test_a_slurm_sweep_gives_the_same_results_as_the_local_sequential_one(study, slurm_cluster):
     root, data = study
     result, lines = run_sweep(root, data, "slurm", **SLURM)
@@ -283,6 +286,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interrupt", ["requeue", "scancel"])
 def test_an_interrupted_slurm_run_finishes_with_the_same_result(tmp_path, slurm_cluster, interrupt):
     """Interrupted after its first epoch's checkpoint: requeued by Slurm, or cancelled and the sweep rerun."""
@@ -311,6 +315,7 @@ def test_an_interrupted_slurm_run_finishes_with_the_same_result(tmp_path, slurm_
     assert outcome(tmp_path / "slurm" / "runs", "resize_x2") == outcome(tmp_path / "plain" / "runs", "resize_x2")
 
 
+@pytest.mark.slow
 def test_a_failing_slurm_run_is_named_while_the_others_finish(study, slurm_cluster, tmp_path):
     root, data = study
     wrong = Path(os.environ.get("SRLIB_WEIGHTS_DIR", "weights")) / "dctlsa_x4.safetensors"  # x4 weights for x2
@@ -626,6 +631,7 @@ def _job_ids(runs: Path) -> dict[str, str]:
     return {name: row.job.get("job_id") for name, row in status(runs)}
 
 
+@pytest.mark.slow
 def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study, slurm_cluster, monkeypatch):
     from srlib.orchestration.reporter import Reporter
 
@@ -660,6 +666,7 @@ def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study,
         assert outcome(runs, v) == outcome(root / "sequential" / "runs", v), v
 
 
+@pytest.mark.slow
 def test_no_wait_leaves_the_analysis_to_a_dependent_slurm_job(study, slurm_cluster, weights_dir, monkeypatch):
     import pickle
 
@@ -692,6 +699,7 @@ def _epochs_lasting(seconds: float, data: Path, cache: Path, scratch: Path, **co
     return max(6, round(seconds / max(e["seconds"] for e in record["epochs"])))
 
 
+@pytest.mark.slow
 def test_a_task_past_its_time_limit_is_requeued_and_ends_with_the_same_record(tmp_path, slurm_cluster):
     """A 2-minute limit, warned 30 s before it (Slurm may warn up to a minute earlier, so at 60-90 s): submitit
     checkpoints and requeues the task, which resumes from its last epoch and ends as an uninterrupted run does."""

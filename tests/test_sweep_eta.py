@@ -10,9 +10,9 @@ import pytest
 
 from srlib import cost
 from srlib.config import make_config
-from srlib.orchestration.reporter import Phase, Reporter, run_phase
+from srlib.orchestration.reporter import Reporter
 from srlib.orchestration.states import RunState
-from srlib.orchestration.tasks import Task
+from srlib.orchestration.tasks import Phase, Task, run_phase
 
 # A preview `make report` on a fresh 2-core CPU (issue 25): each run's minutes, and its seconds of SR upscaling;
 # the analysis took 2.6 min after them. Start-up (papermill kernel, imports, data) and the bicubic upscaling

@@ -39,6 +39,7 @@ def test_record_is_complete(tmp_path, imagefolder):
     assert not (run / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_record(tmp_path, imagefolder):
     a = _run(tmp_path, imagefolder, out="a")
     b = _run(tmp_path, imagefolder, out="b")

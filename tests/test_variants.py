@@ -36,7 +36,8 @@ def test_expand_variants_keeps_order_without_duplicates(names, expected):
 
 @pytest.mark.parametrize("names", [["study", "sr_x8"], ["sr-model"], [], [" , "]])
 def test_unknown_names_list_the_choices(names):
-    with pytest.raises(ConfigError, match=r"unknown variant or set .*choose sets \(study, controls, sr-models, all\) "
+    with pytest.raises(ConfigError, match=r"unknown variant or set .*choose sets "
+                                          r"\(study, controls, sr-models, all, study-x2, study-x4\) "
                                           r"or variants \(original, .*sr_x4@ditn-real-gan\)"):
         expand_variants(names)
 

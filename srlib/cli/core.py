@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import time
@@ -33,10 +34,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _deadline(text: str) -> float:
     """A deadline as a time.time() value: seconds from now, or an ISO date-time (local time unless it says)."""
-    try:
+    with contextlib.suppress(ValueError):
         return time.time() + float(text)
-    except ValueError:
-        pass
     try:
         return datetime.datetime.fromisoformat(text).timestamp()
     except ValueError as exc:
@@ -44,11 +43,12 @@ def _deadline(text: str) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..orchestration.preflight import check_train
+    from ..orchestration.preflight import make_plan
     from ..train import train
 
     config = make_config(args.variant, args.profile, args.seed, **config_overrides(args))
-    check_train(config, args.out, args.data, args.cache_dir, args.device, args.force)  # refuse in seconds
+    # refuse in seconds what cannot succeed
+    make_plan([config], args.out, args.data, args.cache_dir, device=args.device, force=args.force).raise_problems()
     record = train(config, out=args.out, data=args.data, cache_dir=args.cache_dir, device=args.device,
                    force=args.force, deadline=args.deadline, allow_cpu_paper=args.allow_cpu_paper)
     s = record["summary"]

@@ -18,6 +18,7 @@ from ..orchestration.kit.job import COMMAND_BUDGET_S, PAPER, run_config, work_fo
 from ..orchestration.kit.layout import ARCHIVE, CKPT_DIR, KitError
 from ..orchestration.kit.run import run_kit
 from ..runs import ROOT
+from ..store import write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the archive goes: the folder whose files come back (default: $OUT or results/gpu)")
     r.add_argument("--variants", nargs="+", help="variants or sets (default: those the kit was assembled for)")
     r.add_argument("--window-left-s", type=float,
-                   help="seconds you may still use the GPU machine in this window when the command starts; runs "
+                   help="seconds you may still use the GPU machine in this session when the command starts; runs "
                         f"start only if they end within it (default: the command's own {COMMAND_BUDGET_S:.0f} s)")
     r.add_argument("--work", help="work folder; keep it for a rerun to resume (default: $TMPDIR/srlib-kit)")
     r.add_argument("--train-args", default="",
@@ -110,20 +111,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     """Check every staged piece this machine holds; unless --no-probe, run the sharing probe and keep its table
     in the work folder (for `kit run` in the next command) and in OUT."""
-    from ..orchestration.kit.probe import PROBE_FILE, probe, table_lines, write_table
+    from ..orchestration.kit.probe import PROBE_FILE, probe, table_lines
     from ..orchestration.kit.staging import verify_piece
 
     kit = Path(args.kit)
-    for folder in sorted((kit / STAGE_DIR).iterdir()) if (kit / STAGE_DIR).is_dir() else []:
-        print(f"[kit] {verify_piece(folder)}", flush=True)
-    for folder in sorted((kit / CKPT_DIR).iterdir()) if (kit / CKPT_DIR).is_dir() else []:
-        print(f"[kit] {verify_piece(folder)}", flush=True)
+    for staged in (kit / STAGE_DIR, kit / CKPT_DIR):
+        for folder in sorted(staged.iterdir()) if staged.is_dir() else []:
+            print(f"[kit] {verify_piece(folder)}", flush=True)
     if args.no_probe:
         return 0
     config = run_config(PAPER, [])
     table = probe(config, budget_s=args.budget, log=lambda m: print(m, flush=True))
     work = work_folder(Path(args.work) if args.work else None)
-    write_table(table, work / PROBE_FILE, Path(args.out) / PROBE_FILE)
+    for path in (work / PROBE_FILE, Path(args.out) / PROBE_FILE):
+        write_json(path, table)
     print("\n".join(table_lines(table)))
     return 0
 

@@ -108,12 +108,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _status_detail(st: RunState) -> str:
     """A failed run names its log files (the run's, and Slurm's when the task got that far); a queued one, why."""
-    if st.state != "failed":
-        return st.detail
-    logs = [f"log: {st.job['log']}"] if st.job.get("log") and Path(st.job["log"]).is_file() else []
-    if st.job.get("slurm_log") and Path(st.job["slurm_log"]).is_file():
-        logs.append(f"Slurm log: {st.job['slurm_log']}")
-    return "; ".join([st.detail, *logs]) if logs else st.detail
+    logs = [f"{what}: {st.job[key]}" for key, what in (("log", "log"), ("slurm_log", "Slurm log"))
+            if st.state == "failed" and st.job.get(key) and Path(st.job[key]).is_file()]
+    return "; ".join([st.detail, *logs])
 
 
 def cmd_book(args: argparse.Namespace) -> int:

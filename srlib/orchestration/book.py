@@ -1,9 +1,8 @@
 """Build the Jupyter Book (v1) from notebooks that `srlib sweep` already executed.
 
-The book shows exactly the runs of the records its results page was built from: the table of contents is
-written for each build from `_toc.yml`, with the run pages of those records only (same profile and output
-folder as the executed `compare.ipynb`, a complete record each), so pages of another profile or output
-folder left in `book/executed/train/` are neither listed nor kept in the built HTML.
+Each build writes its table of contents from `_toc.yml` with the run pages of the records the results page was
+built from (profile and output folder of the executed `compare.ipynb`); other pages in `book/executed/train/` are
+neither listed nor kept in the HTML.
 """
 
 from __future__ import annotations
@@ -70,8 +69,7 @@ def write_toc(root: Path) -> Path:
     toc["chapters"] = replace(toc["chapters"])
     target = root / GENERATED_TOC
     target.write_text("# Written by srlib.orchestration.book from _toc.yml for this build: the run pages of its "
-                      "records.\n"
-                      + yaml.safe_dump(toc, sort_keys=False))
+                      f"records.\n{yaml.safe_dump(toc, sort_keys=False)}")
     return target
 
 

@@ -1,24 +1,27 @@
-"""Where a sweep's runs execute, behind the one small interface its wait loop drives (srlib.orchestration.sweep):
-worker processes on this machine (`LocalExecutor`) or a Slurm job array (`SlurmExecutor`).
+"""Where a sweep's runs execute, behind the one interface its one wait loop drives (as submitit's
+`Executor.submit -> Job`): worker processes on this machine (`LocalExecutor`) or a Slurm job array (`SlurmExecutor`).
 
-An executor is given the tasks once (`submit`: queue them for the local pool, or submit the array), then asked
-again and again what the unfinished ones are doing now (`poll`: done, running, queued with Slurm's reason, or
-failed with why); its own bookkeeping (starting a worker in a free slot, reaping it, reading squeue, writing a
-failure into job.json) happens there. It keeps no copy of what it reported: the wait loop alone remembers what it
-saw, and asks again only about the runs that have not ended. `unrunnable` ends a sweep Slurm will never run,
-`stop` cleans up after an interruption. submitit's `Executor.submit -> Job` is the model: one interface, so the
-caller has one wait loop.
+`submit` queues or submits the tasks once; `poll` says what the unfinished ones do now, its own bookkeeping
+(starting and reaping workers, reading squeue, writing a failure into job.json) done there. An executor keeps no
+copy of what it reported: the wait loop alone remembers what it saw.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..runs import ROOT
 from . import local, slurm
+from .processes import kill_group
 from .slurm import SlurmFinish, SlurmOptions
 from .states import RunState, run_state
 from .tasks import Task, last_error_line, read_job, write_job
@@ -44,45 +47,65 @@ class Executor(Protocol):
 
     def submit(self, tasks: list[Task], say: Callable[[str], None]) -> list[str]: ...  # -> Slurm job ids
 
-    # What each of `tasks` (submitted, not yet ended) does now; a task it cannot tell yet is left out (the wait loop
-    # keeps what it saw last). Done and failed are final: the wait loop does not ask about them again.
+    # What each of `tasks` (submitted, not ended) does now; one it cannot tell yet is left out. Done, failed: final.
     def poll(self, tasks: list[Task]) -> dict[str, RunState]: ...
 
     def where(self, name: str, state: RunState) -> str: ...  # where a run that started runs, in words
 
-    def unrunnable(self, states: dict[str, RunState]) -> Unrunnable | None: ...
+    def unrunnable(self, states: dict[str, RunState]) -> Unrunnable | None: ...  # runs Slurm will never start
 
-    def stop(self) -> None: ...
+    def stop(self) -> None: ...  # interrupted: clean up
 
 
 class LocalExecutor:
-    """Worker processes on this machine, at most `slots.jobs` at once, started in task order as slots free."""
+    """Worker processes on this machine (`Task.worker_command`), at most `slots.jobs` at once, started in task order
+    as slots free; each in its own session, so its kernel dies with it."""
 
     poll_s = 0.3  # s between looks: reaping a worker costs nothing
+    STAGGER_S = 1.0  # between kernel starts: fewer ZMQ port collisions to retry
 
     def __init__(self, slots: local.Slots, record_of: RecordOf) -> None:
         self.slots, self.record_of, self.parallel = slots, record_of, slots.jobs
         self.queue: deque[Task] = deque()
         self.slot_of: dict[str, int] = {}
-        self.pool: local.LocalPool | None = None
+        self.workers: dict[int, tuple[Task, subprocess.Popen]] = {}  # slot -> the task its worker runs
+        self._last_start = 0.0
 
     def submit(self, tasks: list[Task], say: Callable[[str], None]) -> list[str]:
-        self.pool = local.LocalPool(self.slots)
         for task in tasks:
             write_job(task, "queued", executor="local")  # the sweep's pid: `srlib status` sees if it is gone
         self.queue.extend(tasks)
         return []
 
     def poll(self, tasks: list[Task]) -> dict[str, RunState]:
-        assert self.pool is not None, "submit first"
         # Reaped first, so that a slot freed now is filled now; a reaped worker's end is reported this once.
-        states = {w.task.name: self._ended(w.task, code) for w, code in self.pool.reap()}
-        while self.queue and (slot := self.pool.free_slot()) is not None:
-            task = self.queue.popleft()
-            self.pool.start(task, slot)
-            self.slot_of[task.name] = slot
-        running = {w.task.name for w in self.pool.workers.values()}
+        states = {task.name: self._ended(task, code) for task, code in self._reap()}
+        free = [s for s in range(self.slots.jobs) if s not in self.workers]
+        while self.queue and free:
+            self._start(self.queue.popleft(), free.pop(0))
+        running = {task.name for task, _ in self.workers.values()}
         return {t.name: states.get(t.name) or RunState("running" if t.name in running else "queued") for t in tasks}
+
+    def _start(self, task: Task, slot: int) -> None:
+        time.sleep(max(0.0, self._last_start + self.STAGGER_S - time.monotonic()))
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(task.log, "w") as log:  # a new attempt starts a new log
+            process = subprocess.Popen(task.worker_command(), cwd=ROOT, env={**os.environ, **self.slots.env(slot)},
+                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        self._last_start = time.monotonic()
+        self.workers[slot] = (task, process)
+        self.slot_of[task.name] = slot
+
+    def _reap(self) -> list[tuple[Task, int]]:
+        """The tasks whose workers ended since the last look, with their exit codes."""
+        ended = []
+        for slot, (task, process) in list(self.workers.items()):
+            if (code := process.poll()) is not None:
+                kill_group(process.pid)  # a kernel left behind by a killed worker
+                del self.workers[slot]
+                ended.append((task, code))
+        return ended
 
     def _ended(self, task: Task, code: int) -> RunState:
         if code == 0 and self.record_of(task) is not None:
@@ -103,11 +126,12 @@ class LocalExecutor:
 
     def stop(self) -> None:
         """Interrupted (Ctrl-C, SIGTERM, a bug): no worker may outlive the sweep."""
-        if self.pool is None:
-            return
-        running = [w.task for w in self.pool.workers.values()]
-        self.pool.stop_all()
-        for task in running:
+        for _, process in self.workers.values():
+            kill_group(process.pid, signal.SIGTERM)
+        for task, process in self.workers.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+            kill_group(process.pid)
             say_failed(task, "the sweep was interrupted; rerun it to resume", {"executor": "local"})
 
 
@@ -217,8 +241,7 @@ class SlurmExecutor:
             why = f"Slurm job {st.job['job_id']} was cancelled by the sweep: pending with reason {st.reason or '?'}"
             if st.reason in slurm.FATAL_REASONS:
                 why += f", which never clears: {slurm.FATAL_REASONS[st.reason]}"
-            say_failed(self.tasks[n], why, st.job)
-            failed[n] = why
+            failed[n] = say_failed(self.tasks[n], why, st.job).detail
         name, first = next(iter(never.items()))
         running = sum(st.state == "running" for st in states.values())
         left = f"; {running} running task(s) go on (a rerun waits for them)" if running else ""

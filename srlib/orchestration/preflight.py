@@ -1,11 +1,9 @@
 """Checks before anything starts, and the plan that `srlib sweep --dry-run` prints.
 
-`srlib train`, `srlib sweep` and the Slurm path call these first, so a missing dataset, missing SR
-weights, an unwritable folder or a full disk is one `srlib: error: ...` within seconds instead of a
-kernel (or a queued job) per run failing the same way. The checks read a little of each input, probe
-download hosts with a TCP connect (at most PROBE_SECONDS, all hosts at once) and write nothing but a
-temporary file per output folder, which they delete again. Every problem found is reported in the
-one message.
+`srlib train` and `srlib sweep` (local or Slurm) check first, so a missing dataset or SR weights, an unwritable
+folder or a full disk is one `srlib: error: ...` naming every problem within seconds, not a failed run each. The
+checks read a little of each input, try download hosts with a TCP connect (all at once, at most CONNECT_SECONDS)
+and write nothing but a temporary file per output folder, deleted again.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import socket
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +21,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .. import cost
-from ..config import STUDY_SCALES, VARIANTS, TrainConfig, expand_variants, make_config
+from ..config import STUDY_SCALES, VARIANTS, TrainConfig
 from ..data import CIFAR10_URL, decoded_cache_path, default_cache_dir, locate, quick_check
 from ..data_sources import CANONICAL_DIR
 from ..errors import SrlibError, WeightsError
@@ -38,7 +35,7 @@ from ..upscale import (
     upscaled_cache_path,
 )
 
-PROBE_SECONDS = 3.0  # a download host that does not answer a TCP connect in this time counts as unreachable
+CONNECT_SECONDS = 3.0  # a download host that does not answer a TCP connect in this time counts as unreachable
 DECODED = "decoded dataset"
 DISK_MARGIN_BYTES = 256 * 2**20  # beyond the caches: records, checkpoints, executed notebooks
 
@@ -114,24 +111,6 @@ class Plan:
 
 # --- entry points ------------------------------------------------------------------------------------------
 
-def check_train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None = None,
-                cache_dir: str | os.PathLike | None = None, device: str | None = None, force: bool = False) -> Plan:
-    """Refuse (PreflightError) a `srlib train` that cannot succeed; return its plan otherwise."""
-    plan = make_plan([config], out, data, cache_dir, device=device, force=force)
-    plan.raise_problems()
-    return plan
-
-
-def sweep_plan(profile: str, seeds: int, variants: Iterable[str], out: str | os.PathLike = "runs",
-               notebooks_out: str | os.PathLike | None = "book/executed", data: str | None = None,
-               cache_dir: str | os.PathLike | None = None, overrides: dict | None = None,
-               analysis: bool = True, device: str | None = None) -> Plan:
-    """The plan of a sweep (runs, caches, time, problems), without starting anything."""
-    names = expand_variants(list(variants))  # set names (study, controls, ...) as the sweep takes them
-    configs = [make_config(v, profile, seed, **(overrides or {})) for seed in range(seeds) for v in names]
-    return make_plan(configs, out, data, cache_dir, notebooks_out=notebooks_out, analysis=analysis, device=device)
-
-
 def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | None = None,
               cache_dir: str | os.PathLike | None = None, notebooks_out: str | os.PathLike | None = None,
               analysis: bool = False, device: str | None = None, force: bool = False) -> Plan:
@@ -152,13 +131,12 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     plan.runs = [RunPlan(c.variant, c.seed, d, cost.estimate_run(c, earlier, plan.device, builds.get(id(c), 0)))
                  for c, d in zip(configs, done, strict=True)]
 
-    probes: dict[str, list[str]] = {}  # url -> what needs it (to name in the message)
-    plan.data, download_dirs = _check_data(data, plan.problems, probes) if pending or analysis else ("not needed", [])
-    download_dirs += _check_weights(pending, analysis, plan.problems, probes)
-    unreachable = {url for url, ok in _probe_all(list(probes)).items() if not ok}
-    for url in probes:
-        if url in unreachable:
-            plan.problems.extend(probes[url])
+    hosts: dict[str, list[str]] = {}  # url -> what needs it (to name in the message)
+    plan.data, download_dirs = _check_data(data, plan.problems, hosts) if pending or analysis else ("not needed", [])
+    download_dirs += _check_weights(pending, analysis, plan.problems, hosts)
+    for url, answered in _ports_open(list(hosts)).items():
+        if not answered:
+            plan.problems.extend(hosts[url])
     folders = [("output folder", out, "--out"), ("cache folder", cache, "--cache-dir or SRLIB_CACHE_DIR")]
     if notebooks_out is not None:
         folders.append(("executed-notebook folder", Path(notebooks_out), "--notebooks-out"))
@@ -170,7 +148,7 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
 
 # --- data --------------------------------------------------------------------------------------------------
 
-def _check_data(data: str | None, problems: list[str], probes: dict[str, list[str]]) -> tuple[str, list[Path]]:
+def _check_data(data: str | None, problems: list[str], hosts: dict[str, list[str]]) -> tuple[str, list[Path]]:
     """What data would be used, and the folder a download would write to; a problem when the data is missing
     or unreadable (or its download host is down)."""
     try:
@@ -181,9 +159,9 @@ def _check_data(data: str | None, problems: list[str], probes: dict[str, list[st
     path = Path(where["path"]).absolute()
     if where["kind"] == "download":
         host = urlsplit(CIFAR10_URL).hostname
-        probes.setdefault(CIFAR10_URL, []).append(
+        hosts.setdefault(CIFAR10_URL, []).append(
             f"no CIFAR-10 found (--data / SRLIB_DATA not set, no {CANONICAL_DIR} in {path.parent}) and its download "
-            f"host {host} does not answer within {PROBE_SECONDS:.0f} s; put torchvision's {CANONICAL_DIR} into the "
+            f"host {host} does not answer within {CONNECT_SECONDS:.0f} s; put torchvision's {CANONICAL_DIR} into the "
             "data directory (SRLIB_DATA_DIR), or point --data / SRLIB_DATA at an ImageFolder tree "
             "(train/<class>/*, test/<class>/*), e.g. an offline copy: SRLIB_DATA=../shared/data/cifar10-jpeg")
         return f"canonical CIFAR-10, to be downloaded from {CIFAR10_URL} into {path}", [path.parent]
@@ -213,7 +191,7 @@ def _sr_needs(configs: list[TrainConfig], analysis: bool) -> dict[tuple[str | No
 
 
 def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[str],
-                   probes: dict[str, list[str]]) -> list[Path]:
+                   hosts: dict[str, list[str]]) -> list[Path]:
     """Problems for SR checkpoints that are missing, damaged, of the wrong scale or not downloadable.
 
     Returns the weights folders a download would write to (they must be writable).
@@ -240,9 +218,9 @@ def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[st
                             f"download URL; put the file there or point SRLIB_WEIGHTS_DIR at a folder that holds it")
         else:
             download_dirs.append(root)
-            probes.setdefault(entry.url, []).append(
+            hosts.setdefault(entry.url, []).append(
                 f"SR weights {entry.file} ({entry.label}, needed by {who}) are not in {root} and their download "
-                f"host {urlsplit(entry.url).hostname} does not answer within {PROBE_SECONDS:.0f} s; put {entry.file} "
+                f"host {urlsplit(entry.url).hostname} does not answer within {CONNECT_SECONDS:.0f} s; put {entry.file} "
                 f"into {root} or point SRLIB_WEIGHTS_DIR at a folder that holds it (offline copy: "
                 "SRLIB_WEIGHTS_DIR=../shared/weights)"
                 + (", or pass --sr-weights PATH" if entry.model == DEFAULT_SR_MODEL else ", or leave that variant out"))
@@ -271,7 +249,7 @@ def _user_weights_problem(weights: str, scale: int, who: str) -> str | None:
 
 # --- network -----------------------------------------------------------------------------------------------
 
-def host_answers(url: str, timeout: float = PROBE_SECONDS) -> bool:
+def port_open(url: str, timeout: float = CONNECT_SECONDS) -> bool:
     """True when the URL's host accepts a TCP connection within `timeout` seconds (name lookup included)."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -291,15 +269,15 @@ def host_answers(url: str, timeout: float = PROBE_SECONDS) -> bool:
     return bool(answered)
 
 
-def _probe_all(urls: list[str]) -> dict[str, bool]:
-    """host_answers for every URL at once, so several unreachable hosts still cost PROBE_SECONDS in all."""
+def _ports_open(urls: list[str]) -> dict[str, bool]:
+    """port_open for every URL at once, so several unreachable hosts still cost CONNECT_SECONDS in all."""
     results: dict[str, bool] = {}
-    threads = [threading.Thread(target=lambda u=u: results.__setitem__(u, host_answers(u)), daemon=True)
+    threads = [threading.Thread(target=lambda u=u: results.__setitem__(u, port_open(u)), daemon=True)
                for u in urls]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(PROBE_SECONDS + 1)
+        t.join(CONNECT_SECONDS + 1)
     return {u: results.get(u, False) for u in urls}
 
 
@@ -378,21 +356,19 @@ def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict],
 
 
 def _cache_present(cache: Path, method: str, scale: int, images: int) -> bool:
-    """A cache of this method and scale holding `images` images exists (by name and shape, not by content)."""
+    """A cache of this method and scale holding `images` images exists (by name and the shape in the header of
+    its `images` array, not by content)."""
     pattern = upscaled_cache_path(cache, method, scale)
-    return any(_images_in(p) == (images, 3, 32 * scale, 32 * scale) for p in pattern.parent.glob(pattern.name))
-
-
-def _images_in(path: Path) -> tuple[int, ...] | None:
-    """The shape of the `images` array in an .npz, from its header only."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open("images.npy") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, _ = read(f)
-            return tuple(shape)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
+    for path in pattern.parent.glob(pattern.name):
+        try:
+            with zipfile.ZipFile(path) as archive, archive.open("images.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                if tuple(read(f)[0]) == (images, 3, 32 * scale, 32 * scale):
+                    return True
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            continue
+    return False
 
 
 # --- the plan in words -------------------------------------------------------------------------------------
@@ -441,10 +417,6 @@ def _run_state(run: RunPlan) -> str:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.1f} s"
     if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"

@@ -1,81 +1,27 @@
 """The sweep in the terminal: one line per run start and end, and one progress line with what each running run
-does (starting, upscaling 1,200/2,500, epoch 2/6), why the queued ones wait, and the time left (ETA).
-
-The ETA is one model over all the work left (srlib.cost): each run's upscaling and epochs and the analysis
-after them, corrected phase by phase by what this sweep has measured (seconds per epoch at each input size,
-upscaling images/s), read from the runs' logs (`run_phase`)."""
+does (starting, upscaling 1,200/2,500, epoch 2/6), why the queued ones wait, and the time left (ETA): one model
+over all the work left (srlib.cost), corrected by what this sweep measured in the runs' logs (`tasks.run_phase`)."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .states import RunState
-from .tasks import Task
+from .tasks import Phase, Task, run_phase
 
 if TYPE_CHECKING:
     from ..cost import RunEstimate
-    from .preflight import Plan
-
-# The lines a run's log has (srlib.train, srlib.progress.ImageMeter); the bars between them are not read.
-_EPOCH = re.compile(r"epoch (\d+)/(\d+): loss")
-_UPSCALING = re.compile(r"\] upscaling \S+: ([\d,]+)/([\d,]+) images, ([\d.,]+) img/s")
-_UPSCALED = re.compile(r"\] upscaling \S+: (?:[\d,]+ images in \d+ s, ([\d.,]+) img/s|reused the cached)")
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str  # "upscaling" or "training"
-    done: int  # images upscaled, or epochs finished
-    total: int  # images to upscale, or epochs (0: not known yet, right after the upscaling)
-    rate: float | None = None  # images/s of the upscaling (so far, or in all when it ended)
-
-
-def run_phase(log: str | Path) -> Phase | None:
-    """What a run does, from the end of its log; None while it starts (nothing upscaled or trained yet)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    phase = None
-    for line in tail.splitlines():
-        if m := _EPOCH.search(line):
-            phase = Phase("training", int(m[1]), int(m[2]))
-        elif m := _UPSCALING.search(line):
-            phase = Phase("upscaling", _number(m[1]), _number(m[2]), _number(m[3]))
-        elif m := _UPSCALED.search(line):
-            phase = Phase("training", 0, 0, _number(m[1]) if m[1] else None)
-    return phase
-
-
-def _number(text: str):
-    text = text.replace(",", "")
-    return float(text) if "." in text else int(text)
-
-
-def run_estimates(plan: Plan | None, tasks: list[Task]) -> dict[str, RunEstimate]:
-    """Each task's estimate (srlib.cost.RunEstimate) from the sweep's preflight plan."""
-    found = {(r.variant, r.seed): r.estimate for r in plan.runs} if plan is not None else {}
-    return {t.name: found[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in found}
 
 
 class Reporter:
-    """One line per run start and end, and one progress line: redrawn in place on a terminal, else printed
-    once a minute (so a CI log or `make report` stays short).
-
-    `estimates`: each run's cost.RunEstimate (task name -> estimate; `run_estimates`), or plain seconds; a run
-    without one counts as long as the finished runs took on average. `after_s`: the work after the runs (the
-    analysis and the book). `clock`: seconds, e.g. time.time (injected by tests)."""
+    """One line per run start and end, and one progress line: redrawn in place on a terminal, else printed once a
+    minute (a CI log stays short). `estimates`: task name -> cost.RunEstimate, or plain seconds (a run without one
+    counts as the finished runs' mean). `after_s`: the analysis and the book. `clock`: seconds (tests inject it)."""
 
     PLAIN_EVERY_S = 60.0
 
@@ -144,7 +90,7 @@ class Reporter:
                 f"{eta}")
         if self.live and self.log is print:
             if text != self._shown:
-                sys.stdout.write("\r\x1b[K" + text[:max(20, _columns() - 1)])
+                sys.stdout.write("\r\x1b[K" + text[:max(20, shutil.get_terminal_size((120, 20)).columns - 1)])
                 sys.stdout.flush()
                 self._shown = text
         elif self.clock() - self._last_plain >= self.PLAIN_EVERY_S:
@@ -219,12 +165,7 @@ def _phase_text(phase: Phase | None) -> str:
 def _why_queued(states: dict[str, RunState]) -> str:
     """Slurm's reasons for the queued runs: ' (Resources)', or ' (3 Priority, 2 Resources)' when they differ."""
     reasons = Counter(st.reason for st in states.values() if st.state == "queued" and st.reason)
-    if not reasons:
-        return ""
-    if len(reasons) == 1:
-        return f" ({next(iter(reasons))})"
+    if len(reasons) <= 1:
+        return f" ({next(iter(reasons))})" if reasons else ""
     return " (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")"
 
-
-def _columns() -> int:
-    return shutil.get_terminal_size((120, 20)).columns

@@ -1,14 +1,10 @@
-"""A sweep request: everything `srlib sweep` was asked, as one value built once by the command line.
-
-What to run (profile, seeds, variants, overrides, records only, analysis), where (output folders, data, caches)
-and how (executor, slots, threads, Slurm options, waiting, the book). The sweep, its finishing step and the plan
-take what they need from it; a Slurm job that finishes a --no-wait sweep gets it pickled. Each run's config is
-built (and so checked) once, in `configs`; the plan, the tasks and the record look-ups all read it.
+"""A sweep request: everything `srlib sweep` was asked (what to run, where, how), one value built once by the
+command line; the sweep, its finishing step (pickled for a --no-wait Slurm sweep) and the plan read it. Each run's
+config is built (and so checked) once, in `configs`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import KW_ONLY, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -74,8 +70,3 @@ class SweepRequest:
 
         return make_plan(self.configs, self.out, self.data, self.cache_dir, notebooks_out=self.notebooks_out,
                          analysis=self.analysis, device=device)
-
-    @property
-    def sr_weights(self) -> str | os.PathLike | None:
-        """The SR checkpoint the runs were trained with, when --sr-weights replaced the default model."""
-        return self.overrides.get("sr_weights")

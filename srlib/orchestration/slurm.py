@@ -3,7 +3,6 @@ cancelling, and what squeue says (states and pending reasons, those that clear a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SrlibError
-from .tasks import Task, run_task
+from .tasks import THREAD_VARS, Task, run_task
 
 DEFAULT_SLURM_CPUS = 4  # one training process and its data path; fewer when the partition's nodes have fewer
 MAX_SIGNAL_DELAY_S = 120  # submitit's warning before the time limit: time to write a checkpoint and requeue
@@ -56,13 +55,10 @@ def slurm_minutes(text: str) -> int:
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not match:
         raise ConfigError(f"--slurm-time {text!r} is not a Slurm time; use minutes, H:MM:SS or D-HH:MM:SS")
-    days, a, b, c = match.groups()
-    if days is not None:  # D-H[:M[:S]]
-        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    elif c is not None:  # H:M:S
-        seconds = int(a) * 3600 + int(b) * 60 + int(c)
-    else:  # M or M:S
-        seconds = int(a) * 60 + int(b or 0)
+    days, *rest = match.groups()
+    parts = [int(n) for n in rest if n is not None]
+    units = (3600, 60, 1) if days is not None or len(parts) == 3 else (60, 1)  # D-H[:M[:S]], H:M:S; else M[:S]
+    seconds = int(days or 0) * 86400 + sum(n * unit for n, unit in zip(parts, units, strict=False))
     return max(1, -(-seconds // 60))
 
 
@@ -78,18 +74,14 @@ def parse_sbatch_options(items: list[str] | None) -> dict[str, str]:
 
 
 class SlurmTask:
-    """The callable each Slurm array task runs: one notebook, requeued (and resumed) on preemption or timeout.
-
-    submitit calls `checkpoint` when Slurm signals a preemption or the time limit; returning the
-    same call requeues it, and `train` resumes from the run's last epoch checkpoint.
-    """
+    """The callable each Slurm array task runs: one notebook. On preemption or the time limit submitit calls
+    `checkpoint`; returning the same call requeues it, and `train` resumes from the run's last epoch checkpoint."""
 
     def __init__(self, task: Task, threads: int) -> None:
         self.task, self.threads = task, threads
 
     def __call__(self) -> str:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SRLIB_THREADS"):
-            os.environ[name] = str(self.threads)  # the kernel inherits them
+        os.environ.update(dict.fromkeys(THREAD_VARS, str(self.threads)))
         run_task(self.task, executor="slurm")
         return self.task.name
 
@@ -100,10 +92,8 @@ class SlurmTask:
 
 
 class SlurmFinish:
-    """The dependent (afterany) job of a --no-wait sweep: the analysis notebooks and the book.
-
-    It holds the sweep's finishing step (a module-level function, which submitit pickles by reference) and its
-    arguments, so this module never imports the sweep that drives it."""
+    """The dependent (afterany) job of a --no-wait sweep: the analysis notebooks and the book. It holds the sweep's
+    finishing step (pickled by reference) and its arguments, so this module never imports the sweep."""
 
     def __init__(self, finish: Callable[..., Any], **kwargs: Any) -> None:
         self.finish, self.kwargs = finish, kwargs
@@ -138,8 +128,7 @@ def submit_slurm(tasks: list[Task], folder: Path, options: SlurmOptions, name: s
 def cancel_slurm(job_ids: list[str]) -> None:
     """scancel these tasks; one that already left the queue is no error."""
     if job_ids:
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(["scancel", *job_ids], capture_output=True, timeout=60)
+        _slurm_text(["scancel", *job_ids])
 
 
 # --- slurm: will any node run it? --------------------------------------------------------------------------
@@ -156,6 +145,7 @@ class Partition:
 
 
 def _slurm_text(command: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    """A Slurm command's output; one that cannot run or hangs answers exit code 1, its error as stderr."""
     try:
         return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -321,11 +311,8 @@ def slurm_queue(job_ids: list[str] | None = None) -> dict[str, QueueEntry] | Non
         command += ["-j", ",".join(arrays)]
     else:
         command += ["-u", os.environ.get("USER") or str(os.getuid())]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
+    done = _slurm_text(command)
+    if done.returncode != 0:  # also: squeue missing or hung
         # squeue -j fails with "Invalid job id" once every listed job has left the queue.
         return {} if "Invalid job id" in done.stderr else None
     return parse_squeue(done.stdout)

@@ -1,6 +1,5 @@
-"""What a run is doing (done, running, queued, failed, missing), from its record, its job.json and Slurm's queue:
-the facts `srlib status` prints and the sweep's wait loop acts on. Callers read each job.json once per look
-(`tasks.read_job`) and hand it here; nothing here reads it again."""
+"""What a run is doing (done, running, queued, failed, missing), from its record, its job.json (read once per look
+by the caller) and Slurm's queue: the facts `srlib status` prints and the sweep's wait loop acts on."""
 
 from __future__ import annotations
 
@@ -9,9 +8,11 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from ..runs import RECORD, run_dirs
+from ..store import read_json
 from . import slurm
 from .slurm import QueueEntry, pending_words
-from .tasks import epoch_progress, read_job
+from .tasks import read_job, run_phase
 
 
 @dataclass
@@ -73,8 +74,8 @@ def _slurm_run_state(job: dict, job_id: str, entry: QueueEntry | None) -> RunSta
 
 def _running(job: dict, job_id: str | None) -> RunState:
     since = time.strftime("%H:%M", time.localtime(job.get("since", 0)))
-    progress = epoch_progress(job.get("log", ""))
-    epoch = f", epoch {progress[0]} of {progress[1]} done" if progress else ""
+    phase = run_phase(job.get("log", ""))
+    epoch = f", epoch {phase.done} of {phase.total} done" if phase and phase.name == "training" and phase.done else ""
     where = f"{job.get('host')}" + (f" (Slurm job {job_id})" if job_id else f" pid {job.get('pid')}")
     return RunState("running", f"on {where} since {since}{epoch}", job)
 
@@ -97,9 +98,6 @@ def _alive(pid) -> bool:
 
 def status(out: str | os.PathLike = "runs", profile: str | None = None) -> list[tuple[str, RunState]]:
     """(run, state) for every run that has a folder under `out` (one profile, or all)."""
-    from ..runs import RECORD, run_dirs
-    from ..store import read_json
-
     jobs = {d: read_job(d) for d in run_dirs(out, profile)}
     queue = slurm.slurm_queue() if any((job or {}).get("job_id") for job in jobs.values()) else None
     rows = []

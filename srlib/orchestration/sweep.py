@@ -1,14 +1,9 @@
 """`srlib sweep`: run notebooks/train.ipynb once per variant and seed with papermill -- in parallel
 worker processes on this machine or as a Slurm job array -- then the analysis notebooks and the book.
 
-One failed run does not stop the others; the summary names it, its log file and its last error line,
-and the exit code is non-zero. A rerun executes only what is missing or failed: a run whose executed
-notebook ran with the same parameters after its record was finished is skipped without starting a
-kernel, a Slurm task of an earlier `--no-wait` sweep that is still queued or running is waited for
-rather than submitted again, and the analysis notebooks are skipped when no record is newer than them.
-
-The terminal gets one line per run start and end and one live progress line; everything papermill and
-the kernels print goes to a log file beside each executed notebook (`<notebook>.log`).
+One failed run does not stop the others; the summary names it with its log and last error line. A rerun
+executes only what is missing or failed: a run whose executed notebook is newer than its finished record is
+skipped, a Slurm task of an earlier `--no-wait` sweep still in the queue is waited for, not submitted again.
 """
 
 from __future__ import annotations
@@ -23,11 +18,11 @@ from pathlib import Path
 
 from ..cost import ANALYSIS_S
 from ..errors import SrlibError
-from ..runs import EXECUTED, ROOT
+from ..runs import EXECUTED, ROOT, record_paths
 from ..store import directory_lock, write_json
 from . import local
 from .executors import Executor, LocalExecutor, SlurmExecutor
-from .reporter import Reporter, run_estimates
+from .reporter import Reporter
 from .request import SweepRequest
 from .slurm import SlurmFinish
 from .states import RunState
@@ -51,8 +46,7 @@ class SweepResult:
     verdicts: list[str] = field(default_factory=list)  # SR - resize at each scale, one line each
 
     def closing_lines(self) -> list[str]:
-        """What the sweep says last: the runs without a record, the records left out and why, the verdicts, the
-        report."""
+        """What the sweep says last: runs without a record, records left out and why, the verdicts, the report."""
         lines = [f"no record (named in the book as not run): {', '.join(self.missing)}"] if self.missing else []
         lines += [f"left out of the report: {why}" for why in self.left_out]
         return lines + self.verdicts + ([f"report: {self.index}"] if self.index else [])
@@ -88,27 +82,19 @@ def record_finder(request: SweepRequest) -> Callable[[Task], dict | None]:
     from ..runs import find_finished
 
     configs = {(c.variant, c.seed): c for c in request.configs}
-
-    def record_of(task: Task) -> dict | None:
-        return find_finished(request.out, configs[(task.variant, task.seed)])
-
-    return record_of
+    return lambda task: find_finished(request.out, configs[(task.variant, task.seed)])
 
 
 # --- the sweep -------------------------------------------------------------------------------------------
 
 def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool | None = None,
           preflight: bool = True) -> SweepResult:
-    """Train every (variant, seed) of `request` through the notebook, then run the analysis notebooks (and the
-    book); `log` and `live` are where the terminal lines go, `preflight` runs the checks first.
-
-    Executor "local": up to `jobs` worker processes at once (default: one per GPU x `runs_per_gpu`, or on a CPU
-    one with every core); "slurm": one array job via submitit, waited for unless `wait` is False (then a
-    dependent job runs the analysis and the book). `records_only`: the train notebooks show the records already in
-    `out` (a missing one is named, never trained), one after another; nothing is written into `out`.
-    """
+    """Train every (variant, seed) of `request` through the notebook (local workers, or one Slurm array waited
+    for unless `wait` is False), then run the analysis notebooks and the book; `log` and `live` are where the
+    terminal lines go, `preflight` runs the checks first. `records_only`: the train notebooks show the records in
+    `out` (a missing one is named, never trained); nothing is written there."""
     tasks = train_tasks(request)  # builds (and so checks) each run's config first
-    plan = None
+    plan, estimates = None, {}
     # No data, weights, space or writable folder: one error now, not one per kernel or job (records: none needed).
     if preflight and not request.records_only:
         plan = request.plan()
@@ -116,15 +102,15 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
         from .preflight import estimate_line
 
         log(f"[sweep] {estimate_line(plan)}")
-    slots = None
-    if request.executor == "local":
-        slots = local.plan_slots(request.jobs, request.runs_per_gpu, request.threads)
+        by_run = {(r.variant, r.seed): r.estimate for r in plan.runs}
+        estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in by_run}
     result, started = SweepResult(), time.perf_counter()
     record_of = record_finder(request)
-    executor: Executor = (LocalExecutor(slots, record_of) if slots is not None else
+    executor: Executor = (LocalExecutor(local.slot_layout(request.jobs, request.runs_per_gpu, request.threads),
+                                        record_of) if request.executor == "local" else
                           SlurmExecutor(record_of, request.slurm, request.out / request.profile / "slurm",
                                         f"srlib-{request.profile}", request.threads))
-    reporter = Reporter(log, live, executor.parallel, estimates=run_estimates(plan, tasks),
+    reporter = Reporter(log, live, executor.parallel, estimates=estimates,
                         after_s=ANALYSIS_S if plan is not None and request.analysis else 0.0)
     # A records folder is only read (and may be a committed one): no lock file there.
     lock = (contextlib.nullcontext() if request.records_only else
@@ -132,14 +118,11 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
     with lock:
         todo = _missing(tasks, record_of, result, log)
         if request.records_only:
-            _render_records(todo, reporter, result, request, record_of)
-        elif not _run(executor, todo, request, reporter, result, record_of):
-            reporter.close()
-            result.seconds = time.perf_counter() - started
-            _write_summary(request, result)
-            return result
+            waited = _render_records(todo, reporter, result, request, record_of)
+        else:
+            waited = _run(executor, todo, request, reporter, result, record_of)
         reporter.close()
-        if request.analysis:
+        if waited and request.analysis:
             ran = finish(request, log, rerun=bool(result.done or result.failed), announce=False)
             for name in ("done", "skipped"):
                 getattr(result, name).extend(getattr(ran, name))
@@ -231,13 +214,12 @@ def _report_change(task: Task, state: RunState, previous: str, executor: Executo
 
 
 def _fail(task: Task, why: str, reporter: Reporter, result: SweepResult) -> None:
-    result.failed[task.name] = why
-    result.logs[task.name] = str(task.log)
+    result.failed[task.name], result.logs[task.name] = why, str(task.log)
     reporter.failed(task, why)
 
 
 def _render_records(todo: list[Task], reporter: Reporter, result: SweepResult, request: SweepRequest,
-                    record_of: Callable[[Task], dict | None]) -> None:
+                    record_of: Callable[[Task], dict | None]) -> bool:
     """Records mode: each train notebook shows its record, or names the run as missing; nothing trains."""
     for task in todo:
         reporter.started(task, "records only")
@@ -253,6 +235,7 @@ def _render_records(todo: list[Task], reporter: Reporter, result: SweepResult, r
             reporter.line(f"[sweep] no complete record of {task.label} in {request.out}: the book says it was not run")
         else:
             reporter.finished(task, record)
+    return True
 
 
 def _write_summary(request: SweepRequest, result: SweepResult) -> None:
@@ -269,19 +252,17 @@ def finish(request: SweepRequest, log: Callable[[str], None] = print, rerun: boo
     """The analysis notebooks (skipped when no record is newer than them), then the book if the request asks.
 
     `announce` prints the verdicts and the report's path (the sweep's command line prints them last)."""
+    from ..quality import default_images
+
     out, notebooks_out, profile = request.out, request.notebooks_out, request.profile
     result, started = SweepResult(), time.time()
     common = {"profile": profile, "out": str(out), "data": request.data, "cache_dir": request.cache_dir}
-    from ..runs import record_paths
-
     records = record_paths(out, profile)
-    from ..quality import default_images
-
     quality = {**common, "n": default_images(profile)}
     if request.records_only:  # the SR-quality page shows the measurement saved beside the records (e.g. from the GPU)
         quality["records_only"] = True
-    if request.sr_weights:  # the SR-quality page measures the checkpoint the runs were trained with
-        quality["sr_weights"] = request.sr_weights
+    if request.overrides.get("sr_weights"):  # the SR-quality page measures the checkpoint the runs trained with
+        quality["sr_weights"] = request.overrides["sr_weights"]
     for template in ANALYSIS:
         output = notebooks_out / template
         params = quality if template == "sr_quality.ipynb" else common
@@ -309,14 +290,19 @@ def finish(request: SweepRequest, log: Callable[[str], None] = print, rerun: boo
     return result
 
 
+def _run_logged(command: list[str], log: Path) -> int:
+    """Run `command` in the project, its output into `log`; its exit code."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        done = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return done.returncode
+
+
 def _run_quietly(task: Task) -> None:
     """Execute a notebook in a worker process, its output in the notebook's log file."""
-    task.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(task.log, "w") as log:
-        done = subprocess.run(task.worker_command(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        raise SrlibError(last_error_line(task.log) or f"the worker exited with code {done.returncode}")
+    code = _run_logged(task.worker_command(), task.log)
+    if code != 0:
+        raise SrlibError(last_error_line(task.log) or f"the worker exited with code {code}")
 
 
 def read_outcome(out: Path, profile: str) -> tuple[list[str], list[str]]:
@@ -338,11 +324,9 @@ def _build_book(notebooks_out: Path, log: Callable[[str], None]) -> Path | None:
         log(f"[sweep] book not built: it reads {BOOK_NOTEBOOKS}, these notebooks are in {notebooks_out}")
         return None
     book_log = notebooks_out / "book.log"
-    with open(book_log, "w") as f:
-        done = subprocess.run([sys.executable, "-m", "srlib", "book"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+    code = _run_logged([sys.executable, "-m", "srlib", "book"], book_log)
     index = ROOT / "_build" / "html" / "index.html"
-    if done.returncode != 0 or not index.is_file():
+    if code != 0 or not index.is_file():
         log(f"[sweep] FAILED building the book: {last_error_line(book_log) or 'see the log'}; log: {book_log}")
         return None
     return index

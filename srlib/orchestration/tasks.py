@@ -1,11 +1,8 @@
-"""One notebook to execute (`Task`), executing it in a worker, and `job.json`, where a run says how it goes.
+"""One notebook to execute (`Task`), executing it in a worker, its log, and `job.json`, where a run says how it goes.
 
-Each run executes notebooks/train.ipynb with papermill inside its worker (`python -m srlib.orchestration.tasks
-'<task json>'`, started by the local pool, or the callable of a Slurm array task). Papermill's cell echo, the
-kernel's output and its logging go to a log file beside the executed notebook, never to the terminal. A small
-`job.json` in the run's folder says where the run is and how it ended (queued, running with host, pid and Slurm
-job, failed with the reason), so `srlib status` and the sweep's progress line read the same facts for both
-executors, from any machine that sees the output folder.
+A worker (`python -m srlib.orchestration.tasks '<task json>'`, or a Slurm array task) runs the notebook with
+papermill, all its output going to a log beside the executed notebook. `job.json` in the run's folder says where
+the run is and how it ended, so `srlib status` and the sweep read the same facts from any machine.
 """
 
 from __future__ import annotations
@@ -30,7 +27,12 @@ JOB = "job.json"
 KERNEL_START_ERRORS = ("Address already in use", "Kernel died before replying to kernel_info",
                        "Kernel didn't respond")
 KERNEL_START_TRIES = 4  # a kernel that lost the race is started again, up to this many times in all
-_EPOCH_DONE = re.compile(r"epoch (\d+)/(\d+): loss")  # train's line after each epoch, not the bar
+# The lines a run's log has (srlib.train after each epoch, srlib.progress.ImageMeter); the bars between are not read.
+_EPOCH = re.compile(r"epoch (\d+)/(\d+): loss")
+_UPSCALING = re.compile(r"\] upscaling \S+: ([\d,]+)/([\d,]+) images, ([\d.,]+) img/s")
+_UPSCALED = re.compile(r"\] upscaling \S+: (?:[\d,]+ images in \d+ s, ([\d.,]+) img/s|reused the cached)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours in a traceback
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "SRLIB_THREADS")  # a worker's threads; its kernel inherits them
 WORKER = "srlib.orchestration.tasks"  # `python -m` this module runs one task (see `main`)
 
 
@@ -64,6 +66,7 @@ class Task:
 def execute_notebook(template: str, output: Path, parameters: dict, log_output: bool = True) -> None:
     """papermill `template` -> `output`; a kernel that could not start is started again (port races)."""
     import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.stem + ".partial.ipynb")
@@ -73,7 +76,9 @@ def execute_notebook(template: str, output: Path, parameters: dict, log_output: 
                                 kernel_name=KERNEL, cwd=str(ROOT), log_output=log_output, progress_bar=False)
             break
         except Exception as exc:
-            if attempt == KERNEL_START_TRIES or not is_kernel_start_failure(exc):
+            # only a kernel that died or hung while starting, before any cell ran, is started again
+            started = isinstance(exc, PapermillExecutionError) or not any(s in str(exc) for s in KERNEL_START_ERRORS)
+            if attempt == KERNEL_START_TRIES or started:
                 raise
             wait = 0.5 * attempt + (os.getpid() % 7) / 7  # spread the retries of workers that collided
             logging.getLogger("srlib").warning("kernel did not start (%s); starting it again in %.1f s",
@@ -93,13 +98,6 @@ def executed_parameters(notebook: Path) -> dict:
         return {}
 
 
-def is_kernel_start_failure(exc: BaseException) -> bool:
-    """True for a kernel that died or hung while starting, before any cell ran (not a failing cell)."""
-    from papermill.exceptions import PapermillExecutionError
-
-    return not isinstance(exc, PapermillExecutionError) and any(s in str(exc) for s in KERNEL_START_ERRORS)
-
-
 def _tag_for_the_book(path: Path, parameters: dict | None = None) -> None:
     """Readers see results first: parameter cells are dropped, code is folded (one click shows it); a run's
     page is titled with its variant and seed, so the book's table of contents tells the runs apart."""
@@ -110,9 +108,7 @@ def _tag_for_the_book(path: Path, parameters: dict | None = None) -> None:
     if first is not None and first.source.startswith("# ") and {"variant", "seed"} <= set(parameters or {}):
         title, _, rest = first.source.partition("\n")
         first.source = f"{title}: {parameters['variant']}, seed {parameters['seed']}\n{rest}"
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
+    for cell in (c for c in notebook.cells if c.cell_type == "code"):
         tags = cell.metadata.setdefault("tags", [])
         extra = "remove-cell" if {"parameters", "injected-parameters"} & set(tags) else "hide-input"
         if extra not in tags:
@@ -122,17 +118,15 @@ def _tag_for_the_book(path: Path, parameters: dict | None = None) -> None:
 
 def failure_line(exc: BaseException) -> str:
     """The line of an exception's text that says what failed (papermill puts the kernel's traceback in it)."""
-    text = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).strip().splitlines()]
-    text = [line for line in text if line]
+    text = [clean for line in str(exc).splitlines() if (clean := _ANSI.sub("", line).strip())]
     return next((line for line in reversed(text) if re.search(r"(Error|Exception)\b", line)),
                 text[-1] if text else type(exc).__name__)
 
 
 def run_task(task: Task, executor: str = "local") -> None:
     """Execute `task` in this process, its papermill output going to `task.log`; job.json says how it went."""
-    log_path = task.log
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path)
+    task.log.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(task.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
     loggers = [logging.getLogger(name) for name in ("papermill", "srlib")]
     for logger in loggers:
@@ -175,16 +169,36 @@ def read_job(run_dir: str | Path) -> dict | None:
         return None
 
 
-def epoch_progress(log: str | Path) -> tuple[int, int] | None:
-    """(epochs finished, epochs) from the end of a run's log, or None before its first epoch ends."""
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "upscaling" or "training"
+    done: int  # images upscaled, or epochs finished
+    total: int  # images to upscale, or epochs (0: not known yet, right after the upscaling)
+    rate: float | None = None  # images/s of the upscaling (so far, or in all when it ended)
+
+
+def run_phase(log: str | Path) -> Phase | None:
+    """What a run does, from the end of its log; None while it starts (nothing upscaled or trained yet)."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
             tail = f.read().decode(errors="replace")
     except OSError:
         return None
-    found = _EPOCH_DONE.findall(tail)
-    return (int(found[-1][0]), int(found[-1][1])) if found else None
+    phase = None
+    for line in tail.splitlines():
+        if m := _EPOCH.search(line):
+            phase = Phase("training", int(m[1]), int(m[2]))
+        elif m := _UPSCALING.search(line):
+            phase = Phase("upscaling", _number(m[1]), _number(m[2]), _number(m[3]))
+        elif m := _UPSCALED.search(line):
+            phase = Phase("training", 0, 0, _number(m[1]) if m[1] else None)
+    return phase
+
+
+def _number(text: str):
+    text = text.replace(",", "")
+    return float(text) if "." in text else int(text)
 
 
 def last_error_line(log: str | Path) -> str | None:
@@ -193,7 +207,7 @@ def last_error_line(log: str | Path) -> str | None:
     except OSError:
         return None
     hits = [line.strip() for line in lines if re.search(r"\w+(Error|Exception)\b:", line)]
-    return re.sub(r"\x1b\[[0-9;]*m", "", hits[-1]) if hits else None
+    return _ANSI.sub("", hits[-1]) if hits else None
 
 
 def main(argv: list[str]) -> int:

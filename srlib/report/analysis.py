@@ -1,8 +1,6 @@
 """Pure functions from run records to the report's tables: results per variant, paired differences and
-their power, the controls' decomposition, per-class effects and provenance.
-
-Nothing here trains or upscales. Accuracies are in percent, differences in percentage points (pp); the
-statistics come from `srlib.report.comparisons`, the number formats from `srlib.report.formats`.
+their power, the controls' decomposition, per-class effects and provenance. Accuracies are in percent,
+differences in percentage points (pp); the statistics come from `comparisons`, the number formats from `formats`.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from ..config import variant_of
 from ..runs import sr_quality_path
 from ..statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mean_ci
 from ..store import read_json
@@ -25,7 +24,6 @@ from .comparisons import (
     Source,
     comparisons,
     order_variants,
-    parse_variant,
     select_rules,
     select_stats,
 )
@@ -33,9 +31,7 @@ from .formats import fmt, fmt_diff, fmt_interval, fmt_p, fmt_pp
 from .record_checks import dataset_name, one_dataset
 from .report_text import device_name
 
-# ---------------------------------------------------------------------------------------------------
-# Per-run frames
-
+# --- Per-run frames ------------------------------------------------------------------------------------
 
 def epochs_frame(records: list[dict]) -> pd.DataFrame:
     """One row per (variant, seed, epoch)."""
@@ -54,37 +50,17 @@ def epochs_table(record: dict) -> pd.DataFrame:
                          for key, (name, form) in formats.items() if key in frame})
 
 
-def runs_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per run: its summary, cost and where it ran."""
-    rows = []
-    for r in records:
-        s = r["summary"]
-        rows.append({
-            "variant": r["config"]["variant"], "seed": r["config"]["seed"], "px": r["input_px"],
-            **{k: s.get(k) for k in METRICS}, "best_epoch": s.get("best_epoch"),
-            "train_seconds": s.get("train_seconds"), "images_per_s": s.get("mean_train_images_per_s"),
-            "upscale_seconds": r.get("upscale_seconds"), "wall_seconds": r.get("wall_seconds"),
-            "device": device_name(r), "precision": r.get("precision"),
-        })
-    return pd.DataFrame(rows)
-
-
 def results_table(records: list[dict]) -> pd.DataFrame:
     """Per variant: seeds, and each summary metric as mean ± 95% CI over seeds (one dataset)."""
-    runs = runs_frame(one_dataset(records))
     rows = []
-    for variant in order_variants(runs["variant"]):
-        sub = runs[runs["variant"] == variant]
-        row = {"variant": variant, "px": int(sub["px"].iloc[0]), "seeds": len(sub)}
-        for key, label in METRICS.items():
-            row[f"{label} (%)"] = fmt(*mean_ci(sub[key]))
-        rows.append(row)
+    for variant in order_variants(r["config"]["variant"] for r in one_dataset(records)):
+        runs = [r for r in records if r["config"]["variant"] == variant]
+        rows.append({"variant": variant, "px": int(runs[0]["input_px"]), "seeds": len(runs),
+                     **{f"{label} (%)": fmt(*mean_ci(r["summary"][k] for r in runs)) for k, label in METRICS.items()}})
     return pd.DataFrame(rows).set_index("variant")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Differences
-
+# --- Differences ---------------------------------------------------------------------------------------
 
 def differences_table(source: Source, which: list[Comparison] | None = None) -> pd.DataFrame:
     """A − B per comparison on the final epoch: mean over seeds ± t half-width, the crossed bootstrap
@@ -154,9 +130,9 @@ def sr_model_gains(source: Source) -> pd.DataFrame:
     with the crossed bootstrap interval (numbers, for plotting against the model's PSNR/SSIM gain)."""
     rows = []
     for st in select_stats(source, select_rules(source, [HEADLINE_RULE])):
-        arm = parse_variant(st.comparison.a)
         low, high = st.bootstrap if st.bootstrap is not None else (math.nan, math.nan)
-        rows.append({"model": arm.model or DEFAULT_SR_MODEL, "scale": arm.scale, "variant": arm.variant,
+        c = st.comparison
+        rows.append({"model": variant_of(c.a).sr_model, "scale": c.scale, "variant": c.a,
                      "seeds": len(st.seeds), "accuracy_gain": st.mean, "accuracy_low": low, "accuracy_high": high})
     return pd.DataFrame(rows, columns=["model", "scale", "variant", "seeds", "accuracy_gain", "accuracy_low",
                                        "accuracy_high"])
@@ -185,8 +161,7 @@ def pixels_or_model(source: Source, quality: dict | None) -> pd.DataFrame:
     return sr_model_gains(source).merge(restored, on="variant", how="inner")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Per-class effects
+# --- Per-class effects ---------------------------------------------------------------------------------
 
 def per_class_accuracy(records: list[dict]) -> pd.DataFrame:
     """Final-epoch accuracy (%) per class and variant, averaged over seeds."""
@@ -216,8 +191,7 @@ def per_class_differences(records: list[dict], which: list[Comparison] | None = 
     return pd.DataFrame(rows).T
 
 
-# ---------------------------------------------------------------------------------------------------
-# Provenance
+# --- Provenance ----------------------------------------------------------------------------------------
 
 def provenance_table(record: dict) -> pd.DataFrame:
     """One run's config and identity (upscaler, weights, data, code, torch) as a one-column table."""

@@ -1,6 +1,6 @@
 """Which variants the report compares, and each comparison's statistics from the records.
 
-A variant is what srlib.config.VARIANTS says it is (kind, scale, SR model); `comparisons`
+A variant is what srlib.config.variant_of says it is (kind, scale, SR model); `comparisons`
 expands the rules of `COMPARISONS` over the scales and SR models present, and `compare` pairs A and B by
 seed and by test image and computes the final-epoch difference's intervals, tests and power
 (`srlib.statistics`). Records of one dataset only: those of several are refused, never pooled.
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..config import variant_of
+from ..config import Variant, variant_of
 from ..statistics import (
     ALPHA,
     POWER,
     TARGET_PP,
     crossed_bootstrap,
     detectable_difference,
-    mcnemar_counts,
+    mcnemar_p,
     mean_ci,
     seeds_needed,
     sign_flip_test,
@@ -49,39 +49,20 @@ METHOD_NAMES = {"none": "original", "nearest": "nearest", "bicubic": "resize", "
 _METHOD_ORDER = ("none", "nearest", "bicubic", "sr")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Variants and comparisons
+# --- Variants and comparisons --------------------------------------------------------------------------
+
+def _label(v: Variant) -> str:
+    """How a page names a variant's method: "SR", "resize", ...; "SR (ditn-real)" for a named SR model."""
+    name = METHOD_NAMES.get(v.kind, v.kind)
+    return f"{name} ({v.sr_model})" if "@" in v.method else name
 
 
-@dataclass(frozen=True)
-class Arm:
-    """A variant as the report sees it (from srlib.config.VARIANTS)."""
-
-    variant: str
-    method: str  # "none", "nearest", "bicubic", "sr" (or an unknown kind, kept as written)
-    scale: int
-    model: str | None = None  # the SR model for `sr_x4@swift-srgan`; None = the default one
-
-    @property
-    def label(self) -> str:
-        name = METHOD_NAMES.get(self.method, self.method)
-        return f"{name} ({self.model})" if self.model else name
-
-
-def parse_variant(variant: str) -> Arm | None:
-    """The variant as srlib.config defines it (`variant_of`); None for a name it does not know."""
-    v = variant_of(variant)
+def _variant_key(name: str) -> tuple:
+    v = variant_of(name)
     if v is None:
-        return None
-    return Arm(variant, v.kind, v.scale, v.sr_model if "@" in v.method else None)
-
-
-def _variant_key(variant: str) -> tuple:
-    arm = parse_variant(variant)
-    if arm is None:
-        return (1, math.inf, 0, variant)
-    rank = _METHOD_ORDER.index(arm.method) if arm.method in _METHOD_ORDER else len(_METHOD_ORDER)
-    return (0, arm.scale, rank, arm.model or "")
+        return (1, math.inf, 0, name)
+    rank = _METHOD_ORDER.index(v.kind) if v.kind in _METHOD_ORDER else len(_METHOD_ORDER)
+    return (0, v.scale, rank, v.method)  # "sr" (the default SR model) before "sr@<model>"
 
 
 def order_variants(variants: Iterable[str]) -> list[str]:
@@ -100,26 +81,23 @@ class Comparison:
 
 def comparisons(variants: Iterable[str]) -> list[Comparison]:
     """Every COMPARISONS rule over the scales and SR models present, in rule order, then scale."""
-    arms = [arm for v in order_variants(variants) if (arm := parse_variant(v)) is not None]
-    scales = sorted({arm.scale for arm in arms if arm.scale > 1})
+    named = [(name, v) for name in order_variants(variants) if (v := variant_of(name)) is not None]
+    scales = sorted({v.scale for _, v in named if v.scale > 1})
 
-    def at(method: str, scale: int) -> list[Arm]:
-        return [arm for arm in arms if arm.method == method and (arm.scale == scale or method == "none")]
+    def at(kind: str, scale: int) -> list[tuple[str, Variant]]:
+        return [(n, v) for n, v in named if v.kind == kind and (v.scale == scale or kind == "none")]
 
     found = []
-    for method_a, method_b, _ in COMPARISONS:
+    for kind_a, kind_b, _ in COMPARISONS:
         for scale in scales:
-            baselines = [arm for arm in at(method_b, scale) if arm.model is None]
-            for a in at(method_a, scale):
-                for b in baselines[:1]:
-                    found.append(Comparison(a.variant, b.variant, f"{a.label} − {b.label} at x{scale}", scale,
-                                            (method_a, method_b)))
+            baselines = [(n, v) for n, v in at(kind_b, scale) if "@" not in v.method]  # the default SR model's
+            for a, va in at(kind_a, scale):
+                for b, vb in baselines[:1]:
+                    found.append(Comparison(a, b, f"{_label(va)} − {_label(vb)} at x{scale}", scale, (kind_a, kind_b)))
     return found
 
 
-# ---------------------------------------------------------------------------------------------------
-# One comparison's statistics from the records
-
+# --- One comparison's statistics from the records ------------------------------------------------------
 
 @dataclass(frozen=True)
 class Power:
@@ -154,16 +132,17 @@ class ComparisonStats:
         return mean_ci(self.deltas[HEADLINE_METRIC])[1]
 
     @property
-    def distinguishable(self) -> bool | None:
-        """Whether the crossed interval (or, without predictions, the t-interval) excludes 0."""
-        if self.bootstrap is not None:
-            return self.bootstrap[0] > 0 or self.bootstrap[1] < 0
+    def interval(self) -> tuple[float, float] | None:
+        """The crossed bootstrap interval, or without predictions the t-interval over seeds (None: one seed)."""
         half = self.t_half
-        return None if half is None else abs(self.mean) > half
+        if self.bootstrap is not None or half is None:
+            return self.bootstrap
+        return self.mean - half, self.mean + half
 
-
-def _by_seed(records: list[dict]) -> dict[tuple[str, int], dict]:
-    return {(r["config"]["variant"], r["config"]["seed"]): r for r in records}
+    @property
+    def distinguishable(self) -> bool | None:
+        """Whether `interval` excludes 0."""
+        return None if self.interval is None else self.interval[0] > 0 or self.interval[1] < 0
 
 
 def _correctness_differences(runs_a: list[dict], runs_b: list[dict]) -> np.ndarray | None:
@@ -181,7 +160,7 @@ def _correctness_differences(runs_a: list[dict], runs_b: list[dict]) -> np.ndarr
 
 def compare(records: list[dict], comparison: Comparison) -> ComparisonStats | None:
     """The statistics of A − B over the seeds both have; None when they share no seed."""
-    runs = _by_seed(records)
+    runs = {(r["config"]["variant"], r["config"]["seed"]): r for r in records}
     a, b = comparison.a, comparison.b
     seeds = tuple(sorted(s for (v, s) in runs if v == a and (b, s) in runs))
     if not seeds:
@@ -194,11 +173,11 @@ def compare(records: list[dict], comparison: Comparison) -> ComparisonStats | No
                                _power(deltas[HEADLINE_METRIC], None))
     only_a = tuple(int(np.sum(row == 1)) for row in diff)
     only_b = tuple(int(np.sum(row == -1)) for row in diff)
-    mcnemar_p = tuple(mcnemar_counts(x, y)["p_value"] for x, y in zip(only_a, only_b, strict=True))
+    mcnemar_ps = tuple(mcnemar_p(x, y) for x, y in zip(only_a, only_b, strict=True))
     low, high = crossed_bootstrap(diff)
     p, exact = sign_flip_test(diff)
     return ComparisonStats(comparison, seeds, deltas, diff.shape[1], (100 * low, 100 * high), p, exact,
-                           only_a, only_b, mcnemar_p, _power(deltas[HEADLINE_METRIC], diff))
+                           only_a, only_b, mcnemar_ps, _power(deltas[HEADLINE_METRIC], diff))
 
 
 def _power(deltas: np.ndarray, diff: np.ndarray | None) -> Power:

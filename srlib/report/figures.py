@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,6 +40,23 @@ def _readable(ax: plt.Axes, title: str | None = None) -> None:
         ax.set_title(title, fontsize=FONT)
 
 
+def _legend_below(fig: plt.Figure, ax: plt.Axes, per_row: int, row_height: float, base: float = 0.01) -> None:
+    """One legend for the whole figure under it (`ax`'s entries, `per_row` a row), the panels laid out above."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout(rect=(0, base + row_height * math.ceil(len(labels) / per_row), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(per_row, max(len(labels), 1)), fontsize=SMALL,
+               frameon=False)
+
+
+def _picture(ax: plt.Axes, image: np.ndarray, title: str | None = None) -> None:
+    """One uint8 CHW image with nearest interpolation, so that each pixel stays a visible square."""
+    ax.imshow(image.transpose(1, 2, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title, fontsize=SMALL)
+
+
 def curves(epochs: pd.DataFrame, title: str = "") -> plt.Figure:
     """Test accuracy per epoch across the page, test and train loss side by side below it; with several
     seeds, the mean line and its 95% CI band. One legend for all three, under the figure."""
@@ -57,12 +75,10 @@ def curves(epochs: pd.DataFrame, title: str = "") -> plt.Figure:
         if epochs["epoch"].nunique() <= 12:
             ax.set_xticks(sorted(epochs["epoch"].unique()))
         _readable(ax)
-    handles, labels = panels[0][0].get_legend_handles_labels()
     panels[0][0].get_legend().remove()
     if title:
         fig.suptitle(title, fontsize=FONT + 1)
-    fig.tight_layout(rect=(0, 0.01 + 0.03 * math.ceil(len(order) / 4), 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(order)), fontsize=SMALL, frameon=False)
+    _legend_below(fig, panels[0][0], 4, 0.03)
     return fig
 
 
@@ -86,22 +102,12 @@ def heatmap(table: pd.DataFrame, title: str, center: float | None = 0.0, fmt: st
 def differences(found: Sequence[ComparisonStats], title: str = "") -> plt.Figure:
     """Each comparison's final-epoch difference (pp) with its interval: the crossed bootstrap interval,
     or the t-interval over seeds when there are no per-image predictions; a line at 0."""
-    labels, means, lows, highs = [], [], [], []
-    for st in found:
-        if st.bootstrap is not None:
-            low, high = st.bootstrap
-        elif st.t_half is not None:
-            low, high = st.mean - st.t_half, st.mean + st.t_half
-        else:
-            low = high = st.mean
-        labels.append(f"{st.comparison.label} ({len(st.seeds)} seed{'s' if len(st.seeds) > 1 else ''})")
-        means.append(st.mean)
-        lows.append(low)
-        highs.append(high)
+    labels = [f"{st.comparison.label} ({len(st.seeds)} seed{'s' if len(st.seeds) > 1 else ''})" for st in found]
+    means = np.array([st.mean for st in found])
+    lows, highs = np.array([st.interval or (st.mean, st.mean) for st in found], dtype=float).reshape(-1, 2).T
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.45 * len(labels) + 1.4))
     y = np.arange(len(labels))[::-1]
-    means_, lows_, highs_ = np.array(means), np.array(lows), np.array(highs)
-    ax.errorbar(means_, y, xerr=[means_ - lows_, highs_ - means_], fmt="o", color="black", capsize=3)
+    ax.errorbar(means, y, xerr=[means - lows, highs - means], fmt="o", color="black", capsize=3)
     ax.axvline(0, color="grey", linewidth=1)
     ax.set_yticks(y, labels)
     ax.set_xlabel("A − B, final-epoch accuracy (pp), 95% CI")
@@ -131,10 +137,7 @@ def gain_vs_quality(frame: pd.DataFrame) -> plt.Figure:
         ax.grid(alpha=0.3)
         _readable(ax)
     axes[0].set_ylabel("accuracy gain over bicubic (pp)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.01 + 0.06 * math.ceil(len(labels) / 3), 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(len(labels), 1)), fontsize=SMALL,
-               frameon=False)
+    _legend_below(fig, axes[0], 3, 0.06)
     return fig
 
 
@@ -146,14 +149,10 @@ def image_grid(columns: dict[str, np.ndarray], size_px: int = 128) -> plt.Figure
     cell = min(1.6, PAGE_WIDTH / len(names))  # inches per image
     fig, axes = plt.subplots(n, len(names), figsize=(cell * len(names), cell * n + 0.6), squeeze=False)
     for j, name in enumerate(names):
+        # "sr_x4@swift-srgan" breaks at the "@" so that narrow columns keep their titles apart
+        title = f"{name.replace('@', chr(10) + '@')}\n{columns[name].shape[-1]} px"
         for i in range(n):
-            ax = axes[i][j]
-            ax.imshow(columns[name][i].transpose(1, 2, 0), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                # "sr_x4@swift-srgan" breaks at the "@" so that narrow columns keep their titles apart
-                ax.set_title(f"{name.replace('@', chr(10) + '@')}\n{columns[name].shape[-1]} px", fontsize=SMALL)
+            _picture(axes[i][j], columns[name][i], title if i == 0 else None)
     fig.tight_layout()
     return fig
 
@@ -167,12 +166,7 @@ def case_grid(columns: dict[str, np.ndarray], captions: list[str], title: str) -
                              gridspec_kw={"width_ratios": [1] * len(names) + [1.5]})
     for i in range(n):
         for j, name in enumerate(names):
-            ax = axes[i][j]
-            ax.imshow(columns[name][i].transpose(1, 2, 0), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=SMALL)
+            _picture(axes[i][j], columns[name][i], name if i == 0 else None)
         axes[i][-1].axis("off")
         axes[i][-1].text(0.02, 0.5, captions[i], fontsize=SMALL, va="center", ha="left",
                          transform=axes[i][-1].transAxes)
@@ -195,19 +189,20 @@ def cost_plot(frame: pd.DataFrame) -> plt.Figure:
     ax.set_ylabel("final test accuracy (%)")
     ax.grid(alpha=0.3)
     _readable(ax)
-    handles, labels = ax.get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.04 + 0.05 * math.ceil(len(labels) / 4), 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=SMALL, frameon=False)
+    _legend_below(fig, ax, 4, 0.05, base=0.04)
     return fig
 
 
+@dataclass
 class ScrollTable:
-    """A DataFrame shown as an HTML table that scrolls sideways inside the page when it is wider than
-    the text column (instead of being cut off), every float to `digits` decimals; plain text elsewhere."""
+    """`frame` for the page: an HTML table that scrolls sideways inside the page when it is wider than the
+    text column (instead of being cut off), every float to `digits` decimals, and the sentence `empty` instead
+    of an empty table; plain text elsewhere."""
 
-    def __init__(self, frame: pd.DataFrame, caption: str | None = None, digits: int = 2,
-                 empty: str = "Nothing to show for these runs."):
-        self.frame, self.caption, self.digits, self.empty = frame, caption, digits, empty
+    frame: pd.DataFrame
+    caption: str | None = None
+    digits: int = 2
+    empty: str = "Nothing to show for these runs."
 
     def _float(self, x: float) -> str:
         return f"{x:.{self.digits}f}"
@@ -224,11 +219,7 @@ class ScrollTable:
         return (f"{self.caption}\n" if self.caption else "") + text
 
 
-def table(frame: pd.DataFrame, caption: str | None = None, digits: int = 2,
-          empty: str = "Nothing to show for these runs.") -> ScrollTable:
-    """`frame` for the page: sideways scrolling when wide, one number format (`digits` decimals), and a
-    sentence instead of an empty table."""
-    return ScrollTable(frame, caption, digits, empty)
+table = ScrollTable  # the name the notebooks call
 
 
 def split_table(frame: pd.DataFrame, max_columns: int, caption: str | None = None,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..config import variant_of
 from ..statistics import LEVEL, mean_ci
-from .comparisons import METRICS, comparisons, order_variants, parse_variant
+from .comparisons import METRICS, comparisons, order_variants
 from .formats import decimals, fmt, fmt_diff, fmt_pp
 from .record_checks import dataset_name, is_canonical, one_dataset
 
@@ -80,7 +81,7 @@ def reference_differences(records: list[dict]) -> pd.DataFrame:
     why = not_comparable(records)
     key = "top5_mean_test_acc"
     rows = []
-    for scale in sorted({parse_variant(v).scale for v in REFERENCE if parse_variant(v).scale > 1}):
+    for scale in sorted({variant_of(v).scale for v in REFERENCE if variant_of(v).scale > 1}):
         sr, resize = f"sr_x{scale}", f"resize_x{scale}"
         reference = REFERENCE[sr][1] - REFERENCE[resize][1]
         by_seed = {(r["config"]["variant"], r["config"]["seed"]): r["summary"][key] for r in records}

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..config import STUDY_VARIANTS, VARIANT_SETS
+from ..config import STUDY_VARIANTS, VARIANT_SETS, variant_of
 from ..errors import SrlibError
 from ..statistics import ALPHA, MAX_SEEDS, POWER, TARGET_PP
 from .comparisons import (
@@ -16,7 +16,6 @@ from .comparisons import (
     ComparisonStats,
     Source,
     order_variants,
-    parse_variant,
     select_rules,
     select_stats,
 )
@@ -24,8 +23,7 @@ from .formats import decimals, fmt_interval, fmt_p, fmt_pp
 from .record_checks import Loaded, dataset_name, load_checked, one_dataset, select_dataset
 from .reference import scaled_differences
 
-# ---------------------------------------------------------------------------------------------------
-# Verdicts
+# --- Verdicts ------------------------------------------------------------------------------------------
 
 def verdict(st: ComparisonStats) -> str:
     """One sentence: the final-epoch difference, its interval, whether it is told from 0, and power."""
@@ -40,9 +38,8 @@ def _finding(st: ComparisonStats) -> str:
         if n < 2:
             return (f"{head} (one seed, no per-image predictions): no interval and no test, so this may be "
                     f"seed noise; run 3 or more seeds.")
-        low, high = st.mean - st.t_half, st.mean + st.t_half
         told = "distinguishable from 0" if st.distinguishable else f"not distinguishable from 0 with {n} seeds"
-        return (f"{head} {fmt_interval((low, high))} (t-interval over seeds; without per-image predictions "
+        return (f"{head} {fmt_interval(st.interval)} (t-interval over seeds; without per-image predictions "
                 f"test-image sampling is not included); {told}.")
     if not sum(st.only_a_right) + sum(st.only_b_right):
         # No discordant image: every variance is 0, so intervals and power figures would be meaningless zeros.
@@ -104,12 +101,12 @@ def no_pairs_note(records: list[dict], how: bool = True) -> str:
     """Why there is no SR − resize comparison: the SR runs without their resize partner (or no SR run), and
     (`how`) the command that makes them."""
     variants = {r["config"]["variant"] for r in records}
-    lonely = [v for v in order_variants(variants) if (arm := parse_variant(v)) and arm.method == "sr"
-              and f"resize_x{arm.scale}" not in variants]
+    lonely = [name for name in order_variants(variants) if (v := variant_of(name)) and v.is_sr
+              and f"resize_x{v.scale}" not in variants]
     if not records or not lonely:
         return ("No SR run with a resize partner of the same seed is among these runs, so there is no SR − resize "
                 f"comparison; make the study with `{sweep_command(_profile(records), 1)}`.")
-    partners = sorted({f"resize_x{parse_variant(v).scale}" for v in lonely})
+    partners = sorted({f"resize_x{variant_of(v).scale}" for v in lonely})
     return (f"{', '.join(lonely)} {'has' if len(lonely) == 1 else 'have'} no {' / '.join(partners)} run of the same "
             f"seed among these runs, so there is no SR − resize comparison yet. "
             + (missing_runs_note(records) if how else "The missing runs and how to make them are listed below."))
@@ -136,8 +133,7 @@ def no_quality_note(records: list[dict], quality: dict | None, where: str) -> st
             "rerun `srlib sr-quality` with their models.")
 
 
-# ---------------------------------------------------------------------------------------------------
-# One run
+# --- One run -------------------------------------------------------------------------------------------
 
 def device_name(record: dict) -> str:
     device = record["provenance"]["device"]
@@ -161,10 +157,7 @@ def run_summary(record: dict) -> str:
     )
 
 
-
-# ---------------------------------------------------------------------------------------------------
-# The study as a whole: facts, caveats, what is missing, what was left out
-
+# --- The study as a whole: facts, caveats, what is missing, what was left out --------------------------
 
 def study_facts(records: list[dict]) -> dict:
     """What the prose of the report needs to say about these runs (one dataset; profile, seeds, devices)."""

@@ -1,11 +1,9 @@
 """Where SR helps: the test images on which the SR-trained and the resize-trained models disagree.
 
-Per scale (and SR model), from the records' final-epoch per-image predictions: the disagreements counted
-per class and over seeds, and the clearest cases both ways (right with SR and wrong with resize in every
-seed, and the reverse). The pictures show each case as the classifier saw it (the 32 px original, its
-bicubic and its SR version); they are made only from the dataset whose content hash the records name, and
-the SR images only from the verified cache of the runs or from the weights whose sha256 the record names.
-Without them the page shows the counts and names what is missing.
+Per scale (and SR model), from the final-epoch per-image predictions: the disagreements per class and over
+seeds, and the clearest cases both ways, pictured as the classifier saw them (32 px original, bicubic, SR).
+The pictures come only from the dataset whose content hash the records name and from the runs' verified SR
+cache or the weights whose sha256 the record names; without them the page names what is missing.
 """
 
 from __future__ import annotations
@@ -17,10 +15,15 @@ import numpy as np
 import pandas as pd
 
 from ..config import VARIANTS
+from ..data import default_cache_dir, load_dataset, locate, stratified_subset
 from ..errors import SrlibError
+from ..store import load_arrays, sha256_array
+from ..upscale import build_upscaler, default_weights_dir, local_checkpoint, sr_checkpoint, upscale, upscaled_cache_path
+from . import figures
 from .comparisons import HEADLINE_RULE, Comparison, select_rules
 from .formats import fmt_pp
 from .record_checks import dataset_name, dataset_sha, one_dataset
+from .report_text import no_pairs_note
 
 CASES_PER_SIDE = 4  # images shown each way: one row each, across distinct classes first
 
@@ -38,20 +41,13 @@ class Disagreements:
     runs_a: tuple[dict, ...]  # the records, seed by seed (their data and upscaler identity)
 
     @property
-    def right_a(self) -> np.ndarray:
-        return self.predictions_a == self.labels
-
-    @property
-    def right_b(self) -> np.ndarray:
-        return self.predictions_b == self.labels
-
-    @property
     def only_a(self) -> np.ndarray:
-        return self.right_a & ~self.right_b
+        """(seeds, images): right with SR (A), wrong with resize (B)."""
+        return (self.predictions_a == self.labels) & (self.predictions_b != self.labels)
 
     @property
     def only_b(self) -> np.ndarray:
-        return self.right_b & ~self.right_a
+        return (self.predictions_b == self.labels) & (self.predictions_a != self.labels)
 
 
 def disagreements(records: list[dict]) -> list[Disagreements]:
@@ -73,40 +69,30 @@ def disagreements(records: list[dict]) -> list[Disagreements]:
 def class_table(d: Disagreements) -> pd.DataFrame:
     """Per class: images right with SR only and with resize only (mean per seed), the net as pp of the
     class's images, and how many images are so in every seed."""
-    seeds = len(d.seeds)
-    rows = []
-    for k, name in enumerate(d.classes):
-        mask = d.labels == k
-        only_a, only_b = d.only_a[:, mask].sum() / seeds, d.only_b[:, mask].sum() / seeds
-        rows.append({"class": name, "images": int(mask.sum()), "SR only right": only_a, "resize only right": only_b,
-                     "net (pp)": 100 * (only_a - only_b) / max(int(mask.sum()), 1),
-                     "SR only, all seeds": int(d.only_a[:, mask].all(axis=0).sum()),
-                     "resize only, all seeds": int(d.only_b[:, mask].all(axis=0).sum())})
-    frame = pd.DataFrame(rows).set_index("class")
-    total = {"images": len(d.labels), "SR only right": d.only_a.sum() / seeds,
-             "resize only right": d.only_b.sum() / seeds,
-             "net (pp)": 100 * (d.only_a.sum() - d.only_b.sum()) / seeds / len(d.labels),
-             "SR only, all seeds": int(d.only_a.all(axis=0).sum()),
-             "resize only, all seeds": int(d.only_b.all(axis=0).sum())}
-    frame.loc["all classes"] = total
-    return frame
+    seeds, only_a, only_b = len(d.seeds), d.only_a, d.only_b
+    masks = {name: d.labels == k for k, name in enumerate(d.classes)} | {"all classes": np.ones(len(d.labels), bool)}
+    rows = {name: {"images": int(mask.sum()), "SR only right": only_a[:, mask].sum() / seeds,
+                   "resize only right": only_b[:, mask].sum() / seeds,
+                   "net (pp)": 100 * (only_a[:, mask].sum() - only_b[:, mask].sum()) / seeds / max(int(mask.sum()), 1),
+                   "SR only, all seeds": int(only_a[:, mask].all(axis=0).sum()),
+                   "resize only, all seeds": int(only_b[:, mask].all(axis=0).sum())} for name, mask in masks.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("class")
 
 
 def summary(d: Disagreements) -> str:
     """One markdown sentence: how many images flip each way, and the classes with the largest nets."""
-    table = class_table(d).drop(index="all classes")
-    seeds = len(d.seeds)
+    table, seeds = class_table(d), len(d.seeds)
+    total, net = table.loc["all classes"], table["net (pp)"].drop("all classes")
     head = f"**{d.comparison.label}** (per seed, mean over " + (f"{seeds} seeds)" if seeds > 1 else "one seed)")
-    if not (d.only_a.any() or d.only_b.any()):
+    if not (total["SR only right"] or total["resize only right"]):
         return f"{head}: the two models got the same test images right in every seed; nothing tells them apart."
-    net = table["net (pp)"]
     best = (f"largest net for SR: {net.idxmax()} ({fmt_pp(net.max(), 1)} pp of its images)" if net.max() > 0
             else "no class has a net gain with SR")
     worst = (f"for resize: {net.idxmin()} ({fmt_pp(net.min(), 1)} pp)" if net.min() < 0
              else "no class has a net gain with resize")
-    return (f"{head}: {d.only_a.sum() / seeds:.1f} test images right with {d.comparison.a} only and "
-            f"{d.only_b.sum() / seeds:.1f} right with {d.comparison.b} only, of {len(d.labels):,}; in every seed: "
-            f"{int(d.only_a.all(axis=0).sum())} and {int(d.only_b.all(axis=0).sum())}. The {best}; {worst}. "
+    return (f"{head}: {total['SR only right']:.1f} test images right with {d.comparison.a} only and "
+            f"{total['resize only right']:.1f} right with {d.comparison.b} only, of {len(d.labels):,}; in every seed: "
+            f"{int(total['SR only, all seeds'])} and {int(total['resize only, all seeds'])}. The {best}; {worst}. "
             "Per-class counts are small: a class's net within a few images of 0 is noise.")
 
 
@@ -139,9 +125,7 @@ def case_captions(d: Disagreements, indices: np.ndarray) -> list[str]:
             for i in indices]
 
 
-# ---------------------------------------------------------------------------------------------------
-# The pictures: from the records' own dataset and SR weights, or not at all
-
+# --- The pictures: from the records' own dataset and SR weights, or not at all -------------------------
 
 class PicturesUnavailable(SrlibError):
     """What is missing for the pictures, and the command or setting that provides it."""
@@ -151,10 +135,6 @@ def case_images(d: Disagreements, indices: np.ndarray, data: str | None = None,
                 cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """The images at `indices` as the classifier saw them: {"original 32 px", "bicubic ...", "SR ..."}
     (uint8 NCHW); PicturesUnavailable naming the missing input otherwise."""
-    from ..data import default_cache_dir, load_dataset, locate, stratified_subset
-    from ..store import sha256_array
-    from ..upscale import build_upscaler, upscale
-
     record = d.runs_a[0]
     identity = record["data"]["dataset"]
     fix = ("point SRLIB_DATA (or the notebook's `data`) at that dataset and rebuild the report (the same "
@@ -183,16 +163,6 @@ def case_images(d: Disagreements, indices: np.ndarray, data: str | None = None,
 
 def _sr_images(d: Disagreements, originals: np.ndarray, indices: np.ndarray, cache_dir) -> np.ndarray:
     """SR versions of the chosen images: from the runs' verified cache, else made with the verified weights."""
-    from ..store import load_arrays, sha256_array
-    from ..upscale import (
-        build_upscaler,
-        default_weights_dir,
-        local_checkpoint,
-        sr_checkpoint,
-        upscale,
-        upscaled_cache_path,
-    )
-
     record = d.runs_a[0]
     variant, scale = VARIANTS[d.comparison.a], d.comparison.scale
     wanted = record["data"].get("upscaler", {}).get("weights_sha256")
@@ -227,8 +197,6 @@ def case_figures(d: Disagreements, data: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> tuple[list, str | None]:
     """The clearest cases both ways as picture grids, and a markdown note when one side has no such image
     or the pictures cannot be made here (naming the missing input and the command)."""
-    from . import figures
-
     made, notes = [], []
     for side, indices in zip(SIDES, clearest(d), strict=True):
         if len(indices) == 0:
@@ -244,8 +212,6 @@ def case_figures(d: Disagreements, data: str | None = None,
 
 def empty_note(records: list[dict]) -> str:
     """Why there is nothing to show here: no SR − resize pair, or a pair without per-image predictions."""
-    from .report_text import no_pairs_note
-
     if not select_rules(records, [HEADLINE_RULE]):
         return no_pairs_note(records)
     return ("The SR and resize runs of a shared seed lack per-image predictions (`predictions.npz` beside their "

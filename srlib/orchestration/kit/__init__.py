@@ -7,14 +7,14 @@ gives back at most 8 files of 16 MiB from its OUT folder, and keeps its files 30
 - `srlib kit assemble` (here, `assemble`) fills a git-ignored folder (default `kit/`): the lossless data staged
   in pieces of one command each (`dataset_pieces`, `transport`, `staging`), the SR weights, the `spandrel`
   wheel, the commit and diff of this tree, the queue of runs `results/paper/` lacks on this data (`schedule`),
-  and a partial run's checkpoint to resume (`partial`); it prints the window's commands: what to copy there,
+  and a partial run's checkpoint to resume (`partial`); it prints the session's commands: what to copy there,
   what to run there.
 - `srlib kit probe` (there, an early command) checks the pieces that arrived and measures whether runs share
   the GPU (`probe`, MPS included); `srlib kit run` (the last command, `run`) reassembles and hash-checks the
-  data, measures speeds (`speeds`), schedules the runs that end within the window's time left, runs them
+  data, measures speeds (`speeds`), schedules the runs that end within the session's time left, runs them
   (`pool`: `srlib train` processes, under MPS when measured faster and bit-identical) and packs records,
   predictions, sr-quality, the probe table and timings into one archive in OUT (`archive`); a run spanning
-  windows ships its checkpoint (`kit ship N`).
+  sessions ships its checkpoint (`kit ship N`).
 - `srlib kit unpack ARCHIVE` (here, `archive`), once the files are brought back, puts the records into
   `results/paper/`, from where `make report RECORDS=results/paper` builds the book without training.
 

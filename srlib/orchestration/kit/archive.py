@@ -78,7 +78,7 @@ def pack(state: KitRun, lines: list[str]) -> Path:
 
 
 def ship_partial(state: KitRun) -> None:
-    """The window ends with a run unfinished: cut its checkpoint into pieces under work/ship; piece 1 (with the
+    """The session ends with a run unfinished: cut its checkpoint into pieces under work/ship; piece 1 (with the
     seal) goes into OUT now, the others with `srlib kit ship N` in the commands after this one."""
     from ...runs import CHECKPOINT, run_dirs
     from .partial import ship
@@ -89,7 +89,7 @@ def ship_partial(state: KitRun) -> None:
         return
     if len(partial) > 1:
         state.log(f"[kit] {len(partial)} runs are unfinished; only {partial[0].relative_to(runs)} is shipped "
-                  "(one partial at a time); the others start afresh in a later window")
+                  "(one partial at a time); the others start afresh in a later session")
     seal = ship(partial[0], runs, state.work / SHIP_DIR)
     shutil.copytree(state.work / SHIP_DIR / "1", state.out / "ckpt-1")
     n = len(seal["stage"]["pieces"])
@@ -185,11 +185,11 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(quality, target)
             written.append(target)
-        window = results / f"gpu-{stamp}"
-        window.mkdir(parents=True, exist_ok=True)
+        folder = results / f"gpu-{stamp}"
+        folder.mkdir(parents=True, exist_ok=True)
         for path in sorted(stage.rglob("*")):
             if path.is_file() and "runs" not in path.relative_to(stage).parts:
-                target = window / path.relative_to(stage)
+                target = folder / path.relative_to(stage)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
                 written.append(target)
@@ -197,7 +197,7 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
             shutil.copy2(stage / PROBE_FILE, results / PROBE_FILE)
             written.append(results / PROBE_FILE)
             log(f"[kit] probe table -> {results / PROBE_FILE}")
-        log(f"[kit] timing log and run logs -> {window}")
+        log(f"[kit] timing log and run logs -> {folder}")
     if pieces:
         kept = keep(pieces, results / PARTIAL_DIR)
         written.append(kept)

@@ -1,5 +1,5 @@
 """`srlib kit assemble` (here): the kit folder filled with what the GPU machine lacks, sized against what one
-command may copy there, and the next window's commands.
+command may copy there, and the next session's commands.
 
 What a kit holds: the data staged in pieces (kit.dataset_pieces), the SR weights the variants need (checked by sha256),
 the `spandrel` wheel, the commit and diff of this tree (srlib.provenance), the queue of runs the results lack
@@ -47,19 +47,11 @@ def _git(*args: str, root: Path = ROOT) -> str:
     return done.stdout.decode(errors="replace")
 
 
-def sent_files(root: Path = ROOT) -> list[Path]:
-    """The files every command copies to the GPU machine besides the kit's paths: tracked +
-    untracked-not-ignored, and shared/."""
-    names = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", root=root).split("\0")
-    files = {root / n for n in names if n and (root / n).is_file() and not (root / n).is_symlink()}
-    shared = root / "shared"
-    if shared.is_dir():
-        files |= {p for p in shared.rglob("*") if p.is_file()}
-    return sorted(files)
-
-
-def _tree_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+def _bytes(path: Path) -> int:
+    """A file's size, or a folder's files' total (0 when absent)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 @dataclass(frozen=True)
@@ -172,21 +164,21 @@ def source_state(root: Path = ROOT) -> tuple[dict, str]:
 
 
 def _copied_bytes(kit: Path, names: list[str]) -> int:
-    total = 0
-    for name in names:
-        path = kit.parent / name
-        total += path.stat().st_size if path.is_file() else _tree_bytes(path)
-    return total
+    return sum(_bytes(kit.parent / name) for name in names)
 
 
 def repo_bytes(kit: Path, root: Path = ROOT) -> int:
     """What every command copies besides the kit's paths: tracked + untracked-not-ignored files (and shared/)."""
     kit = kit.resolve()
-    return sum(p.stat().st_size for p in sent_files(root) if kit not in p.resolve().parents)
+    names = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", root=root).split("\0")
+    files = {root / n for n in names if n and (root / n).is_file() and not (root / n).is_symlink()}
+    if (root / "shared").is_dir():
+        files |= {p for p in (root / "shared").rglob("*") if p.is_file()}
+    return sum(p.stat().st_size for p in files if kit not in p.resolve().parents)
 
 
 def window_commands(kit: Path, manifest: dict, probe_table: bool) -> list[dict]:
-    """The commands of one window, in order: each data / checkpoint piece copied with a command of its own (the
+    """The commands of one session, in order: each data / checkpoint piece copied with a command of its own (the
     first also probes when no probe table is committed), then the training command with the kit's base and the
     last data piece. Each entry: purpose, copy (paths relative to the repository root), command."""
     name = kit.name
@@ -249,7 +241,7 @@ def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[
     if diff:
         (kit / DIFF).write_text(diff)
     repo = repo_bytes(kit, root)
-    base = _tree_bytes(kit / "weights") + _tree_bytes(kit / "wheels") + len(diff.encode()) + MANIFEST_ROOM_BYTES
+    base = _bytes(kit / "weights") + _bytes(kit / "wheels") + len(diff.encode()) + MANIFEST_ROOM_BYTES
     room = piece_bytes or SEND_LIMIT_BYTES - repo - base
     if piece_bytes is None and room < 4 * 2**20:
         raise KitError(f"only {room / 2**20:.1f} MiB per command are left for data next to the repository "
@@ -275,14 +267,14 @@ def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[
 
 
 def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
-    """What the next window runs: its commands (what to copy, what to run) and, from the committed probe table, the
+    """What the next session runs: its commands (what to copy, what to run) and, from the committed probe table, the
     schedule."""
     from ...config import make_config
     from .probe import PROBE_FILE
     from .schedule import RunKey, RunNeed, SpeedTable, schedule_window
 
     probe_path = results / PROBE_FILE
-    lines = ["next window on the GPU machine, command by command (each within 30 s of the last, so that the "
+    lines = ["next session on the GPU machine, command by command (each within 30 s of the last, so that the "
              "machine keeps what the earlier ones copied):"]
     for i, step in enumerate(window_commands(kit, manifest, probe_path.is_file()), start=1):
         size = _copied_bytes(kit, step["copy"]) + repo_bytes(kit)
@@ -290,7 +282,7 @@ def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
         lines.append(f"    copy there, beside this repository's files: {' '.join(step['copy'])}")
         lines.append(f"    run there: {step['command']}")
     lines.append(f"  then bring back the files it wrote to its OUT folder ({ARCHIVE}, ckpt-* when a run spans "
-                 f"windows) and run here: srlib kit unpack {ARCHIVE} [--pieces ckpt-*]")
+                 f"sessions) and run here: srlib kit unpack {ARCHIVE} [--pieces ckpt-*]")
     queue = [RunKey(v, s) for v, s in manifest["queue"]]
     lines.append("queue: " + (", ".join(map(str, queue)) or "empty: every run is done"))
     if probe_path.is_file() and queue:
@@ -299,7 +291,7 @@ def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
         needs = [RunNeed.of(k, paper.epochs, manifest["data"]["train_count"], manifest["data"]["test_count"],
                             width=paper.width) for k in queue]
         schedule = schedule_window(needs, table, FRESH_WINDOW_S, FRESH_WINDOW_S)
-        lines += [f"schedule for a fresh window (~{FRESH_WINDOW_S:.0f} s of compute, SR time not counted): {line}"
+        lines += [f"schedule for a fresh session (~{FRESH_WINDOW_S:.0f} s of compute, SR time not counted): {line}"
                   for line in schedule.describe()]
     elif queue:
         lines.append("schedule: made there from the probe's measurements (no probe table is committed yet)")

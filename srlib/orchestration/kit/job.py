@@ -20,13 +20,13 @@ if TYPE_CHECKING:
 # A command may run 600 s on the GPU machine: the job takes 560 s of it, the last 40 s packing its archive.
 COMMAND_BUDGET_S = 560.0
 PACK_RESERVE_S = 40.0
-# Machine time the window needs after a command's training has stopped: files back and the next command's start.
+# Machine time the session needs after a command's training has stopped: files back and the next command's start.
 RETURN_RESERVE_S = 30.0
 # A resuming command's own cost: data reassembled and decoded, speeds re-checked, each run restarted (~20 s).
 RESUME_COST_S = 50.0
-MIN_COMMAND_S = 120.0  # less window than this after a command: no further command, partial runs ship checkpoints
-# Compute time a fresh window offers (15 min minus the machine's start, the staging commands and the probe): an
-# estimate from the first windows' logs; it only tells a run that waits for the next window from one that spans.
+MIN_COMMAND_S = 120.0  # less session time than this after a command: no further command, partial runs ship checkpoints
+# Compute time a fresh session offers (15 min minus the machine's start, the staging commands and the probe): an
+# estimate from the first sessions' logs; it only tells a run that waits for the next session from one that spans.
 FRESH_WINDOW_S = 660.0
 
 
@@ -87,7 +87,7 @@ class KitRun:
     end: float
     log: Callable[[str], None]
     timing: dict = field(default_factory=dict)
-    window_ends: bool = False  # the window has no time for another command: partial runs ship their checkpoint
+    window_ends: bool = False  # the session has no time for another command: partial runs ship their checkpoint
 
     @property
     def runs(self) -> Path:

@@ -1,10 +1,10 @@
-"""A run that spans two GPU windows: its checkpoint goes back in pieces, sealed, and comes again to resume.
+"""A run that spans two GPU sessions: its checkpoint goes back in pieces, sealed, and comes again to resume.
 
 A paper-protocol checkpoint (weights, momentum, scheduler and RNG states) is ~89 MB; a command brings back
 at most 8 files of 16 MiB (kit.layout). `ship` cuts it into pieces of at most SHIP_MAX_CHUNKS files
-(piece 1 leaves room for the window's archive and timing log in the same command); the seal (`seal.json`:
+(piece 1 leaves room for the session's archive and timing log in the same command); the seal (`seal.json`:
 which run, after which epoch, every chunk's and the checkpoint's sha256) travels with piece 1. Here,
-the pieces are kept under `results/paper/partial/` (never a result; one at a time); a later window gets
+the pieces are kept under `results/paper/partial/` (never a result; one at a time); a later session gets
 them like the data (one piece per command) and `restore` puts the checkpoint back where `srlib train`
 resumes it, after checking every hash.
 """
@@ -33,7 +33,7 @@ def ship(run_dir: Path, runs: Path, root: Path, chunk_bytes: int = SHIP_CHUNK_BY
         raise StagingError(f"{run_dir} has no {CHECKPOINT} to ship: the run finished or never checkpointed")
     record = json.loads((run_dir / RECORD).read_text()) if (run_dir / RECORD).is_file() else {}
     relative = run_dir.relative_to(runs).as_posix()
-    # The partial record goes too: the next window's schedule reads the epochs left from it.
+    # The partial record goes too: the next session's schedule reads the epochs left from it.
     files = {CHECKPOINT: checkpoint, **({RECORD: run_dir / RECORD} if (run_dir / RECORD).is_file() else {})}
     stage = split(files, root, chunk_bytes * max_chunks, chunk_bytes, max_chunks, label=f"checkpoint of {relative}")
     seal = {"run": relative, "epochs_done": len(record.get("epochs", [])),
@@ -94,7 +94,7 @@ def _chunk_bytes(path: Path, root: Path) -> bytes:
 
 
 def stage_back(partial: Path, target: Path, root: Path, room_bytes: int) -> dict | None:
-    """The kept partial run (if any) into piece folders `target/1..n` for the next window's commands; its seal."""
+    """The kept partial run (if any) into piece folders `target/1..n` for the next session's commands; its seal."""
     seals = sorted(partial.glob(f"*/{SEAL}")) if partial.is_dir() else []
     if target.is_dir():
         shutil.rmtree(target)

@@ -11,7 +11,7 @@ runs (N = 1, 2, 4) at 32, 64 and 128 px in each way `srlib kit run` can start ru
 Every run starts from the same seed and batches, so its weights after the probe's steps must be
 bit-identical to the run alone; the table says whether they were. At 128 px it also times the faster
 numerics the planner may choose (non-deterministic cuDNN, torch.compile; kit.schedule.FASTER_NUMERICS)
-alone when time allows. The table goes to `results/paper/gpu_probe.json`, from where later windows read
+alone when time allows. The table goes to `results/paper/gpu_probe.json`, from where later sessions read
 it (kit.schedule), re-checking one size.
 
 Speeds are also shown as a fraction of H200_BF16_FLOPS, a bf16 matmul rate measured on the H200 the kit was
@@ -31,10 +31,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ...errors import SrlibError
+from .schedule import ModeSpeed
 
 PROBE_SCHEMA = 1
 PROBE_FILE = "gpu_probe.json"
@@ -46,6 +47,7 @@ MPS_SEARCH = ("/usr/local/nvidia/bin", "/usr/bin", "/usr/local/cuda/bin")
 H200_BF16_FLOPS = 790e12  # measured on the H200 (8192^3 bf16 matmul): the yardstick of "of H200 bf16 peak"
 WORKER_WAIT_S = 60.0  # a worker gives up waiting for the others after this
 WORKER_MODULE = "srlib.orchestration.kit.probe"  # `python -m` this, with `worker SPEC RANK`: one probe process
+FASTER_SETTINGS = {"nondeterministic": {"deterministic": False}, "compile": {"compile": True, "cuda_graphs": False}}
 
 
 class ProbeError(SrlibError):
@@ -129,17 +131,10 @@ class ProbeRun:
 
 
 def _numerics(config, device, variant: str):
-    """The protocol's numerics, or one of the faster settings timed at 128 px."""
-    from dataclasses import replace
-
+    """The protocol's numerics, or one of the faster settings timed at 128 px (kit.schedule.FASTER_NUMERICS)."""
     from ...numerics import resolve_numerics
 
-    base = resolve_numerics(config, device)
-    if variant == "nondeterministic":
-        return replace(base, deterministic=False)
-    if variant == "compile":
-        return replace(base, compile=True, cuda_graphs=False)
-    return base
+    return replace(resolve_numerics(config, device), **FASTER_SETTINGS.get(variant, {}))
 
 
 def time_in_process(px: int, n: int, config, device, steps: int = STEPS,
@@ -243,26 +238,14 @@ def time_in_processes(phases: list[tuple[int, int]], config, steps: int, env: di
         if len(parts) == n:
             span = max(r["end"] for r in parts) - min(r["start"] for r in parts)
             results[(px, n)] = (n * steps * batch / span, [r["sha256"] for r in parts])
-    if len(results) < len(phases):
-        tail = (folder / "worker-0.log").read_text()[-400:] if (folder / "worker-0.log").is_file() else ""
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ProbeError(f"{len(phases) - len(results)} of {len(phases)} phases did not finish; worker 0: {tail}")
+    tail = (folder / "worker-0.log").read_text()[-400:] if (folder / "worker-0.log").is_file() else ""
     shutil.rmtree(folder, ignore_errors=True)
+    if len(results) < len(phases):
+        raise ProbeError(f"{len(phases) - len(results)} of {len(phases)} phases did not finish; worker 0: {tail}")
     return results
 
 
 # ---------------------------------------------------------------- the probe
-
-
-@dataclass
-class Row:
-    mode: str
-    px: int
-    n: int
-    images_per_s: float
-    peak_fraction: float  # of H200_BF16_FLOPS, whatever the GPU
-    identical: bool | None  # weights bit-identical to the run alone's; None on the run alone itself (the reference)
-    numerics: str = "default"
 
 
 def peak_fraction(images_per_s: float, px: int, width: int) -> float:
@@ -280,13 +263,13 @@ def probe(config, budget_s: float = 90.0, steps: int = STEPS, sizes: tuple[int, 
     device = device or torch.device("cuda")
     started = time.perf_counter()
     left = lambda: budget_s - (time.perf_counter() - started)  # noqa: E731
-    rows: list[Row] = []
+    rows: list[ModeSpeed] = []
     alone: dict[int, str] = {}
 
     def add(mode: str, px: int, n: int, img_s: float, hashes: list[str], numerics: str = "default") -> None:
         reference = mode == "alone" and numerics == "default"
         identical = None if reference else all(h == alone.get(px) for h in hashes)
-        rows.append(Row(mode, px, n, img_s, peak_fraction(img_s, px, config.width), identical, numerics))
+        rows.append(ModeSpeed(mode, px, n, img_s, identical, numerics, peak_fraction(img_s, px, config.width)))
         log(f"[probe] {mode:>9} {px:>3} px x{n} {numerics:>16}: {img_s:9.0f} img/s, {rows[-1].peak_fraction:6.1%} "
             f"of H200 bf16 peak, " + ("the reference" if reference else
                                       f"weights {'identical' if identical else 'NOT identical'} to the run alone"))
@@ -343,14 +326,6 @@ def table_lines(table: dict) -> list[str]:
         lines.append(f"{r['mode']:>9} {r['px']:>4} {r['n']:>2} {r['numerics']:>16} {r['images_per_s']:9.0f} "
                      f"{r['peak_fraction']:17.1%} {same}")
     return lines
-
-
-def write_table(table: dict, *paths: Path) -> None:
-    from ...store import write_json
-
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, table)
 
 
 def main(argv: list[str] | None = None) -> int:

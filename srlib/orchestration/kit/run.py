@@ -1,7 +1,7 @@
 """`srlib kit run` (on the GPU machine): the whole job of one command.
 
 It reassembles and hash-checks the data, resumes a checkpoint staged back, measures speeds (kit.speeds), schedules
-the runs that end within the window's time left (kit.schedule), runs them (kit.pool) and packs everything into
+the runs that end within the session's time left (kit.schedule), runs them (kit.pool) and packs everything into
 one archive in OUT (kit.archive), whatever happened. `--dry-run` does all of it on a CPU, smoke-sized.
 """
 
@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ...config import VARIANTS, expand_variants
 from ...errors import PARTIAL_EXIT_CODE
 from ...provenance import now
 from ...runs import ROOT
+from ...store import write_json
 from .archive import pack
 from .job import (
     COMMAND_BUDGET_S,
@@ -42,11 +42,9 @@ from .job import (
 )
 from .layout import CKPT_DIR, KIT_SCHEMA, MANIFEST, KitError, sr_checkpoints
 from .pool import Launched, run_schedule
-from .probe import H200_BF16_FLOPS, PROBE_FILE, peak_fraction, write_table
+from .probe import H200_BF16_FLOPS, PROBE_FILE, peak_fraction
+from .schedule import RunKey, RunNeed, schedule_window
 from .speeds import check_graphs, measure_upscaling, speed_table, upscaler_key
-
-if TYPE_CHECKING:
-    from .schedule import RunKey
 
 
 def install_wheels(kit: Path, site: Path, log: Callable[[str], None]) -> list[str]:
@@ -54,12 +52,10 @@ def install_wheels(kit: Path, site: Path, log: Callable[[str], None]) -> list[st
     wanted = []
     for wheel in sorted((kit / "wheels").glob("*.whl")):
         name, version = wheel.name.split("-")[:2]
-        try:
-            have = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            have = None
-        if have != version:
-            wanted.append(wheel)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            if importlib.metadata.version(name) == version:
+                continue
+        wanted.append(wheel)
     if not wanted:
         return []
     site.mkdir(parents=True, exist_ok=True)
@@ -91,9 +87,9 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, dry_run: bo
     """The whole GPU-side job; returns 0 (all started runs complete, or nothing to run), PARTIAL_EXIT_CODE or 1
     (a failure).
 
-    `window_left_s`: the time left on the GPU machine in this window when the command starts; runs are scheduled
+    `window_left_s`: the time left on the GPU machine in this session when the command starts; runs are scheduled
     to end within it, and this command trains until the earlier of its own budget (COMMAND_BUDGET_S) and the
-    window."""
+    session."""
     started = time.time()
     kit = kit.resolve()
     manifest_path = kit / MANIFEST
@@ -151,26 +147,17 @@ def _restored_environment() -> Iterator[None]:
 
 
 def _environment(state: KitRun, site: Path) -> dict:
-    env = dict(os.environ)
-    paths = [str(site), str(ROOT), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env["SRLIB_WEIGHTS_DIR"] = str(state.kit / "weights")
+    env = {**os.environ, "SRLIB_WEIGHTS_DIR": str(state.kit / "weights"), "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(site), str(ROOT), env.get("PYTHONPATH", "")] if p)
     env.setdefault("SRLIB_CACHE_DIR", str(state.work / "cache"))
-    env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def _queue(manifest: dict, variants: list[str]) -> list[RunKey]:
-    """The kit's queue (the runs the results lacked when it was assembled) among `variants`; may be empty."""
-    from .schedule import RunKey
-
-    return [RunKey(v, s) for v, s in manifest["queue"] if v in variants]
 
 
 def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) -> int:
     say, settings = state.log, state.settings
     config = run_config(settings, train_args)  # bad --train-args stop the job here, before any work
-    keys = _queue(manifest, state.variants)
+    # The kit's queue (the runs the results lacked when it was assembled) among the variants; may be empty.
+    keys = [RunKey(v, s) for v, s in manifest["queue"] if v in state.variants]
     if not keys:
         say(f"[kit] the queue holds no run of {', '.join(state.variants)}: every run was done when the kit was "
             "assembled; nothing to train")
@@ -187,7 +174,6 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
     from ...numerics import resolve_device
     from .dataset_pieces import unstage
     from .partial import restore
-    from .schedule import RunNeed, schedule_window
 
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise KitError("torch sees no CUDA GPU; `srlib kit run` is for the GPU machine (use --dry-run on a CPU)")
@@ -200,7 +186,7 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
     unstage(state.kit, manifest["data"], Path(env["SRLIB_DATA"]), Path(env["SRLIB_CACHE_DIR"]))
     dataset = load_dataset(env["SRLIB_DATA"], cache_dir=env["SRLIB_CACHE_DIR"])  # decoded once, cached for all runs
     decode_s = time.perf_counter() - t0
-    if (state.kit / CKPT_DIR / "1").is_dir():  # a run that spans windows: its checkpoint, staged back
+    if (state.kit / CKPT_DIR / "1").is_dir():  # a run that spans sessions: its checkpoint, staged back
         say(f"[kit] checkpoint staged back and verified: {restore(state.kit / CKPT_DIR, state.runs)}")
     n_train = len(stratified_subset(dataset.train_y, config.train_size))
     n_test = len(stratified_subset(dataset.test_y, config.test_size))
@@ -220,7 +206,7 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
         upscale_s = (n_train + n_test) / sr_speed[upscaler_key(key.variant)] if VARIANTS[key.variant].is_sr else 0.0
         if left:
             needs.append(RunNeed.of(key, left, n_train, n_test, upscale_s, width=config.width))
-    # Runs end within this command when no further command fits the window; otherwise within the window, and the
+    # Runs end within this command when no further command fits the session; otherwise within the session, and the
     # next command (the same one, on the same machine) resumes what this one stopped at its deadline.
     seconds = state.left() if state.window_ends else (
         window_s - RETURN_RESERVE_S - (state.end - state.deadline) - (time.time() - state.started)
@@ -239,7 +225,7 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
                      "estimated_s": schedule.estimated_s, "skipped": schedule.skipped, "seconds": seconds},
     })
     if probe_table is not None:
-        write_table(probe_table, state.work / PROBE_FILE)
+        write_json(state.work / PROBE_FILE, probe_table)
     del dataset
     launched = run_schedule(state, schedule, env, train_args)
     return _report(state, launched, [n.key for n in needs])

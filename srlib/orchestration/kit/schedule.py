@@ -1,13 +1,13 @@
-"""What a GPU window runs: the queue from what the results lack, and the runs that complete in the time left.
+"""What a GPU session runs: the queue from what the results lack, and the runs that complete in the time left.
 
 Speeds come only from measurements (the probe's table, kit.probe): aggregate training images/s of N runs
 sharing the GPU in a mode (`alone`, `mps`, `processes`) at each input size. Nothing assumes
 that sharing is faster: where the probe says it is not, the runs go one after another.
 
-A run starts only if the estimate says it ends within the machine time left in the window; a run that
+A run starts only if the estimate says it ends within the machine time left in the session; a run that
 fits starts even when the one before it in the queue (its pair) does not, so no time is left idle. A run
-that cannot end within any window (an x4 run at a slow setting) is started alone with a deadline and
-its checkpoint comes back, to be resumed in a later window (kit.partial). How long a run's epochs take in
+that cannot end within any session (an x4 run at a slow setting) is started alone with a deadline and
+its checkpoint comes back, to be resumed in a later session (kit.partial). How long a run's epochs take in
 trained images, and its start-up, is the cost model's (srlib.cost).
 """
 
@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import PAPER_SEEDS, STUDY_VARIANTS
+from ...config import PAPER_SEEDS, STUDY_VARIANTS, VARIANTS, make_config
+from ...cost import RUN_STARTUP_S, epoch_images
+from ...cost import finish_times as simulate
 
 SAFETY = 1.1  # estimates are stretched by this before they are compared with the time left
 FASTER_NUMERICS = {"nondeterministic": ["--no-deterministic"], "compile": ["--compile", "--no-cuda-graphs"]}
@@ -52,6 +54,7 @@ class ModeSpeed:
     # Every run's weights after the probe's steps were bit-identical to the run alone's; None: the run alone itself.
     identical: bool | None = True
     numerics: str = "default"  # default | nondeterministic | compile (alone only)
+    peak_fraction: float | None = None  # of the H200's bf16 rate (kit.probe.H200_BF16_FLOPS), whatever the GPU
 
 
 @dataclass
@@ -97,49 +100,22 @@ class RunNeed:
     def of(cls, key: RunKey, epochs_left: int, n_train: int, n_test: int, upscale_s: float = 0.0,
            width: int | None = None) -> RunNeed:
         """`width`: the network's (default: the paper protocol's), for what a test image weighs."""
-        from ...config import VARIANTS, make_config
-        from ...cost import RUN_STARTUP_S, epoch_images  # imports torch (FLOP counts): only when planning
-
         px, width = VARIANTS[key.variant].px, width or make_config(key.variant, "paper").width
         return cls(key, px, epochs_left * epoch_images(n_train, n_test, px, width), RUN_STARTUP_S + upscale_s)
 
 
 def finish_times(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int,
                  numerics: list[str] | None = None) -> list[float]:
-    """Seconds until each run ends, started in order with at most `slots` at a time. A computing run gets
-    1/n of the aggregate rate measured for n runs of its own size, n being how many compute at that moment
-    (mixed sizes are approximated by the same-size measurements). inf where a speed was not measured."""
+    """Seconds until each run ends, started in order with at most `slots` at a time (srlib.cost.finish_times). A
+    computing run gets 1/n of the aggregate rate measured for n runs of its own size, n being how many compute at
+    that moment (mixed sizes are approximated by the same-size measurements). inf where a speed was not measured."""
     numerics = numerics or ["default"] * len(needs)
-    pending = list(range(len(needs)))
-    setup = {i: needs[i].setup_s for i in pending}
-    left = {i: needs[i].images for i in pending}
-    done: dict[int, float] = {}
-    active: list[int] = []
-    now = 0.0
-    while pending or active:
-        while pending and len(active) < slots:
-            active.append(pending.pop(0))
-        computing = [i for i in active if setup[i] <= 0]
-        rates = {}
-        for i in computing:
-            total = table.aggregate(mode, needs[i].px, len(computing), numerics[i])
-            if not total:
-                return [float("inf")] * len(needs)
-            rates[i] = total / len(computing)
-        steps = [setup[i] for i in active if setup[i] > 0] + [left[i] / rates[i] for i in computing]
-        dt = min(steps)
-        now += dt
-        for i in list(active):
-            if setup[i] > 0:
-                setup[i] -= dt
-            else:
-                left[i] -= rates[i] * dt
-            if setup[i] <= 1e-9 and left[i] <= 1e-6 * max(1.0, needs[i].images):
-                done[i] = now
-                active.remove(i)
-            elif setup[i] <= 1e-9:
-                setup[i] = 0.0
-    return [done[i] for i in range(len(needs))]
+
+    def rate(i: int, n: int) -> float | None:
+        total = table.aggregate(mode, needs[i].px, n, numerics[i])
+        return total / n if total else None
+
+    return simulate([(n.setup_s, n.images) for n in needs], slots, rate)
 
 
 @dataclass
@@ -160,8 +136,8 @@ class WindowSchedule:
             f"{k}{' (' + self.numerics[str(k)] + ')' if str(k) in self.numerics else ''}" for k in self.runs)
             or "no run completes in the time left") + (f"; ~{self.estimated_s:.0f} s" if self.runs else "")]
         if self.span:
-            lines.append(f"{self.span}: cannot end within one window; started alone until the deadline, its "
-                         "checkpoint comes back in pieces (srlib kit ship) and resumes in a later window")
+            lines.append(f"{self.span}: cannot end within one session; started alone until the deadline, its "
+                         "checkpoint comes back in pieces (srlib kit ship) and resumes in a later session")
         lines += [f"{k}: {why}" for k, why in self.skipped.items()]
         return lines
 
@@ -191,14 +167,14 @@ def _greedy(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int, seco
 
 def schedule_window(needs: list[RunNeed], table: SpeedTable, seconds: float, window_s: float) -> WindowSchedule:
     """The best schedule for `seconds` of machine time left: most runs completed, then the earliest end.
-    `window_s`: the compute time a fresh window offers. A run at the head of the queue that can never end within
-    one (at any measured setting) is started alone and spans windows; a run that would fit a fresh window but not
+    `window_s`: the compute time a fresh session offers. A run at the head of the queue that can never end within
+    one (at any measured setting) is started alone and spans sessions; a run that would fit a fresh session but not
     the time left waits, while later runs that fit use the time."""
     if needs and seconds >= SPAN_MIN_S:
         head = needs[0]
         fastest = min(finish_times([head], table, "alone", 1, [m])[0]
                       for m in ["default", *(n for n in table.numerics_at(head.px) if n in FASTER_NUMERICS)])
-        if fastest * SAFETY > window_s:  # it fits no window: it goes first, alone, and spans windows
+        if fastest * SAFETY > window_s:  # it fits no session: it goes first, alone, and spans sessions
             later = {str(n.key): "after the spanning run" for n in needs[1:]}
             return WindowSchedule("alone", 1, span=head.key, skipped=later)
     candidates = []

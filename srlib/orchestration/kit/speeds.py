@@ -1,4 +1,4 @@
-"""What a job measures on the GPU machine before it schedules: training speeds per input size (this window's
+"""What a job measures on the GPU machine before it schedules: training speeds per input size (this session's
 probe, the committed table re-checked, or a probe now), whether CUDA graphs train like eager steps, and how
 fast each SR upscaler runs."""
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def speed_table(state: KitRun, config, device, px_list: list[int]) -> tuple[SpeedTable, dict | None]:
-    """(SpeedTable for the schedule, the probe table when one was measured in this window). On the GPU: this window's
+    """(SpeedTable for the schedule, the probe table when one was measured in this session). On the GPU: this session's
     probe (`srlib kit probe` in an earlier command), else the committed one re-checked at one size, else a probe now.
     Dry run: each size timed alone on the CPU."""
     from .probe import PROBE_FILE, probe, recheck, table_lines, time_in_process
@@ -32,12 +32,13 @@ def speed_table(state: KitRun, config, device, px_list: list[int]) -> tuple[Spee
     here, committed = state.work / PROBE_FILE, ROOT / "results" / "paper" / PROBE_FILE
     if here.is_file():
         table = json.loads(here.read_text())
-        state.log(f"[kit] speeds: this window's probe ({here})")
+        state.log(f"[kit] speeds: this session's probe ({here})")
         fresh = table
     elif committed.is_file():
         table = json.loads(committed.read_text())
         ratio = recheck(table, config, max(px_list), log=state.log)
-        table = {**table, "rows": [{**r, "images_per_s": r["images_per_s"] * ratio} for r in table["rows"]]}
+        table = {**table, "rows": [{**r, "images_per_s": r["images_per_s"] * ratio,
+                                    "peak_fraction": r.get("peak_fraction", 0.0) * ratio} for r in table["rows"]]}
         fresh = None
     else:
         state.log("[kit] no probe table yet: probing now (up to ~90 s)")

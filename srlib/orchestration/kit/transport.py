@@ -2,7 +2,7 @@
 re-encoded as lossless WebP.
 
 On CIFAR-10 the PNG copy is 131 MiB; lossless WebP holds the same pixels in about 78% of that (measured:
-README, "Paper scale on a GPU"), which is two commands' worth of data instead of three. WebP lossless
+the book's Guide, book/guide/gpu.md), which is two commands' worth of data instead of three. WebP lossless
 restores every RGB value exactly, so the copy has the source's content hash (srlib.data), which the kit
 checks here after encoding and there after reassembly.
 """
