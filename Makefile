@@ -23,8 +23,10 @@ setup: $(VENV)/.installed
 # Runs the study (default profile: paper with CUDA, else preview), then builds _build/html/index.html.
 # RECORDS=DIR (e.g. results/paper): trains nothing; the book shows the records in DIR and names missing runs.
 # VARIANTS=study|controls|sr-models|all (or variant names, comma-separated): which variants (default: study).
+# DATA=PATH: the study on your own images (an ImageFolder tree or Hub Parquet; the Guide, "Your own data").
+# DATASET=NAME: with RECORDS, the results page of this dataset (its name or key, as the page names the others).
 report: setup
-	$(PY) -m srlib sweep --seeds $(SEEDS)$(if $(PROFILE), --profile $(PROFILE))$(if $(RECORDS), --records $(RECORDS))$(if $(VARIANTS), --variants $(VARIANTS))
+	$(PY) -m srlib sweep --seeds $(SEEDS)$(if $(PROFILE), --profile $(PROFILE))$(if $(RECORDS), --records $(RECORDS))$(if $(VARIANTS), --variants $(VARIANTS))$(if $(DATA), --data $(DATA))$(if $(DATASET), --dataset $(DATASET))
 
 preview: setup
 	$(PY) -m srlib sweep --profile preview --seeds $(SEEDS)

@@ -25,7 +25,7 @@ from srlib.config import make_config
 from srlib.errors import SrlibError
 from srlib.numerics import resolve_device, use_bf16
 from srlib.provenance import now, provenance
-from srlib.runs import PREDICTIONS, config_dir
+from srlib.runs import PREDICTIONS, config_dir, record_dataset
 from srlib.store import load_arrays, write_json
 from srlib.train import train
 
@@ -52,7 +52,7 @@ def accuracy_check(device: torch.device, data: str | None = None, **overrides) -
             config = make_config("original", "preview", seed, **settings, **numerics)
             # force: numerics are not part of a run's identity, so without it the second run would be the first's
             record = train(config, out=out, data=data, device=device, progress=False, force=True, log=lambda *_: None)
-            preds = load_arrays(config_dir(out, config) / PREDICTIONS)[0]["predictions"]
+            preds = load_arrays(config_dir(out, config, record_dataset(record)) / PREDICTIONS)[0]["predictions"]
             first = preds if first is None else first
             s = record["summary"]
             results.append({"name": name, "seed": seed, "precision": record["precision"],

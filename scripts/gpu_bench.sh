@@ -108,7 +108,7 @@ timeout --signal=INT "$(( SECONDS_LEFT + 10 ))" "$PYTHON" -m srlib train --varia
 import shutil, sys
 from pathlib import Path
 
-from srlib.runs import PREDICTIONS, RECORD, load_record, run_dir
+from srlib.runs import PREDICTIONS, RECORD, load_record
 
 runs, profile, out = sys.argv[1:4]
 record = load_record(runs, profile, "original", 0)
@@ -116,7 +116,7 @@ if record is None:
     print("no record.json: the first epoch did not finish in time")
 else:
     print(f"record: {record['status']}, {len(record['epochs'])} of {record['config']['epochs']} epochs")
-    run = run_dir(runs, profile, "original", 0)
+    run = Path(record["_path"]).parent
     for name, kept in ((RECORD, "paper_original_record.json"), (PREDICTIONS, "paper_original_predictions.npz")):
         if (run / name).is_file():  # a partial run has no predictions
             shutil.copy(run / name, Path(out) / kept)

@@ -1,19 +1,14 @@
 """`srlib bench`: the speed of srlib's own training loop and upscaler, beside code written the way the reference is.
 
-Training (ResNet-18 width 64, batch 32, SGD), at each input size (32, 64, 128 px: the variants' inputs):
-- baseline, the thing compared against, in the reference's style (srlib.bench_baseline; its PIL images are held
-  in memory, which favours it);
-- srlib: `srlib.train.train_epoch` itself (its `make_batch` and `train_step`), with the numerics
-  `srlib.numerics.resolve_numerics` picks for the paper config on this device.
-Both see the same images (resized by srlib's bicubic upscaler) and start from the same weights. On CPU they
-take turns step by step and the median step counts, so load from other processes hits both alike; on CUDA
-each runs all its steps in one timed block. The data path alone is timed too, to show where the time goes.
+Training (ResNet-18 width 64, batch 32, SGD) at each input size (32, 64, 128 px: the variants' inputs): the
+baseline in the reference's style (srlib.bench_baseline; its PIL images are held in memory, which favours it)
+vs `srlib.train.train_epoch` itself, with the numerics `resolve_numerics` picks for the paper config on this
+device. Both see the same images (resized by srlib's bicubic upscaler), start from the same weights and take
+turns (`interleaved`). The data path alone is timed too, to show where the time goes.
 
 Upscaling (DCTLSA x2, x4): one model call on all images vs `build_upscaler("sr") + upscale()`.
-
 Whether the fast numerics change accuracy takes whole trainings: that is benchmarks/accuracy_check.py.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +31,7 @@ from .numerics import Numerics, deterministic_algorithms, resolve_device, resolv
 from .provenance import now, provenance
 from .timing import load_avg, timed
 from .train import VariantData, build_training, epoch_order, make_batch, train_epoch
-from .upscale import build_upscaler, load_sr_model, resolve_sr_weights, upscale
+from .upscale import DEFAULT_SR_MODEL, build_upscaler, load_sr_model, resolve_checkpoint, sr_checkpoint, upscale
 
 BENCH_SCHEMA = 2  # 2: no `accuracy` (benchmarks/accuracy_check.py) and no `target`; numerics in settings
 SOURCE_PX = 32  # CIFAR-10; the other sizes are the upscaled variants' inputs
@@ -99,7 +94,7 @@ def resize(images: np.ndarray, px: int) -> np.ndarray:
     return upscale(images, build_upscaler("bicubic", scale, device=torch.device("cpu")), progress=False)
 
 
-# ---------------------------------------------------------------- training: srlib's own loop
+# ---------------------------------------------------------------- training: srlib's loop beside the baseline
 
 
 def paper_config() -> TrainConfig:
@@ -126,9 +121,6 @@ def srlib_steps(images: np.ndarray, labels: np.ndarray,
     return run, data, numerics
 
 
-# ---------------------------------------------------------------- training: the data paths alone
-
-
 def srlib_data_img_s(data: VariantData, channels_last: bool, device: torch.device) -> float:
     """Images/s of `srlib.train.make_batch` alone (gather, batched flip, normalise) over all of `data`."""
     n = len(data.train_y)
@@ -140,9 +132,6 @@ def srlib_data_img_s(data: VariantData, channels_last: bool, device: torch.devic
 
     run()  # warm-up
     return n / timed(run, device)
-
-
-# ---------------------------------------------------------------- training: side by side
 
 
 def train_row(px: int, images32: np.ndarray, labels: np.ndarray, warmup: int, steps: int,
@@ -181,7 +170,7 @@ def train_rows(px_list: list[int], steps: int, device: torch.device,
 
 def naive_upscaler(scale: int, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
     """The whole batch in one call of the DCTLSA model (no chunking, no inference mode)."""
-    model = load_sr_model(resolve_sr_weights(scale)[0], scale)[0].to(device)
+    model = load_sr_model(resolve_checkpoint(sr_checkpoint(DEFAULT_SR_MODEL, scale))[0], scale)[0].to(device)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -189,14 +178,6 @@ def naive_upscaler(scale: int, device: torch.device) -> Callable[[np.ndarray], n
         return (y.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
     return run
-
-
-def upscale_img_s(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, device: torch.device) -> float | None:
-    try:
-        return len(images) / timed(lambda: run(images), device)
-    except torch.cuda.OutOfMemoryError:  # one call on everything may not fit; srlib's chunks do
-        torch.cuda.empty_cache()
-        return None
 
 
 def upscale_row(images: np.ndarray, scale: int, device: torch.device, repeats: int = 2) -> dict:
@@ -208,7 +189,11 @@ def upscale_row(images: np.ndarray, scale: int, device: torch.device, repeats: i
     results: dict[str, list] = {name: [] for name in runs}
     for r in range(repeats):  # alternating order, as for training
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            results[name].append(upscale_img_s(runs[name], images, device))
+            try:
+                results[name].append(len(images) / timed(functools.partial(runs[name], images), device))
+            except torch.cuda.OutOfMemoryError:  # one call on everything may not fit; srlib's chunks do
+                torch.cuda.empty_cache()
+                results[name].append(None)
     # Best of the repeats: load from other processes only ever adds time.
     naive = max((v for v in results["naive"] if v is not None), default=None)
     srlib = max(results["srlib"])

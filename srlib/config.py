@@ -143,10 +143,6 @@ PROFILES: dict[str, dict] = {
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
-
-
 def default_profile() -> str:
     """The one rule for the default profile (CLI, sweep, notebooks): the protocol on a GPU, else the preview."""
     import torch
@@ -161,9 +157,10 @@ def make_config(variant: str, profile: str | None = None, seed: int = 0, **overr
         raise ConfigError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    unknown = set(overrides) - set(field_names())
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = set(overrides) - set(names)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; valid: {', '.join(field_names())}")
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; valid: {', '.join(names)}")
     values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
     config = TrainConfig(variant=variant, profile=profile, seed=seed, **values)
     validate(config)

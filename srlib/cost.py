@@ -8,8 +8,7 @@ than width 64 although it has 64x fewer FLOPs. A test image costs a forward pass
 Where the numbers come from, best first: what this sweep has measured (`Measured`, per phase: epoch seconds
 per input size, upscaling rate per kind), records of the same work on this device (`estimate_run`), a fit to
 any earlier records on this device (`fit_speed`), a rough rate per device (`rough_speed`). `finish_times`
-lays runs out over slots. FLOPs (srlib.flops, which imports torch) are counted only when a speed is fitted.
-"""
+lays runs out over slots. srlib.flops (which imports torch) is imported only when a run is estimated."""
 
 from __future__ import annotations
 
@@ -42,11 +41,6 @@ class Speed:
     overhead_s: float  # seconds per trained image that FLOPs do not explain
     basis: str  # where the numbers come from, in words
 
-    def train_image_s(self, px: int, width: int) -> float:
-        from .flops import train_flops_per_image
-
-        return self.image_s(train_flops_per_image(px, width))
-
     def image_s(self, flops: float) -> float:
         """Seconds per trained image of `flops` training FLOPs."""
         return flops / self.flop_rate + self.overhead_s
@@ -67,11 +61,11 @@ def rough_speed(device: str) -> Speed:
 
 
 def epoch_images(n_train: int, n_test: int, px: int, width: int) -> float:
-    """One epoch (training and the test pass) in trained-image equivalents: a test image costs a forward pass
-    against a trained image's forward + backward."""
-    from .flops import eval_flops_per_image, train_flops_per_image
+    """One epoch (training and the test pass) in trained-image equivalents: a test image costs a forward pass,
+    a trained one forward + backward (the same ratio at every `px` and `width`)."""
+    from .flops import TRAIN_TO_FORWARD
 
-    return n_train + eval_flops_per_image(px, width) / train_flops_per_image(px, width) * n_test
+    return n_train + n_test / TRAIN_TO_FORWARD
 
 
 def decode_seconds(images: int) -> float:
@@ -88,13 +82,9 @@ def fit_speed(samples: list[tuple[float, float]], device: str) -> Speed:
     samples = [(f, s) for f, s in samples if f > 0 and s > 0]
     if not samples:
         return rough
-    basis, n = f"fitted to {len(samples)} earlier run(s) on this {device_type(device)}", len(samples)
+    basis = f"fitted to {len(samples)} earlier run(s) on this {device_type(device)}"
     if len({f for f, _ in samples}) >= 2:
-        mean_f = sum(f for f, _ in samples) / n
-        mean_s = sum(s for _, s in samples) / n
-        var = sum((f - mean_f) ** 2 for f, _ in samples)
-        slope = sum((f - mean_f) * (s - mean_s) for f, s in samples) / var
-        overhead = mean_s - slope * mean_f
+        slope, overhead = statistics.linear_regression([f for f, _ in samples], [s for _, s in samples])
         if slope > 0 and overhead >= 0:
             return Speed(1.0 / slope, overhead, basis)
     excess = [s - rough.overhead_s for _, s in samples]

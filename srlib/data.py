@@ -1,4 +1,4 @@
-"""CIFAR-10 as uint8 arrays: where it is found, how it is identified, and stratified subsets.
+"""Image datasets (CIFAR-10 by default) as uint8 arrays: where found, how it is identified, and stratified subsets.
 
 Lookup order: an explicit path (`--data` / `SRLIB_DATA`: a folder holding `cifar-10-batches-py` or that
 folder itself, an ImageFolder tree `train/<class>/*` + `test/<class>/*`, or Parquet files in the Hugging
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .data_sources import (
     PARQUET_LAYOUT,
     SPLITS,
     Source,
+    parquet_hub_name,
     parquet_splits,
     scan_canonical,
     scan_imagefolder,
@@ -122,9 +124,43 @@ def download_canonical(root: Path) -> Path:
     return root / CANONICAL_DIR
 
 
+# Datasets this project has met, by content hash (content_sha256 of the decoded pixels): their names.
+CANONICAL_SHA256 = "c8cc1b7842dbae1862bce9c40c43a954228b05864b94dce7128f835e6c6f375a"
+JPEG_SHA256 = "653ddc0f9271b72e3e4b7bb9eee2d6152cb6f9e10406a7f027785da9bfeb0ff4"  # the JPEG q75 copy
+KNOWN_DATASETS = {CANONICAL_SHA256: "cifar10", JPEG_SHA256: "cifar10-jpeg75"}
+
+
+def dataset_name(identity: dict) -> str:
+    """A dataset's short readable name: a known one's (cifar10, cifar10-jpeg75), else the one its source gave
+    when it was loaded (the Hub name in a Parquet copy's metadata, else the ImageFolder's or Parquet folder's
+    name), else "dataset"."""
+    known = KNOWN_DATASETS.get(identity.get("content_sha256", ""))
+    return known or identity.get("name") or "dataset"
+
+
+def dataset_key(identity: dict) -> str:
+    """The dataset's part of a run's folder: its name and a short content hash, e.g. `cifar10-c8cc1b78`."""
+    slug = re.sub(r"[^a-z0-9]+", "-", dataset_name(identity).lower()).strip("-") or "dataset"
+    return f"{slug}-{identity.get('content_sha256', 'unknown')[:8]}"
+
+
+def image_hw(identity: dict) -> tuple[int, int]:
+    """(height, width) of a dataset's images from its identity's `image_size` ([3, H, W]; CIFAR-10's if absent)."""
+    size = identity.get("image_size") or [3, 32, 32]
+    return int(size[-2]), int(size[-1])
+
+
+def _source_name(path: Path) -> str:
+    """The name a dataset folder gives itself: the folder, or its parent for a split folder or Parquet layout."""
+    for folder in (path, *path.parents):
+        if folder.name not in ("", "train", "test", "data", "plain_text", "default"):
+            return folder.name
+    return "dataset"
+
+
 def load_dataset(data: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Find, decode (once, cached) and identify CIFAR-10."""
+    """Find, decode (once, cached) and identify the dataset."""
     where = locate(data, data_dir)
     path = Path(where["path"])
     if where["kind"] == "download":
@@ -146,8 +182,10 @@ def load_dataset(data: str | os.PathLike | None = None, data_dir: str | os.PathL
         image_size=list(arrays["train_x"].shape[1:]),
         classes=list(source.classes),
     )
+    given = (parquet_hub_name(where["files"]) if source.kind == "parquet" else None) or _source_name(path.resolve())
+    identity["name"] = dataset_name({**identity, "name": given})
     if source.lossy:
-        identity["note"] = "lossy (JPEG) copy: absolute accuracies are not comparable to canonical CIFAR-10"
+        identity["note"] = "lossy (JPEG) images: absolute accuracies are not comparable to lossless copies"
     return Dataset(arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
                    tuple(source.classes), identity)
 

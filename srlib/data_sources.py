@@ -262,21 +262,77 @@ def _open_parquet(file: Path) -> tuple[Any, str, list[str] | None]:
     if not pa.types.is_integer(schema.field(PARQUET_LABEL_COLUMN).type):
         raise DataError(f"Parquet file {file}: column `{PARQUET_LABEL_COLUMN}` is "
                         f"{schema.field(PARQUET_LABEL_COLUMN).type}, not integer class indices")
-    return parquet, image, _parquet_class_names(file, schema.metadata or {})
+    info = _hub_info(file, schema.metadata or {})
+    names = ((info.get("features") or {}).get(PARQUET_LABEL_COLUMN) or {}).get("names")
+    return parquet, image, [str(n) for n in names] if names else None
 
 
-def _parquet_class_names(file: Path, metadata: dict) -> list[str] | None:
-    """ClassLabel names from the `huggingface` schema metadata, if it has them."""
+def _hub_info(file: Path, metadata: dict) -> dict:
+    """The `huggingface` schema metadata's dataset info (features, and dataset_name where the writer kept it)."""
     if b"huggingface" not in metadata:
-        return None
+        return {}
     try:
         info = json.loads(metadata[b"huggingface"])
     except ValueError as exc:
         raise DataError(f"Parquet file {file}: its `huggingface` schema metadata is not JSON ({exc}); "
                         "export the file again") from exc
-    features = (info.get("info") or {}).get("features") or info.get("features") or {}
-    names = (features.get(PARQUET_LABEL_COLUMN) or {}).get("names")
-    return [str(n) for n in names] if names else None
+    return info.get("info") or info
+
+
+def parquet_hub_name(files: dict[str, list[Path]]) -> str | None:
+    """The Hub dataset's name as its Parquet metadata gives it (`info.dataset_name`), None when it does not."""
+    import pyarrow.parquet as pq
+
+    first = files["train"][0]
+    name = _hub_info(first, pq.read_schema(first).metadata or {}).get("dataset_name")
+    return str(name) if name else None
+
+
+# --- a survey for the checks before a run: classes, images per class, sample sizes, without decoding --------
+
+@dataclass
+class Survey:
+    classes: list[str]
+    counts: dict[str, np.ndarray]  # split -> images per class
+    sizes: dict[str, tuple[int, int]]  # a sample image (where) -> its (width, height)
+
+
+def _image_size(source: Any) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(source) as im:  # reads the header only
+        return im.size
+
+
+def survey_imagefolder(root: Path) -> Survey:
+    """Counts from the listing; sizes from the first image of each class of each split."""
+    counts, sizes, classes = {}, {}, []
+    for split in SPLITS:
+        classes, files = _list_split(root, split)
+        labels = np.array([label for _, label in files], dtype=np.int64)
+        counts[split] = np.bincount(labels, minlength=len(classes))
+        for label in range(len(classes)):
+            rel = files[int(np.searchsorted(labels, label))][0]
+            sizes[str(root / rel)] = _image_size(root / rel)
+    return Survey(classes, counts, sizes)
+
+
+def survey_parquet(files: dict[str, list[Path]]) -> Survey:
+    """Counts from the label column; sizes from the first row of each file."""
+    counts, sizes, names = {}, {}, None
+    for split in SPLITS:
+        labels = []
+        for file in files[split]:
+            parquet, image, names = _open_parquet(file)
+            labels.append(parquet.read(columns=[PARQUET_LABEL_COLUMN]).column(0).to_numpy(zero_copy_only=False))
+            first = next(_parquet_chunks(parquet, file, image), None)
+            if first is not None and len(first.images):  # a file without rows has no size to compare
+                sizes[first.where(0)] = _image_size(io.BytesIO(first.images[0] or b""))
+        counts[split] = np.concatenate(labels).astype(np.int64)
+    top = max(int(c.max(initial=-1)) for c in counts.values())
+    classes = names or [str(k) for k in range(top + 1)]
+    counts = {s: np.bincount(c[c >= 0], minlength=len(classes)) for s, c in counts.items()}
+    return Survey(classes, counts, sizes)
 
 
 def _parquet_chunks(parquet: Any, file: Path, image: str) -> Iterator[_ParquetChunk]:

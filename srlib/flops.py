@@ -34,8 +34,3 @@ def forward_flops_per_image(px: int, width: int = 64) -> float:
 def train_flops_per_image(px: int, width: int = 64) -> float:
     """FLOPs of one image in one training step (forward + backward)."""
     return TRAIN_TO_FORWARD * forward_flops_per_image(px, width)
-
-
-def eval_flops_per_image(px: int, width: int = 64) -> float:
-    """FLOPs of one test image (forward only)."""
-    return forward_flops_per_image(px, width)

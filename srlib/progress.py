@@ -11,8 +11,7 @@ def progress_bar(iterable=None, **kwargs):
     """A plain-text tqdm bar (widgets would need ipywidgets, and a CDN in the book).
 
     Where stderr is not a terminal (papermill kernels, CI logs) it redraws at most every 30 s, so
-    a notebook keeps a few lines of progress instead of thousands.
-    """
+    a notebook keeps a few lines of progress instead of thousands."""
     from tqdm import tqdm
 
     if not sys.stderr.isatty():

@@ -21,8 +21,7 @@ def git_info(cwd: str | Path | None = None) -> dict:
     """Commit and dirtiness of the code; when dirty, the diff against the commit (`_diff`, not for the record).
 
     Without a git checkout (e.g. a copy sent to a GPU machine) SRLIB_SOURCE_COMMIT and SRLIB_SOURCE_DIFF (a file
-    holding `git diff HEAD` made where the copy came from) stand in for it.
-    """
+    holding `git diff HEAD` made where the copy came from) stand in for it."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
     top = _git(cwd, "rev-parse", "--show-toplevel")
     if top:  # paths (of new files) relative to the repository, wherever it was asked from

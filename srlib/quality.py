@@ -1,9 +1,7 @@
-"""SR quality on CIFAR itself: downscale test images by s, restore them to 32 px, compare.
+"""SR quality on CIFAR itself: downscale test images by s, restore them to 32 px, compare (`PROTOCOL`).
 
-Every registered SR model (and any `--sr-weights` checkpoint) is measured against bicubic on the
-same images. PSNR on 8-bit RGB; SSIM as scikit-image computes it (Gaussian window sigma 1.5,
-11x11, per channel, K1=0.01, K2=0.03, population covariance), averaged over channels.
-"""
+Every registered SR model (and any `--sr-weights` checkpoint) is measured against bicubic on the same images.
+SSIM as scikit-image computes it (Gaussian window sigma 1.5, 11x11, K1=0.01, K2=0.03, population covariance)."""
 
 from __future__ import annotations
 
@@ -127,26 +125,17 @@ def sr_candidates(scales: tuple[int, ...] | list[int] = (2, 4), models: list[str
     return candidates
 
 
-def _mean_ci(x: np.ndarray) -> tuple[float, list[float] | None]:
-    from .statistics import mean_ci  # lazily: statistics brings scipy
-
-    mean, half = mean_ci(x)
-    return float(mean), None if half is None else [float(mean - half), float(mean + half)]
-
-
 def compare(hr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray) -> dict:
     """PSNR/SSIM of bicubic and SR restorations of `hr`, and the per-image gains with their 95% CI."""
+    from .statistics import mean_ci  # lazily: statistics brings scipy
+
     p_bic, p_sr = psnr(hr, bicubic), psnr(hr, sr)
-    s_bic, s_sr = ssim(hr, bicubic), ssim(hr, sr)
-    psnr_gain, psnr_ci = _mean_ci(p_sr - p_bic)
-    ssim_gain, ssim_ci = _mean_ci(s_sr - s_bic)
-    return {
-        "psnr_bicubic": float(p_bic.mean()), "psnr_sr": float(p_sr.mean()),
-        "psnr_gain": psnr_gain, "psnr_gain_ci95": psnr_ci,
-        "ssim_bicubic": float(s_bic.mean()), "ssim_sr": float(s_sr.mean()),
-        "ssim_gain": ssim_gain, "ssim_gain_ci95": ssim_ci,
-        "sr_better_psnr_fraction": float((p_sr > p_bic).mean()),
-    }
+    result = {}
+    for name, base, restored in (("psnr", p_bic, p_sr), ("ssim", ssim(hr, bicubic), ssim(hr, sr))):
+        gain, half = mean_ci(restored - base)
+        result |= {f"{name}_bicubic": float(base.mean()), f"{name}_sr": float(restored.mean()), f"{name}_gain": gain,
+                   f"{name}_gain_ci95": None if half is None else [gain - half, gain + half]}
+    return {**result, "sr_better_psnr_fraction": float((p_sr > p_bic).mean())}
 
 
 def sr_quality(scales: tuple[int, ...] | list[int] = (2, 4), n: int = 1000, data: str | None = None,

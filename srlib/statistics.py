@@ -10,6 +10,7 @@ only where `why_no_power` finds the noise estimates usable. Nothing here knows a
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 
@@ -32,12 +33,9 @@ MIN_DISCORDANT = 10
 
 def crossed_bootstrap(diff: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
                       rng: np.random.Generator | int | None = RNG_SEED) -> tuple[float, float]:
-    """Percentile interval of the mean of `diff` (in its units), resampling seeds and images crossed.
-
-    Each replicate draws the seeds with replacement and, once, the images with replacement, and uses
-    that one image sample for every drawn seed. Images are resampled as counts of their distinct
-    columns (at most 3**seeds patterns), which is the same distribution and much faster.
-    """
+    """Percentile interval of the mean of `diff` (in its units), resampling seeds and images crossed (see the
+    module docstring). Images are resampled as counts of their distinct columns (at most 3**seeds patterns):
+    the same distribution, much faster."""
     rng = np.random.default_rng(rng)
     n_seeds, n_images = diff.shape
     patterns, counts = np.unique(np.asarray(diff).T, axis=0, return_counts=True)  # (P, seeds), (P,)
@@ -55,11 +53,9 @@ def sign_flip_test(diff: np.ndarray, n_permutations: int = N_PERMUTATIONS, exact
                    rng: np.random.Generator | int | None = RNG_SEED) -> tuple[float, bool]:
     """Two-sided paired permutation test of mean(diff) = 0: (p-value, whether it is exact).
 
-    A/B are swapped per image, the same swap for every seed, i.e. each image's total over the seeds
-    changes sign. Images with equal |total| are interchangeable, so the null distribution is that of
-    sum_m m * (2 K_m - n_m) with K_m ~ Binomial(n_m, 1/2): exact by convolution when that is cheap,
-    otherwise `n_permutations` Monte Carlo draws (p = (1 + hits) / (1 + draws)).
-    """
+    A swap flips the sign of an image's total over the seeds, and images with equal |total| are interchangeable,
+    so the null distribution is that of sum_m m * (2 K_m - n_m), K_m ~ Binomial(n_m, 1/2): exact by convolution
+    when that is cheap, otherwise `n_permutations` Monte Carlo draws (p = (1 + hits) / (1 + draws))."""
     totals = np.asarray(diff, dtype=np.int64).sum(axis=0)
     observed = abs(int(totals.sum()))
     sizes, counts = np.unique(np.abs(totals[totals != 0]), return_counts=True)
@@ -87,8 +83,7 @@ def variance_components(diff: np.ndarray) -> tuple[float, float, float]:
     """Method-of-moments variances of d[s, i] = delta + a_s + b_i + e_si: (seed a, image b, residual e).
 
     From the two-way table without replication: E[var of seed means] = var_a + var_e / images,
-    E[var of image means] = var_b + var_e / seeds, E[residual mean square] = var_e. Needs >= 2 seeds.
-    """
+    E[var of image means] = var_b + var_e / seeds, E[residual mean square] = var_e. Needs >= 2 seeds."""
     x = np.asarray(diff, dtype=float)
     n_seeds, n_images = x.shape
     if n_seeds < 2 or n_images < 2:
@@ -118,11 +113,8 @@ def why_no_power(seed_sd: float | None, image_se: float | None, discordant: int 
 
 def t_test_power(effect: float, seed_sd: float, seeds: int, image_se: float = 0.0, alpha: float = ALPHA) -> float:
     """Power of the two-sided paired t-test over `seeds` seeds (df = seeds − 1) for a true difference
-    `effect`, when each seed's difference has SD `seed_sd` and the shared test set adds `image_se`.
-
-    The standard error is sqrt(seed_sd**2 / seeds + image_se**2); with image_se = 0 this is the
-    textbook one-sample t-test power (noncentral t), as statsmodels' TTestPower computes it.
-    """
+    `effect`, when each seed's difference has SD `seed_sd` and the shared test set adds `image_se`; with
+    image_se = 0, the textbook one-sample t-test power (noncentral t) of statsmodels' TTestPower."""
     se = math.sqrt(seed_sd**2 / seeds + image_se**2)
     if se == 0:
         return 1.0 if effect != 0 else alpha
@@ -153,11 +145,8 @@ def seeds_needed(effect: float, seed_sd: float, image_se: float = 0.0, power: fl
 
     if not enough(max_seeds):
         return None
-    low, high = 1, max_seeds  # power grows with the seeds: enough(high) holds, low is "not yet"
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if enough(middle) else (middle, high)
-    return high
+    candidates = range(2, max_seeds + 1)  # power grows with the seeds, so a bisection finds the first enough
+    return candidates[bisect.bisect_left(candidates, True, key=enough)]
 
 
 def mean_ci(values: Iterable[float], level: float = LEVEL) -> tuple[float, float | None]:

@@ -33,12 +33,9 @@ _SEAL_SIZE = len(_SEAL) + 64
 _TORCH_SEAL = b"srlib-torch-sha256:"
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return _hash_prefix(f, os.fstat(f.fileno()).st_size).hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -56,8 +53,7 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], Any]) -> No
     """Call `write(fileobj)` on a temporary file beside `path`, fsync, then rename it over `path`.
 
     Readers see the old file or the new one, never a mix. On an error the temporary file is
-    removed; after a kill it stays behind and the next write to `path` removes it.
-    """
+    removed; after a kill it stays behind and the next write to `path` removes it."""
     path = Path(path)
     tmp = None
     try:
@@ -124,13 +120,20 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def read_json_or_none(path: str | Path) -> dict | None:
+    """`read_json`, or None for a file that is missing, being written or damaged (none of them is a result)."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
 # --- array caches: .npz files sealed with the sha256 of all their bytes ---------------------------------
 
 def save_arrays(path: str | Path, arrays: dict[str, np.ndarray], meta: dict | None = None) -> None:
     """Save arrays as .npz with each array's sha256 inside and the whole file's sha256 in its zip comment.
 
-    The file stays a plain .npz (np.load reads it); `load_arrays` refuses it if any byte changed.
-    """
+    The file stays a plain .npz (np.load reads it); `load_arrays` refuses it if any byte changed."""
     hashes = {name: sha256_array(a) for name, a in arrays.items()}
     header = json.dumps({"meta": meta or {}, "sha256": hashes})
     payload = {**arrays, "__header__": np.frombuffer(header.encode(), dtype=np.uint8)}
@@ -219,8 +222,7 @@ def load_or_build(path: Path, build: Callable[[], tuple[dict, dict]],
     """Return the verified cache at `path`, or build it (and save it) when missing or damaged.
 
     Builders take `path`'s `file_lock`, so parallel workers (on one machine or many sharing the
-    folder) build each cache once; the others wait and then load it.
-    """
+    folder) build each cache once; the others wait and then load it."""
     with contextlib.suppress(OSError, CacheError):
         return load_arrays(path)  # the common case: built earlier, no lock needed
     with file_lock(path, f"building {path.name}", log=log):
@@ -270,8 +272,7 @@ def file_lock(path: str | Path, what: str = "", log: Callable[[str], Any] = prin
     The file records the holder's host and pid, and a thread refreshes its mtime while it is held.
     A waiter removes a stale lock: same host and the pid is dead, or (other hosts, whose pids it
     cannot check) no heartbeat for `stale_after` seconds. Unlike flock this works on network
-    filesystems, and a killed holder blocks the others for at most `stale_after`.
-    """
+    filesystems, and a killed holder blocks the others for at most `stale_after`."""
     import threading
 
     lock = Path(f"{path}.lock")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VARIANTS, TrainConfig
-from .data import Dataset, default_cache_dir, load_dataset, stratified_subset
+from .data import Dataset, dataset_key, default_cache_dir, load_dataset, stratified_subset
 from .errors import ConfigError, TrainingError
 from .model import count_parameters, resnet18
 from .numerics import Numerics, deterministic_algorithms, resolve_device, resolve_numerics
@@ -229,14 +229,17 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None
     if config.profile == "paper" and device.type == "cpu" and not allow_cpu_paper:
         raise ConfigError("the paper profile (width 64, all 60,000 images, 45 epochs) takes weeks on a CPU; run it "
                           "on a GPU, use --profile preview, or pass --allow-cpu-paper if you really mean it")
-    directory = config_dir(out, config)
+    dataset = load_dataset(data, cache_dir=cache_dir)  # its key is part of the run's folder
+    key = dataset_key(dataset.identity)
+    directory = config_dir(out, config, key)
+    # Looked for before the lock, which would make this run's folder: a finished run may be in the older layout.
+    finished = None if force else find_finished(out, config, key)
+    if finished is not None:
+        log(f"[srlib] reusing finished run {Path(finished['_path']).parent} (same protocol and data; --force to "
+            "retrain)")
+        return {k: v for k, v in finished.items() if not k.startswith("_")}
     holder = f"srlib train --variant {config.variant} --profile {config.profile} --seed {config.seed}"
     with directory_lock(directory, holder), deterministic_algorithms(config.deterministic):
-        dataset = load_dataset(data, cache_dir=cache_dir)
-        finished = None if force else find_finished(out, config, dataset.identity["content_sha256"])
-        if finished is not None:
-            log(f"[srlib] reusing finished run {directory} (same protocol and data; --force to retrain)")
-            return {k: v for k, v in finished.items() if not k.startswith("_")}
         return _train(config, directory, dataset, cache_dir, device, progress, force, log, deadline)
 
 

@@ -243,15 +243,6 @@ def _user_weights(weights: str | os.PathLike) -> Path:
     return path
 
 
-def resolve_sr_weights(scale: int, weights: str | os.PathLike | None = None,
-                       weights_dir: str | os.PathLike | None = None,
-                       model: str = DEFAULT_SR_MODEL) -> tuple[Path, str | None]:
-    """Path of the checkpoint to use, and its verified sha256 (None for a user-supplied file)."""
-    if weights is not None:
-        return _user_weights(weights), None
-    return resolve_checkpoint(sr_checkpoint(model, scale), weights_dir)
-
-
 def resolve_checkpoint(entry: SRCheckpoint, weights_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The verified file of a registered checkpoint: from the weights folder, else downloaded into it."""
     root = Path(weights_dir) if weights_dir is not None else default_weights_dir()

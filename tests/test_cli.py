@@ -82,7 +82,10 @@ def test_train_writes_a_record_and_a_rerun_reuses_it(tmp_path, imagefolder, caps
                "--device", "cpu"]
     assert main(command) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    folder = tmp_path / "runs" / "smoke" / "nearest_x2" / "seed0"
+    from srlib.data import dataset_key, load_dataset
+
+    key = dataset_key(load_dataset(imagefolder, cache_dir=tmp_path / "cache").identity)
+    folder = tmp_path / "runs" / "smoke" / key / "nearest_x2" / "seed0"  # runs are kept by their data
     record = json.loads((folder / "record.json").read_text())
     assert record["status"] == "complete" and record["input_px"] == 64 and len(record["epochs"]) == 1
     config = record["config"]
@@ -204,8 +207,11 @@ def test_train_then_status_and_sweep_dry_run_see_the_finished_run(tmp_path, imag
                  "--cache-dir", str(cache), "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main(["status", "--out", str(out), "--profile", "smoke"]) == 0
+    from srlib.data import dataset_key, load_dataset
+
+    key = dataset_key(load_dataset(imagefolder, cache_dir=cache).identity)
     assert [" ".join(line.split()) for line in capsys.readouterr().out.strip().splitlines()] == [
-        "smoke/original/seed0 done", "1 done"]
+        f"smoke/{key}/original/seed0 done", "1 done"]
 
     before = tree(tmp_path)
     assert main(["sweep", "--variants", "original", "nearest_x2", "--seeds", "1", *TINY, "--no-analysis",
@@ -218,12 +224,16 @@ def test_train_then_status_and_sweep_dry_run_see_the_finished_run(tmp_path, imag
     assert tree(tmp_path) == before and not notebooks.exists()  # a dry run writes nothing
 
 
+KEY = "gen-00000000"  # a dataset key (srlib.data.dataset_key) for runs that need no data
+DATA = {"dataset": {"name": "gen", "content_sha256": "0" * 64}}  # the identity that KEY names
+
+
 def write_job(out: Path, variant: str, **job) -> None:
     from srlib.orchestration.tasks import JOB
     from srlib.runs import run_dir
     from srlib.store import write_json
 
-    write_json(run_dir(out, "smoke", variant, 0) / JOB, {"host": socket.gethostname(), "since": 0.0, **job})
+    write_json(run_dir(out, "smoke", KEY, variant, 0) / JOB, {"host": socket.gethostname(), "since": 0.0, **job})
 
 
 def test_status_tells_failed_queued_and_vanished_runs_apart(tmp_path, capsys):
@@ -237,10 +247,10 @@ def test_status_tells_failed_queued_and_vanished_runs_apart(tmp_path, capsys):
     assert main(["status", "--out", str(out)]) == 0
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.strip().splitlines()]
     assert lines == [
-        f"smoke/resize_x2/seed0 failed RuntimeError: boom; log: {log}",
+        f"smoke/{KEY}/resize_x2/seed0 failed RuntimeError: boom; log: {log}",
         # its log was never written: not named
-        f"smoke/resize_x4/seed0 failed its worker (pid {int(dead.stdout)}) died without finishing (killed?)",
-        "smoke/sr_x2/seed0 queued",
+        f"smoke/{KEY}/resize_x4/seed0 failed its worker (pid {int(dead.stdout)}) died without finishing (killed?)",
+        f"smoke/{KEY}/sr_x2/seed0 queued",
         "1 queued, 2 failed"]
 
 
@@ -258,12 +268,12 @@ def test_sweep_refuses_bad_input_in_one_line(tmp_path, capsys):
 
 def test_kit_unpack_files_the_records_and_refuses_foreign_archives(tmp_path, capsys):
     results = tmp_path / "results"
-    record = {"status": "complete", "epochs": [{}] * 2}
+    record = {"status": "complete", "epochs": [{}] * 2, "data": DATA}
     good = write_tar(tmp_path / "good.tar.gz", {"runs/smoke/original/seed0/record.json": json.dumps(record),
                                               "timing.json": json.dumps({"started": "2026-11-28T21:00:00+00:00"})})
     assert main(["kit", "unpack", str(good), "--results", str(results)]) == 0
     assert capsys.readouterr().out.strip().endswith(f"file(s) written under {results}")
-    assert json.loads((results / "smoke/original/seed0/record.json").read_text()) == record
+    assert json.loads((results / f"smoke/{KEY}/original/seed0/record.json").read_text()) == record
 
     bad = write_tar(tmp_path / "bad.tar.gz", {"../escape.json": "{}", "timing.json": "{}"})
     assert main(["kit", "unpack", str(bad), "--results", str(tmp_path / "other")]) == 2
@@ -314,10 +324,10 @@ def book_sources(root: Path, executed: bool) -> Path:
         return root
     runs = root / "runs"
     config = make_config("original", "smoke", 0)
-    write_json(config_dir(runs, config) / RECORD, {"status": "complete", "config": config.to_dict()})
+    write_json(config_dir(runs, config, KEY) / RECORD, {"status": "complete", "config": config.to_dict(), "data": DATA})
     shown = {"profile": "smoke", "out": str(runs)}
     for name, title, parameters in (("compare", "Compare", shown), ("sr_quality", "SR quality", shown),
-                                    ("train/smoke-original-seed0", "Run", {**shown, "variant": "original",
+                                    (f"train/smoke-{KEY}-original-seed0", "Run", {**shown, "variant": "original",
                                                                            "seed": 0})):
         path = root / "book" / "executed" / f"{name}.ipynb"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +358,7 @@ def test_book_builds_the_html_from_the_executed_notebooks(tmp_path, capsys, book
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"report: {index}"
     pages = {p.relative_to(index.parent).as_posix() for p in index.parent.rglob("*.html")}
     assert {"book/executed/compare.html", "book/executed/sr_quality.html",
-            "book/executed/train/smoke-original-seed0.html"} <= pages
+            f"book/executed/train/smoke-{KEY}-original-seed0.html"} <= pages
 
 
 def test_book_without_executed_notebooks_says_to_run_the_sweep(tmp_path, capsys, book_root):

@@ -47,7 +47,8 @@ def test_flops_scale_with_pixels_and_a_training_step_is_three_forward_passes():
 def test_fit_recovers_the_rate_and_overhead_of_two_sizes():
     true = cost.Speed(5e10, 2e-3, "true")
     sizes = [(32, 8), (64, 8), (32, 64)]
-    samples = [(flops.train_flops_per_image(px, w), true.train_image_s(px, w)) for px, w in sizes]
+    per_image = [flops.train_flops_per_image(px, w) for px, w in sizes]
+    samples = [(f, true.image_s(f)) for f in per_image]
     fitted = cost.fit_speed(samples, "cpu")
     assert fitted.flop_rate == pytest.approx(5e10, rel=1e-6)
     assert fitted.overhead_s == pytest.approx(2e-3, rel=1e-6)

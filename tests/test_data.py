@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from srlib import data as data_mod
 from srlib import data_sources
-from srlib.data import load_dataset, stratified_subset
+from srlib.data import CANONICAL_SHA256, dataset_key, dataset_name, image_hw, load_dataset, stratified_subset
 from srlib.errors import DataError
 
 
@@ -136,3 +139,29 @@ def test_the_lossless_copy_is_canonical_cifar10(real_parquet, shared_cache):
     mean = ds.train_x.reshape(50_000, 3, -1).mean(axis=(0, 2)) / 255
     assert mean == pytest.approx([0.49139968, 0.48215841, 0.44653091], abs=5e-9)  # the published train means
     assert ds.identity["content_sha256"] == CANONICAL_CIFAR10_SHA256
+
+
+def make_tree(root: Path, counts: dict[str, int], size: int = 28, mode: str = "L", test_per_class: int = 3,
+              odd: tuple[str, int] | None = None) -> Path:
+    """An ImageFolder of `size` px images (`mode` L: grey) with counts[class] training images per class;
+    `odd` = (class, side): its first training image has another size."""
+    rng = np.random.default_rng(5)
+    for split in ("train", "test"):
+        for label, (name, n) in enumerate(counts.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n if split == "train" else test_per_class):
+                side = odd[1] if odd and split == "train" and name == odd[0] and i == 0 else size
+                pixels = np.clip(rng.normal(40 + 50 * label, 20, (side, side)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).convert(mode).save(folder / f"{i:03d}.png")
+    return root
+
+
+def test_a_dataset_is_named_by_its_folder_with_its_own_size(tmp_path):
+    identity = load_dataset(make_tree(tmp_path / "Fashion MNIST", {"shirt": 2, "shoe": 2, "bag": 2}),
+                            cache_dir=tmp_path / "cache").identity
+    assert identity["name"] == "Fashion MNIST" and image_hw(identity) == (28, 28)
+    assert identity["classes"] == ["bag", "shirt", "shoe"]  # grey images are read as RGB
+    assert dataset_key(identity) == f"fashion-mnist-{identity['content_sha256'][:8]}"
+    assert dataset_name(identity) == "Fashion MNIST"
+    assert dataset_name({**identity, "content_sha256": CANONICAL_SHA256}) == "cifar10"  # known by content

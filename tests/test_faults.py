@@ -26,9 +26,9 @@ from conftest import make_imagefolder
 from srlib import data_sources, store
 from srlib.cli import main
 from srlib.config import make_config
-from srlib.data import load_dataset
+from srlib.data import dataset_key, load_dataset
 from srlib.errors import CacheError, DiskFullError, TrainingError
-from srlib.runs import config_dir as run_dir
+from srlib.runs import run_dirs
 from srlib.store import load_arrays, load_torch, save_arrays
 from srlib.train import train
 from srlib.upscale import upscale_cached
@@ -68,6 +68,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def run_dir(out: Path, config) -> Path:
+    """The one folder of `config`'s run under `out`, whatever the data's key in its path."""
+    [directory] = run_dirs(out, config.profile, variant=config.variant, seed=config.seed)
+    return directory
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -102,13 +108,15 @@ def reference(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run every interrupted one must reproduce."""
     root = tmp_path_factory.mktemp("reference")
     assert _run(_args(tree, root / "runs", root / "cache"), root / "log") == 0, (root / "log").read_text()
-    record = json.loads((_run_dir(root / "runs") / "record.json").read_text())
+    record = json.loads((_run_dir(root / "runs", tree) / "record.json").read_text())
     assert record["resumed_from_epoch"] is None and record["resumes"] == []
-    return _run_dir(root / "runs")
+    return _run_dir(root / "runs", tree)
 
 
-def _run_dir(out: Path) -> Path:
-    return out / "smoke" / "original" / "seed0"
+def _run_dir(out: Path, tree: Path) -> Path:
+    """The run's folder, which holds the data's key (decoded for it into a cache of its own)."""
+    key = dataset_key(load_dataset(str(tree), cache_dir=tree.parent / "key-cache").identity)
+    return out / "smoke" / key / "original" / "seed0"
 
 
 def _results(run: Path) -> tuple[dict, list[dict], dict]:
@@ -141,7 +149,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def test_sigkill_after_a_checkpoint_resumes_to_the_same_record(tree, reference, tmp_path, capsys):
     args, log = _args(tree, tmp_path / "runs", tmp_path / "cache"), tmp_path / "log"
-    run = _run_dir(tmp_path / "runs")
+    run = _run_dir(tmp_path / "runs", tree)
     proc = _start(args, log)
     try:
         _wait_for(run / "checkpoint.pt", proc)
@@ -166,7 +174,7 @@ def test_sigkill_after_a_checkpoint_resumes_to_the_same_record(tree, reference, 
 
 def test_sigkills_while_caching_and_mid_epoch_resume_to_the_same_record(tree, reference, tmp_path):
     args, log = _args(tree, tmp_path / "runs", tmp_path / "cache"), tmp_path / "log"
-    run, datasets = _run_dir(tmp_path / "runs"), tmp_path / "cache" / "datasets"
+    run, datasets = _run_dir(tmp_path / "runs", tree), tmp_path / "cache" / "datasets"
     # 1. Killed halfway through writing the decoded dataset: only its temporary file is left.
     assert _run(args, log, fault="kill-in-cache-write") == -signal.SIGKILL
     leftovers = list(datasets.iterdir())  # a temporary file, and the builder's lock naming its (dead) pid

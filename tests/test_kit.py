@@ -21,6 +21,7 @@ from test_data import CANONICAL_CIFAR10_SHA256
 
 from srlib.cli import main
 from srlib.config import expand_variants
+from srlib.data import dataset_key
 from srlib.errors import SrlibError
 from srlib.orchestration.kit import archive as kit_archive
 from srlib.orchestration.kit import assemble as kit_assemble
@@ -229,13 +230,14 @@ def test_a_run_killed_by_a_signal_that_is_not_the_kits_deadline_stop_is_a_failur
     state = kit_job.KitRun(tmp_path / "kit", tmp_path / "OUT", tmp_path / "work", kit_job.DRY_RUN, ["original"],
                            0.0, 0.0, 0.0, lines.append)
     oom = _ended(killed, tmp_path / "train_original_seed0.log")
-    assert kit_run._report(state, [oom], [RunKey("original", 0)]) == 1
+    assert kit_run._report(state, [oom], [RunKey("original", 0)], "data-00000000") == 1
     text = "\n".join(lines)
     assert "FAILED (killed by SIGKILL)" in text and "something the run printed last" in text
     assert state.timing["runs"]["original s0"]["log"] == "logs/train_original_seed0.log"
     lines.clear()
     deadline = _ended(killed, tmp_path / "train_original_seed0.log", stopped_by_kit=True)
-    assert kit_run._report(state, [deadline], [RunKey("original", 0)]) == PARTIAL_EXIT_CODE
+    assert kit_run._report(state, [deadline], [RunKey("original", 0)], "data-00000000") == \
+        PARTIAL_EXIT_CODE
     assert not any("FAILED" in line for line in lines)
 
 
@@ -254,23 +256,25 @@ def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     with tarfile.open(out / kit_layout.ARCHIVE) as tar:
         names = tar.getnames()
     assert not [n for n in names if n.endswith(".pt")]  # no checkpoints come back
+    timing = json.loads(tar_member(out / kit_layout.ARCHIVE, "timing.json"))
+    key = dataset_key(timing["data"])  # the runs' folders: <profile>/<dataset>/<variant>/seed<k>
     for v in variants:
-        assert f"runs/smoke/{v}/seed0/record.json" in names and f"runs/smoke/{v}/seed0/predictions.npz" in names
+        run = f"runs/smoke/{key}/{v}/seed0"
+        assert f"{run}/record.json" in names and f"{run}/predictions.npz" in names
     assert ("runs/smoke/sr_quality.json" in names) == ("sr_x2" in variants)
     log = (out / kit_layout.TIMING_LOG).read_text()
     assert "speed alone  32 px" in log and "speed alone  64 px" in log and "of H200 bf16 peak" in log
     assert "content sha256" in log and "verified" in log  # the staged data was checked before training
-    timing = json.loads(tar_member(out / kit_layout.ARCHIVE, "timing.json"))
     # The queue's order (the study's); measured speeds alone only, so one run after another
     assert timing["schedule"]["runs"] == [f"{v} s0" for v in variants] and timing["schedule"]["mode"] == "alone"
     assert all(timing["runs"][f"{v} s0"]["status"] == "complete" for v in variants)
-    record = json.loads(tar_member(out / kit_layout.ARCHIVE, "runs/smoke/original/seed0/record.json"))
+    record = json.loads(tar_member(out / kit_layout.ARCHIVE, f"runs/smoke/{key}/original/seed0/record.json"))
     assert record["provenance"]["git"]["commit"]  # the repo here has .git; on the GPU the kit fills it in
 
     results = tmp_path / "results"
     assert main(["kit", "unpack", str(out / kit_layout.ARCHIVE), "--results", str(results)]) == 0
     for v in variants:
-        assert (results / "smoke" / v / "seed0" / "record.json").is_file()
+        assert (results / "smoke" / key / v / "seed0" / "record.json").is_file()
     assert len(list(results.glob("gpu-*/timing.log"))) == 1
 
     # Run again on the same work folder (a warm machine): every run is complete, nothing is started.
@@ -293,7 +297,7 @@ def test_unpack_keeps_a_complete_record_and_refuses_foreign_entries(tmp_path):
     partial = json.dumps({"status": "partial", "epochs": [{}] * 3})
     kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", {"runs/paper/sr_x2/seed0/record.json": partial,
                                                        "timing.json": timing}), results, log=lambda *_: None)
-    assert json.loads((results / "paper/sr_x2/seed0/record.json").read_text())["status"] == "complete"
+    assert json.loads((results / "paper/dataset-unknown/sr_x2/seed0/record.json").read_text())["status"] == "complete"
     assert (results / "gpu-2026-11-28T210000Z" / "timing.json").is_file()
     for bad in ("../evil.json", "runs/paper/sr_x2/seed0/checkpoint.pt", "other.txt"):
         with pytest.raises(kit_layout.KitError, match="unexpected entry"):
@@ -331,24 +335,24 @@ def test_sweep_with_records_renders_them_names_the_missing_and_never_trains(imag
     from srlib.errors import ConfigError
     from srlib.orchestration.request import SweepRequest
     from srlib.orchestration.sweep import sweep
-    from srlib.runs import records_profile
+    from srlib.runs import record_dataset, records_profile
     from srlib.train import train
 
     overrides = dict(epochs=1, width=4, train_size=20, test_size=10)
     records = tmp_path / "results"
-    train(make_config("original", "smoke", 0, **overrides), out=records, data=str(imagefolder), device="cpu",
-          progress=False, log=lambda *_: None)
+    key = record_dataset(train(make_config("original", "smoke", 0, **overrides), out=records, data=str(imagefolder),
+                               device="cpu", progress=False, log=lambda *_: None))
     before = {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()}
     monkeypatch.setenv("SRLIB_DATA", str(tmp_path / "no-data"))  # training would stop at once: no dataset
     notebooks = tmp_path / "executed"
     result = sweep(SweepRequest("smoke", 1, ["original", "resize_x2"], records, notebooks, overrides=overrides,
                                 analysis=False, records_only=True), live=False, log=lambda *_: None)
-    assert not result.failed and result.missing == ["smoke-resize_x2-seed0"]
+    assert not result.failed and result.missing == [f"smoke-{key}-resize_x2-seed0"]  # the records' one dataset
     assert {p: p.stat().st_mtime_ns for p in records.rglob("*") if p.is_file()} == before  # only read
-    assert not (records / "smoke" / "resize_x2").exists()
-    shown = (notebooks / "train" / "smoke-original-seed0.ipynb").read_text()
+    assert not (records / "smoke" / key / "resize_x2").exists()
+    shown = (notebooks / "train" / f"smoke-{key}-original-seed0.ipynb").read_text()
     assert "Max test accuracy" in shown and "commit" in shown  # run_summary and provenance_table
-    missing = (notebooks / "train" / "smoke-resize_x2-seed0.ipynb").read_text()
+    missing = (notebooks / "train" / f"smoke-{key}-resize_x2-seed0.ipynb").read_text()
     assert "was not run" in missing and "srlib train --variant resize_x2" in missing
     # `srlib sweep --records DIR` without --profile takes the one profile DIR has records of
     assert records_profile(records) == "smoke"
@@ -356,29 +360,36 @@ def test_sweep_with_records_renders_them_names_the_missing_and_never_trains(imag
         records_profile(tmp_path / "executed")
 
 
-def test_unpack_never_mixes_records_of_two_datasets_and_keeps_probe_table_and_pieces(tmp_path):
-    def record(sha: str) -> str:
-        return json.dumps({"status": "complete", "epochs": [{}] * 45, "data": {"dataset": {"content_sha256": sha}}})
+def test_unpack_keeps_records_of_two_datasets_side_by_side_and_moves_an_old_layout_run(tmp_path):
+    from srlib.data import dataset_key
 
+    def record(sha: str, status: str = "complete") -> str:
+        return json.dumps({"status": status, "epochs": [{}] * 45, "data": {"dataset": {"content_sha256": sha}}})
+
+    jpeg, lossless = "653ddc0f" + "0" * 56, "c8cc1b78" + "0" * 56
     timing = json.dumps({"started": "2026-11-29T10:00:00+00:00"})
     results = tmp_path / "results"
-    jpeg = {"runs/paper/original/seed0/record.json": record("653d"), "timing.json": timing}
-    kit_archive.unpack(write_tar(tmp_path / "a.tar.gz", jpeg), results, log=lambda *_: None)
-    lossless = {"runs/paper/original/seed0/record.json": record("c8cc"), "timing.json": timing,
-                "gpu_probe.json": json.dumps({"rows": []})}
-    with pytest.raises(kit_layout.KitError, match="record on other data .* nothing was unpacked"):
-        kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None)
-    assert "653d" in (results / "paper/original/seed0/record.json").read_text()
-    assert not (results / "gpu_probe.json").exists()
-    # once the JPEG records have moved to their own set, the lossless ones unpack, the probe table with them
-    (results / "paper").rename(tmp_path / "moved")
+    old = results / "paper/original/seed0"  # a committed record in the layout without the dataset
+    old.mkdir(parents=True)
+    (old / "record.json").write_text(record(jpeg))
+    partial = {"runs/paper/original/seed0/record.json": record(jpeg, "partial"), "timing.json": timing}
+    kit_archive.unpack(write_tar(tmp_path / "a.tar.gz", partial), results, log=lambda *_: None)
+    assert json.loads((old / "record.json").read_text())["status"] == "complete"  # never replaced by a partial
+    other = {"runs/paper/original/seed0/record.json": record(lossless), "timing.json": timing,
+             "gpu_probe.json": json.dumps({"rows": []})}
     pieces = tmp_path / "ckpt-1"
     pieces.mkdir()
     (pieces / "piece.json").write_text(json.dumps({"index": 1}))
     (pieces / "seal.json").write_text(json.dumps({"run": "paper/sr_x4/seed0"}))
-    kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", lossless), results, log=lambda *_: None, pieces=[pieces])
-    assert "c8cc" in (results / "paper/original/seed0/record.json").read_text()
+    kit_archive.unpack(write_tar(tmp_path / "b.tar.gz", other), results, log=lambda *_: None, pieces=[pieces])
+    lossless_run = results / "paper" / dataset_key({"content_sha256": lossless}) / "original/seed0"
+    assert "c8cc" in (lossless_run / "record.json").read_text()
+    assert "653d" in (old / "record.json").read_text()  # the other dataset's record stays
     assert (results / "gpu_probe.json").is_file() and (results / "partial/paper-sr_x4-seed0/1/piece.json").is_file()
+    new = f"paper/{dataset_key({'content_sha256': jpeg})}/original/seed0"
+    archive = write_tar(tmp_path / "c.tar.gz", {f"runs/{new}/record.json": record(jpeg), "timing.json": timing})
+    kit_archive.unpack(archive, results, log=lambda *_: None)
+    assert (results / new / "record.json").is_file() and not old.exists()  # moved to the layout with the dataset
 
 
 def test_a_window_that_ends_ships_the_unfinished_runs_checkpoint_in_calls(tmp_path):

@@ -361,3 +361,14 @@ def test_real_parquet_copy_shares_the_folder_copys_cache(real_pair, real_jpeg_pa
     monkeypatch.setattr(data_sources, "_decode_parquet", no_decoding)
     again = load_dataset(real_jpeg_parquet, cache_dir=shared_cache)
     assert again.identity["content_sha256"] == real_pair[0].identity["content_sha256"]
+
+
+def test_a_parquet_copy_is_named_by_its_hub_name_else_its_folder(tree, tmp_path):
+    folder = parquet_copy(tree, tmp_path / "thumbs-parquet")
+    assert load_dataset(folder, cache_dir=tmp_path / "c").identity["name"] == "thumbs-parquet"  # not plain_text
+    for file in folder.glob("*/*.parquet"):  # as a writer that keeps the Hub name in the metadata would
+        table = pq.read_table(file)
+        info = json.loads(table.schema.metadata[b"huggingface"])
+        info["info"]["dataset_name"] = "someone/thumbnails"
+        pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(info)}), file)
+    assert load_dataset(folder, cache_dir=tmp_path / "c").identity["name"] == "someone/thumbnails"

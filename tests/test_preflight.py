@@ -199,20 +199,26 @@ def test_all_hosts_are_tried_at_once(monkeypatch):
     assert preflight._ports_open(urls) == dict.fromkeys(urls, True)
 
 
-def write_record(out: Path, variant: str, seed: int, epoch_seconds: list[float], wall: float) -> None:
+def write_record(out: Path, variant: str, seed: int, epoch_seconds: list[float], wall: float,
+                 dataset: dict) -> None:
+    from srlib.data import dataset_key
     from srlib.runs import RECORD, config_dir
     from srlib.store import write_json
 
     config = make_config(variant, "smoke", seed)
-    write_json(config_dir(out, config) / RECORD, {
+    write_json(config_dir(out, config, dataset_key(dataset)) / RECORD, {
         "status": "complete", "config": config.to_dict(), "upscale_seconds": 0.0, "wall_seconds": wall,
+        "data": {"dataset": dataset},
         "epochs": [{"epoch": i + 1, "seconds": s} for i, s in enumerate(epoch_seconds)],
         "provenance": {"device": {"type": "cpu"}}})
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys, imagefolder, no_weights):
     out, cache = tmp_path / "runs", tmp_path / "cache"
-    write_record(out, "original", 0, [3.0, 5.0], wall=50.0)  # (50 - 0) s / 2 epochs = 25 s per epoch
+    from srlib.data import load_dataset
+
+    identity = load_dataset(imagefolder, cache_dir=tmp_path / "decoded-elsewhere").identity
+    write_record(out, "original", 0, [3.0, 5.0], wall=50.0, dataset=identity)  # (50 - 0) s / 2 epochs = 25 s each
     # resize_x2's test split is cached already (found by name and shape), its train split is not
     (cache / "upscaled").mkdir(parents=True)
     np.savez(cache / "upscaled" / "bicubic_x2_0123456789abcdef_none.npz", images=np.zeros((50, 3, 64, 64), np.uint8))
@@ -225,7 +231,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys, imagefolde
     assert sorted(p for p in tmp_path.rglob("*") if "imagefolder" not in p.parts) == before
     lines = [" ".join(line.split()) for line in text.splitlines()]  # columns are padded
     assert lines[0] == f"plan: profile smoke, 4 run(s) on cpu, records in {out}"
-    assert f"imagefolder CIFAR-10 at {imagefolder}" in lines[1]
+    assert f"imagefolder dataset at {imagefolder}" in lines[1]
     assert "original seed 0 done (record found, reused)" in lines
     assert "original seed 1 to run: 2 epochs x 25 s + start-up = 70 s (from 1 earlier record(s))" in lines
     # no record of resize_x2: the cost model fitted to the one record on this device (original)
@@ -264,3 +270,68 @@ def test_the_official_weights_pass(tmp_path, imagefolder, weights_dir, monkeypat
                         cache_dir=str(tmp_path / "cache"), notebooks_out=tmp_path / "nb").plan()
     plan.raise_problems()
     assert plan.problems == [] and [r.done for r in plan.runs] == [False, False]
+
+
+# --- data that cannot work: refused in one line naming the fix, before anything is decoded ----------------
+
+def test_one_class_is_refused(tmp_path, capsys, no_weights):
+    from test_data import make_tree
+
+    data = make_tree(tmp_path / "one", {"cat": 60})
+    line = refused(tmp_path, capsys, "sweep", "--profile", "smoke", "--variants", "original", "--no-analysis",
+                   "--data", str(data))
+    assert "has 1 class (cat); a classifier needs at least 2: add another class" in line
+
+
+def test_a_class_too_small_for_the_subset_is_refused(tmp_path, capsys, no_weights):
+    from test_data import make_tree
+
+    data = make_tree(tmp_path / "small", {"cat": 120, "dog": 3}, test_per_class=30)
+    line = refused(tmp_path, capsys, "sweep", "--profile", "smoke", "--variants", "original", "--no-analysis",
+                   "--data", str(data))
+    assert "train split: a stratified subset of 100 needs 50 images of class 1, only 3 exist" in line
+    assert "--train-size" in line and "classes in order: cat, dog" in line
+
+
+def test_mixed_image_sizes_are_refused(tmp_path, capsys, no_weights):
+    from test_data import make_tree
+
+    data = make_tree(tmp_path / "mixed", {"cat": 60, "dog": 60}, size=28, odd=("dog", 48), test_per_class=30)
+    line = refused(tmp_path, capsys, "sweep", "--profile", "smoke", "--variants", "original", "--no-analysis",
+                   "--data", str(data))
+    assert "the images are not all one size (28x28 px" in line and "48x48 px" in line
+    assert "srlib does not resize them" in line
+
+
+def test_images_too_large_for_the_sr_model_are_refused(tmp_path, monkeypatch):
+    from test_data import make_tree
+
+    data = make_tree(tmp_path / "large", {"cat": 60, "dog": 60}, size=48, test_per_class=30)
+    configs = [make_config(v, "smoke") for v in ("resize_x4", "sr_x4")]
+    where = preflight.locate(str(data))
+    assert preflight._data_problems(where, configs, "cpu") == []  # 48 px at x4 fits in this machine's RAM
+    monkeypatch.setattr(preflight, "_memory_here", lambda device: 2 * 10**9)  # a 2 GB machine
+    assert preflight._data_problems(where, configs, "cpu") == []
+    monkeypatch.setattr(preflight, "_memory_here", lambda device: 10**8)  # 100 MB
+    (problem,) = preflight._data_problems(where, configs, "cpu")
+    assert problem.startswith("the images are 48x48 px: SR at x4 on 16 images at a time needs about 151.0 MB")
+    assert "bring the images down to 39 px or less, or leave out the SR variants" in problem
+    assert preflight._data_problems(where, configs[:1], "cpu") == []  # no SR variant: no SR bound
+
+
+def test_parquet_data_is_surveyed_by_its_labels_and_first_rows(tmp_path):
+    from test_data import make_tree
+    from test_parquet import write_split
+
+    tree = make_tree(tmp_path / "tree", {"cat": 120, "dog": 3}, test_per_class=30, odd=("dog", 48))
+    folder = tmp_path / "pq"
+    for split in ("train", "test"):
+        rows = [(p, label) for label, name in ((1, "dog"), (0, "cat"))
+                for p in sorted((tree / split / name).iterdir())]
+        write_split(folder / "plain_text", split, [{"bytes": p.read_bytes(), "path": p.name} for p, _ in rows],
+                    [label for _, label in rows], names=["cat", "dog"], shards=2 if split == "train" else 1)
+    problems = preflight._data_problems(preflight.locate(str(folder)), [make_config("original", "smoke")], "cpu")
+    assert problems[0].startswith("train split: a stratified subset of 100 needs 50 images of class 1, only 3")
+    # the first file starts with the 48 px dog, the second (rows 61-122) with a 28 px cat
+    assert problems[1].startswith("the images are not all one size (48x48 px (in row 0 of")
+    assert "28x28 px" in problems[1]

@@ -21,12 +21,18 @@ from srlib.config import make_config
 from srlib.data import load_dataset, stratified_subset
 from srlib.errors import ConfigError, DataError, SrlibError, WeightsError
 from srlib.numerics import Numerics
-from srlib.runs import config_dir as run_dir
+from srlib.runs import run_dirs
 from srlib.store import atomic_write_bytes, load_arrays, load_torch, save_arrays, sha256_array
 from srlib.train import evaluate, prepare_data, train, train_epoch
 from srlib.upscale import load_sr_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run_dir(out: Path, config) -> Path:
+    """The one folder of `config`'s run under `out`, whatever the data's key in its path."""
+    [directory] = run_dirs(out, config.profile, variant=config.variant, seed=config.seed)
+    return directory
 
 
 # --- bad data -----------------------------------------------------------------------------------------
@@ -148,10 +154,10 @@ def test_a_grayscale_sr_model_is_refused(tmp_path):
 
 
 def test_a_folder_given_as_weights_is_refused(tmp_path):
-    from srlib.upscale import resolve_sr_weights
+    from srlib.upscale import checkpoint_scale
 
     with pytest.raises(WeightsError, match="is a directory; pass the checkpoint file to --sr-weights"):
-        resolve_sr_weights(2, tmp_path)
+        checkpoint_scale(tmp_path)
 
 
 def test_junk_weights_through_the_cli_are_one_clear_line(imagefolder, tmp_path, capsys):

@@ -63,11 +63,11 @@ def book_sources(root: Path) -> Path:
 
 def write_records(records: list[dict], out: Path, profile: str = "smoke") -> None:
     """Records and predictions laid out as a sweep writes them."""
-    from srlib.runs import run_dir
+    from srlib.runs import record_dataset, run_dir
     from srlib.store import save_arrays, write_json
 
     for r in records:
-        folder = run_dir(out, profile, r["config"]["variant"], r["config"]["seed"])
+        folder = run_dir(out, profile, record_dataset(r), r["config"]["variant"], r["config"]["seed"])
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "record.json", {k: v for k, v in r.items() if not k.startswith("_")})
         save_arrays(folder / "predictions.npz", {"predictions": r["_predictions"], "labels": r["_labels"]})
@@ -221,11 +221,18 @@ GENERATED = {"original": 0.3, "nearest_x2": 0.25, "resize_x2": 0.2, "sr_x2": 0.1
              "nearest_x4": 0.22, "resize_x4": 0.2, "sr_x4": 0.17}
 
 
+FASHION = {"name": "fashion_mnist", "source": "parquet", "image_size": [3, 28, 28], "lossy": False,
+           "train_count": 60000, "test_count": 10000, "content_sha256": "f" * 64}
+CIFAR10 = {"name": "cifar10", "image_size": [3, 32, 32], "lossy": False, "train_count": 50000, "test_count": 10000,
+           "content_sha256": "c8cc1b7842dbae1862bce9c40c43a954228b05864b94dce7128f835e6c6f375a"}
+
+
 @pytest.fixture(scope="module")
 def generated_book(tmp_path_factory, tiny_sr_weights) -> Path:
     """A book built as `srlib sweep --records` builds one, from generated records (nothing trains, no
-    ../shared): every variant set with 2 seeds (the widest tables), a run on another dataset, two broken
-    records, the SR-quality measurement of a tiny SR model, and a stale run page of another profile."""
+    ../shared): every variant set with 2 seeds (the widest tables) on a 28 px dataset that is not CIFAR-10, a
+    run on CIFAR-10, two broken records, the SR-quality measurement of a tiny SR model, and a stale run page
+    of another profile."""
     import nbformat
     import numpy as np
     from conftest import make_imagefolder
@@ -238,9 +245,12 @@ def generated_book(tmp_path_factory, tiny_sr_weights) -> Path:
 
     root = book_sources(tmp_path_factory.mktemp("generated"))
     runs, executed = root / "runs", root / "book" / "executed"
-    write_records(random_records(GENERATED, 2, np.random.default_rng(0)), runs)
-    write_records([record("original", 5, dataset="e" * 64)], runs)  # another dataset: never pooled
-    write_records([record("resize_x4", 7, 50.0, wrong=[1])], runs)  # its predictions score 99%, its summary 50%
+    def on(identity: dict, records: list[dict]) -> list[dict]:
+        return [{**r, "data": {**r["data"], "dataset": {**r["data"]["dataset"], **identity}}} for r in records]
+
+    write_records(on(FASHION, random_records(GENERATED, 2, np.random.default_rng(0))), runs)
+    write_records(on(CIFAR10, [record("original", 5)]), runs)  # another dataset: never pooled
+    write_records(on(FASHION, [record("resize_x4", 7, 50.0, wrong=[1])]), runs)  # predictions 99%, summary 50%
     truncated = runs / "smoke" / "sr_x4" / "seed7" / "record.json"
     truncated.parent.mkdir(parents=True)
     truncated.write_text('{"schema": 2, "status": "compl')
@@ -273,19 +283,22 @@ def test_a_book_from_records_fits_the_screen_and_names_what_it_left_out(generate
     assert len([i for i in compare["images"] if "_images" in i["src"]]) == 5
     text = compare["text"]
     for expected in (
-            "16 runs of profile smoke", "a lossy copy of CIFAR-10 (not canonical CIFAR-10), sha256 dddddddddddd",
-            "Every table and figure on this page is on this dataset",
+            "On fashion_mnist (28×28 px, 10 classes, 60,000 training / 10,000 test images, sha256 ffffffffffff): "
+            "16 runs of profile smoke", "Every table and figure on this page is on this dataset",
             "smoke/sr_x4/seed7/record.json: unreadable",
-            "smoke/resize_x4/seed7/record.json: its predictions score 99.00% but its summary says 50.00% final",
-            "Not on this page: 1 run on a lossy copy of CIFAR-10 (not canonical CIFAR-10), sha256 eeeeeeeeeeee",
+            "smoke/fashion-mnist-ffffffff/resize_x4/seed7/record.json: its predictions score 99.00% but its summary "
+            "says 50.00% final",
+            "Not on this page: 1 run on cifar10-c8cc1b78", "make report RECORDS=", "DATASET=cifar10-c8cc1b78",
             "SR − resize at x2", "SR (swift-srgan) − resize at x2", "better interpolation",
             "test images right with sr_x2 only", "No pictures: the data here is",
-            "x2 costs 4× the training compute of original and x4 costs 16×", "pp per doubling",
-            "not comparable with the reference", "+0.548", "+0.660",
-            "differences between variants may not carry to the reference protocol (max test accuracy, here vs the "
-            "reference report: SR − resize at x2"):
+            "x2 costs 4× the training compute of original and x4 costs 15×", "at 56 and 112 px over 28 px",
+            "pp per doubling",
+            "The reference report was made on canonical CIFAR-10; these runs are on fashion_mnist",
+            "differences between variants may not carry to the reference protocol."):
         assert expected in text, expected
-    guide = {f"book/guide/{page}.html" for page in ("index", "data", "reruns", "speed", "gpu", "clusters", "code")}
+    assert "+0.548" not in text and "CIFAR-10-like" not in text  # no reference table, no CIFAR name for other data
+    guide = {f"book/guide/{page}.html" for page in ("index", "data", "your-data", "reruns", "speed", "gpu",
+                                                        "clusters", "code")}
     assert guide <= set(seen), guide - set(seen)  # the README's reference material, built and checked as pages
     assert "srlib kit assemble" in seen["book/guide/gpu.html"]["text"]
     assert "tiny_compact_x2.pth" in seen["book/executed/sr_quality.html"]["text"]
@@ -305,9 +318,9 @@ def test_the_book_of_the_committed_paper_records_fits_the_screen(tmp_path):
     assert not result.failed, result.failed
     seen = open_book(build_book(root=root).parent)
     assert_fits_and_loads(seen)
-    assert sorted(p for p in seen if "/train/" in p) == ["book/executed/train/paper-original-seed0.html",
-                                                         "book/executed/train/paper-sr_x2-seed0.html"]
+    assert sorted(p for p in seen if "/train/" in p) == [
+        f"book/executed/train/paper-cifar10-jpeg75-653ddc0f-{v}-seed0.html" for v in ("original", "sr_x2")]
     text = seen["book/executed/compare.html"]["text"]
-    assert "CIFAR-10 JPEG q75 copy (lossy, not canonical CIFAR-10), sha256 653ddc0f9271" in text
+    assert "cifar10-jpeg75 (a lossy JPEG q75 copy of CIFAR-10, not canonical CIFAR-10, 32×32 px" in text
     assert "sr_x2 has no resize_x2 run of the same seed" in text  # the real gap, not "no SR-quality measurement"
     assert "/work/" not in text and "kit/data" not in text  # no path of the machine that made the records

@@ -11,7 +11,7 @@ from test_analysis import record
 
 from srlib.flops import train_flops_per_image
 from srlib.report import cost_report, reference, where_sr_helps
-from srlib.report.record_checks import CANONICAL_SHA256
+from srlib.report.record_checks import CANONICAL_SHA256, JPEG_SHA256
 
 
 def pair(wrong_sr: list[list[int]], wrong_resize: list[list[int]]) -> list[dict]:
@@ -119,7 +119,7 @@ def test_pictures_are_refused_on_other_data_or_other_weights(pictured, imagefold
         where_sr_helps.case_images(swapped, np.array([0]), str(imagefolder), tmp_path / "cache")
     monkeypatch.delenv("SRLIB_DATA", raising=False)
     _, note = where_sr_helps.case_figures(d, None, tmp_path / "cache")
-    assert note.startswith("No pictures: no CIFAR-10 is configured here (SRLIB_DATA is not set)")
+    assert note.startswith("No pictures: no data is configured here (SRLIB_DATA is not set)")
 
 
 # --- what it costs ---------------------------------------------------------------------------------
@@ -145,6 +145,10 @@ def test_compute_and_the_gain_per_doubling_come_from_the_flop_count():
     assert list(table["pp per doubling"]) == ["—", "+2.3 ± 3.2", "+2.50"]
     assert cost_report.cost_sentence(records).startswith("x2 costs 4× the training compute of `original` and x4 "
                                                          "costs 16× the training compute of `original`")
+    assert "(FLOPs of the ResNet-18 at 64 and 128 px over 32 px" in cost_report.cost_sentence(records)
+    grey = [{**r, "data": {**r["data"], "dataset": {**r["data"]["dataset"], "image_size": [3, 28, 28]}}}
+            for r in records]  # 28 px data: its own sizes, never CIFAR-10's
+    assert "(FLOPs of the ResNet-18 at 56 and 112 px over 28 px" in cost_report.cost_sentence(grey)
 
 
 # --- the reference beside ours ----------------------------------------------------------------------
@@ -177,11 +181,44 @@ def test_the_reference_is_set_beside_comparable_runs_with_the_same_statistic():
 
 
 def test_runs_on_other_data_or_protocol_are_labelled_not_comparable():
-    records = [record("sr_x2", 0), record("resize_x2", 0)]
+    records = [record("sr_x2", 0, dataset=JPEG_SHA256), record("resize_x2", 0, dataset=JPEG_SHA256)]
     why = reference.not_comparable(records)
-    assert "a lossy copy of CIFAR-10 (not canonical CIFAR-10), sha256 dddddddddddd" in why and "profile smoke" in why
+    assert "cifar10-jpeg75 (a lossy JPEG q75 copy of CIFAR-10" in why and "profile smoke" in why
     table = reference.reference_table(records)
     assert table.loc["sr_x2", "ours"] == "not comparable" and table.loc["sr_x4", "ours"] == "not run"
     assert table.loc["sr_x2", "reference max (%)"] == "91.44"
     differences = reference.reference_differences(records)
     assert differences.loc["SR − resize at x2, top-5 mean", "ours (pp)"] == "not comparable"
+
+
+# --- a dataset other than CIFAR-10: named by its own name and size, the others named with how to see them ----
+
+def test_the_results_page_names_another_dataset_by_its_name_and_size(tmp_path):
+    from test_analysis import _write
+
+    from srlib.report import report_text
+
+    fashion = {"name": "fashion_mnist", "source": "parquet", "image_size": [3, 28, 28], "lossy": False,
+               "classes": [f"c{k}" for k in range(10)], "train_count": 60000, "test_count": 10000,
+               "content_sha256": "f" * 64}
+    for r in pair([[0, 1], [0]], [[2], [2, 3]]):
+        _write(tmp_path, {**r, "data": {**r["data"], "dataset": fashion}})
+    cifar = record("original", 7, wrong=[1])
+    cifar["data"] = {**cifar["data"], "dataset": {**cifar["data"]["dataset"], "content_sha256": CANONICAL_SHA256,
+                                                  "lossy": False, "image_size": [3, 32, 32]}}
+    _write(tmp_path, cifar)
+    for asked in (None, "fashion_mnist", "fashion-mnist-ffffffff", "ffff"):  # most runs, name, key, hash prefix
+        loaded = report_text.require_records(tmp_path, "smoke", asked)
+        assert {r["data"]["dataset"]["name"] for r in loaded.records} == {"fashion_mnist"}
+    summary = report_text.study_summary(loaded.records)
+    assert summary.startswith("On **fashion_mnist (28×28 px, 10 classes, 60,000 training / 10,000 test images, "
+                              "sha256 ffffffffffff)**: 4 runs")
+    notes = report_text.loading_notes(loaded)
+    assert f"1 run on `cifar10-{CANONICAL_SHA256[:8]}`" in notes
+    assert f"`make report RECORDS={tmp_path} DATASET=cifar10-{CANONICAL_SHA256[:8]}`" in notes
+    page = " ".join([summary, *report_text.caveats(loaded.records), reference.comparability_note(loaded.records)])
+    assert "CIFAR-10" not in page.replace("canonical CIFAR-10", "")  # only as what the reference was made on
+    assert reference.reference_table(loaded.records).empty  # the reference's tables: CIFAR-10 only
+    assert reference.reference_differences(loaded.records).empty
+    shown = report_text.require_records(tmp_path, "smoke", "CIFAR10")  # by name, in any case
+    assert report_text.study_summary(shown.records).startswith("On **cifar10 (canonical CIFAR-10, lossless, 32×32 px")

@@ -16,7 +16,7 @@ from srlib.config import TrainConfig, make_config
 from srlib.errors import PARTIAL_EXIT_CODE, ConfigError
 from srlib.numerics import deterministic_algorithms
 from srlib.provenance import git_info, save_code_diff
-from srlib.runs import CHECKPOINT, PREDICTIONS, RECORD, config_dir, load_records, run_identity
+from srlib.runs import CHECKPOINT, PREDICTIONS, RECORD, config_dir, load_records, record_dataset, run_identity
 from srlib.store import read_json
 from srlib.train import train
 
@@ -79,7 +79,7 @@ def test_deadline_stops_cleanly_and_the_rerun_resumes_to_the_same_record(tmp_pat
     _fake_clock(monkeypatch, stop_before_epoch=3)
     partial = train(config, out=tmp_path / "runs", data=str(imagefolder), device="cpu", progress=False,
                     log=lambda *_: None, deadline=time.time() + 3600)
-    directory = config_dir(tmp_path / "runs", config)
+    directory = config_dir(tmp_path / "runs", config, record_dataset(partial))
     assert partial["status"] == "partial" and len(partial["epochs"]) == 2 and partial["predictions"] is None
     assert (directory / CHECKPOINT).is_file() and (directory / RECORD).is_file()
     assert not (directory / PREDICTIONS).exists()

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from conftest import make_imagefolder
 
+from srlib.data import dataset_key, load_dataset
 from srlib.errors import LockError
 from srlib.orchestration import slurm as ex
 from srlib.orchestration import tasks as task_module
@@ -29,16 +30,22 @@ from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.states import status
 from srlib.orchestration.sweep import sweep
 from srlib.orchestration.tasks import Task, read_job, write_job
-from srlib.runs import ROOT
+from srlib.runs import ROOT, datasets, run_dir
 from srlib.store import file_lock, load_arrays, load_or_build, lock_holder
 
 SMALL = {"epochs": 2, "train_size": 20, "test_size": 10}  # seconds per run; the SR path is not the point here
 VARIANTS = ["original", "resize_x2", "nearest_x2"]
+NO_DATA = "gen-00000000"  # the key of requests built without data (so none loads $SRLIB_DATA)
 
 
-def outcome(out: Path, variant: str, seed: int = 0, profile: str = "smoke") -> dict:
+def data_key(data: Path, cache: Path) -> str:
+    """The generated data's key: the dataset part of its runs' folders, task names and status rows."""
+    return dataset_key(load_dataset(str(data), cache_dir=str(cache)).identity)
+
+
+def outcome(out: Path, key: str, variant: str, seed: int = 0, profile: str = "smoke") -> dict:
     """What must match between executors: per-epoch metrics and per-image predictions (not timings)."""
-    folder = out / profile / variant / f"seed{seed}"
+    folder = run_dir(out, profile, key, variant, seed)
     record = json.loads((folder / "record.json").read_text())
     arrays, _ = load_arrays(folder / "predictions.npz")
     keys = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -56,13 +63,16 @@ def run_sweep(root: Path, data: Path, name: str, variants=VARIANTS, overrides=SM
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> tuple[Path, Path]:
-    """(root, data): generated data, and the local sequential sweep every other executor must reproduce."""
+def study(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(root, data, key): generated data, its key, and the local sequential sweep every other executor must
+    reproduce."""
     root = tmp_path_factory.mktemp("scaleout")
     data = make_imagefolder(root / "data")
     result, _ = run_sweep(root, data, "sequential", jobs=1)
-    assert sorted(result.done) == sorted(f"smoke-{v}-seed0" for v in VARIANTS) and not result.failed
-    return root, data
+    key = data_key(data, root / "cache")
+    assert datasets(root / "sequential" / "runs") == [key]
+    assert sorted(result.done) == sorted(f"smoke-{key}-{v}-seed0" for v in VARIANTS) and not result.failed
+    return root, data, key
 
 
 # --- the cache lock ----------------------------------------------------------------------------------------
@@ -175,15 +185,15 @@ def test_several_kernels_started_at_once_all_run(tmp_path):
 
 @pytest.mark.slow
 def test_two_local_jobs_give_the_same_results_as_one(study):
-    root, data = study
+    root, data, key = study
     result, lines = run_sweep(root, data, "jobs2", jobs=2)
     assert not result.failed, result.failed
     for v in VARIANTS:
-        assert outcome(root / "jobs2" / "runs", v) == outcome(root / "sequential" / "runs", v), v
-        assert outcome(root / "jobs2" / "runs", v)["threads"] == 1
+        assert outcome(root / "jobs2" / "runs", key, v) == outcome(root / "sequential" / "runs", key, v), v
+        assert outcome(root / "jobs2" / "runs", key, v)["threads"] == 1
     assert sum(line.startswith("[sweep] start") for line in lines) == 3
     assert sum(line.startswith("[sweep] done") and "max test accuracy" in line for line in lines) == 3
-    log = (root / "jobs2" / "nb" / "train" / "smoke-original-seed0.log").read_text()
+    log = (root / "jobs2" / "nb" / "train" / f"smoke-{key}-original-seed0.log").read_text()
     assert "Executing Cell" in log and "epoch 2/2" in log  # papermill's echo went to the log, not the terminal
 
 
@@ -196,10 +206,10 @@ def _cli_sweep(root: Path, data: Path, name: str, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_killed_worker_is_reported_and_a_rerun_completes_only_it(study, capsys):
-    root, data = study
+    root, data, key = study
     sweep_process = subprocess.Popen(_cli_sweep(root, data, "killed", "--jobs", "2"), cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job = root / "killed" / "runs" / "smoke" / "resize_x2" / "seed0" / "job.json"
+    job = run_dir(root / "killed" / "runs", "smoke", key, "resize_x2", 0) / "job.json"
     deadline = time.time() + 120
     while time.time() < deadline:
         info = json.loads(job.read_text()) if job.is_file() else {}
@@ -212,22 +222,23 @@ def test_a_killed_worker_is_reported_and_a_rerun_completes_only_it(study, capsys
     output, _ = sweep_process.communicate(timeout=300)
     assert sweep_process.returncode == 2, output
     failed = [line for line in output.splitlines() if "FAILED resize_x2 seed 0" in line]
-    assert failed and "killed (signal 9)" in failed[0] and "smoke-resize_x2-seed0.log" in failed[0], output
+    assert failed and "killed (signal 9)" in failed[0] and f"smoke-{key}-resize_x2-seed0.log" in failed[0], output
     assert sum("[sweep] done" in line for line in output.splitlines()) == 2, output
     assert len(output.splitlines()) <= 12, output  # papermill and the kernels write to the per-run logs
     from srlib.cli import main
 
     assert main(["status", "--out", str(root / "killed" / "runs")]) == 0
     table = capsys.readouterr().out
-    assert "smoke/original/seed0    done" in table and "2 done, 1 failed" in table, table
-    assert "smoke/resize_x2/seed0   failed   its worker was killed (signal 9); log: " in table, table
+    assert f"smoke/{key}/original/seed0    done" in table and "2 done, 1 failed" in table, table
+    assert f"smoke/{key}/resize_x2/seed0   failed   its worker was killed (signal 9); log: " in table, table
 
     again = subprocess.run(_cli_sweep(root, data, "killed", "--jobs", "2"), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 of 3 runs finished earlier" in again.stdout
     assert [line.split()[2] for line in again.stdout.splitlines() if line.startswith("[sweep] start")] == ["resize_x2"]
-    assert outcome(root / "killed" / "runs", "resize_x2") == outcome(root / "sequential" / "runs", "resize_x2")
+    assert (outcome(root / "killed" / "runs", key, "resize_x2")
+            == outcome(root / "sequential" / "runs", key, "resize_x2"))
 
 
 # --- a real Slurm -------------------------------------------------------------------------------------------
@@ -264,12 +275,12 @@ SLURM = dict(executor="slurm", slurm=ex.SlurmOptions(cpus=1, time="10"))
 
 @pytest.mark.slow
 def test_a_slurm_sweep_gives_the_same_results_as_the_local_sequential_one(study, slurm_cluster):
-    root, data = study
+    root, data, key = study
     result, lines = run_sweep(root, data, "slurm", **SLURM)
     assert not result.failed, (result.failed, lines)
     assert len(result.submitted) == 3
     for v in VARIANTS:
-        assert outcome(root / "slurm" / "runs", v) == outcome(root / "sequential" / "runs", v), v
+        assert outcome(root / "slurm" / "runs", key, v) == outcome(root / "sequential" / "runs", key, v), v
     assert any("submitted 3 Slurm task(s)" in line for line in lines)
     assert all(st.state == "done" for _, st in status(root / "slurm" / "runs"))
     # Rerunning submits nothing: everything is done.
@@ -293,12 +304,13 @@ def test_an_interrupted_slurm_run_finishes_with_the_same_result(tmp_path, slurm_
     data = make_imagefolder(tmp_path / "data", train_per_class=30, test_per_class=3)
     longer = {"epochs": 8, "train_size": 300, "test_size": 30}  # ~1 s per epoch: time to interrupt it
     run_sweep(tmp_path, data, "plain", ["resize_x2"], longer, jobs=1)
+    key = data_key(data, tmp_path / "cache")
     result, _ = run_sweep(tmp_path, data, "slurm", ["resize_x2"], longer, wait=False, **SLURM)
     assert len(result.submitted) == 1
     job_id = result.submitted[0]
-    checkpoint = tmp_path / "slurm" / "runs" / "smoke" / "resize_x2" / "seed0" / "checkpoint.pt"
+    checkpoint = run_dir(tmp_path / "slurm" / "runs", "smoke", key, "resize_x2", 0) / "checkpoint.pt"
     _wait_for(checkpoint.is_file, 240, "the first epoch's checkpoint")
-    row = dict(status(tmp_path / "slurm" / "runs"))["smoke/resize_x2/seed0"]
+    row = dict(status(tmp_path / "slurm" / "runs"))[f"smoke/{key}/resize_x2/seed0"]
     assert row.state == "running" and re.search(r"on \S+ \(Slurm job [\d_]+\) since .*, epoch \d of 8 done",
                                                 row.detail), row
     if interrupt == "requeue":
@@ -306,18 +318,19 @@ def test_an_interrupted_slurm_run_finishes_with_the_same_result(tmp_path, slurm_
     else:
         subprocess.run(["scancel", job_id], check=True)
         _wait_for(lambda: not ex.slurm_queue([job_id]), 60, "the cancelled job to leave the queue")
-        assert dict(status(tmp_path / "slurm" / "runs"))["smoke/resize_x2/seed0"].state == "failed"
+        assert dict(status(tmp_path / "slurm" / "runs"))[f"smoke/{key}/resize_x2/seed0"].state == "failed"
     result, lines = run_sweep(tmp_path, data, "slurm", ["resize_x2"], longer, **SLURM)
     assert not result.failed, (result.failed, lines)
     assert bool(result.submitted) == (interrupt == "scancel")  # a requeued task is waited for, not resubmitted
     record = json.loads(checkpoint.with_name("record.json").read_text())
     assert record["resumes"] and record["resumes"][0]["from_epoch"] >= 1
-    assert outcome(tmp_path / "slurm" / "runs", "resize_x2") == outcome(tmp_path / "plain" / "runs", "resize_x2")
+    assert (outcome(tmp_path / "slurm" / "runs", key, "resize_x2")
+            == outcome(tmp_path / "plain" / "runs", key, "resize_x2"))
 
 
 @pytest.mark.slow
 def test_a_failing_slurm_run_is_named_while_the_others_finish(study, slurm_cluster, tmp_path):
-    root, data = study
+    root, data, key = study
     wrong = Path(os.environ.get("SRLIB_WEIGHTS_DIR", "weights")) / "dctlsa_x4.safetensors"  # x4 weights for x2
     if not wrong.is_file():
         wrong = tmp_path / "x4_as_x2.safetensors"
@@ -325,12 +338,12 @@ def test_a_failing_slurm_run_is_named_while_the_others_finish(study, slurm_clust
     # preflight=False: the point is a run that fails inside its Slurm task, not a refusal before submitting.
     result, lines = run_sweep(root, data, "failing", ["original", "sr_x2"], {**SMALL, "sr_weights": str(wrong)},
                               preflight=False, **SLURM)
-    assert list(result.failed) == ["smoke-sr_x2-seed0"], (result.failed, lines)
-    assert result.done == ["smoke-original-seed0"]
+    assert list(result.failed) == [f"smoke-{key}-sr_x2-seed0"], (result.failed, lines)
+    assert result.done == [f"smoke-{key}-original-seed0"]
     failed = [line for line in lines if line.startswith("[sweep] FAILED sr_x2 seed 0")]
-    assert failed and "smoke-sr_x2-seed0.log" in failed[0] and "Error" in failed[0], lines
+    assert failed and f"smoke-{key}-sr_x2-seed0.log" in failed[0] and "Error" in failed[0], lines
     rows = dict(status(root / "failing" / "runs"))
-    assert rows["smoke/sr_x2/seed0"].state == "failed" and rows["smoke/original/seed0"].state == "done"
+    assert rows[f"smoke/{key}/sr_x2/seed0"].state == "failed" and rows[f"smoke/{key}/original/seed0"].state == "done"
 
 
 def test_the_progress_line_shows_each_running_runs_epoch(tmp_path):
@@ -407,7 +420,7 @@ def _queued_tasks(tmp_path: Path, variants: list[str]) -> list[Task]:
     """Tasks as a sweep leaves them after submitting array job 7: job.json says queued, with their job ids."""
     from srlib.orchestration.sweep import train_tasks
 
-    tasks = train_tasks(SweepRequest("smoke", 1, variants, tmp_path / "runs", tmp_path / "nb"))
+    tasks = train_tasks(SweepRequest("smoke", 1, variants, tmp_path / "runs", tmp_path / "nb", dataset=NO_DATA))
     for i, task in enumerate(tasks):
         write_job(task, "queued", executor="slurm", job_id=f"7_{i}", slurm_log=str(tmp_path / f"7_{i}.err"))
     return tasks
@@ -423,7 +436,7 @@ def _wait(tmp_path: Path, tasks: list[Task]):
     reporter.PLAIN_EVERY_S = 0
     result = SweepResult()
     try:
-        record_of = record_finder(SweepRequest("smoke", out=tmp_path / "runs"))
+        record_of = record_finder(SweepRequest("smoke", out=tmp_path / "runs", dataset=NO_DATA))
         executor = SlurmExecutor(record_of)
         executor.watch(tasks)
         wait_for(executor, tasks, reporter, result, record_of)
@@ -447,10 +460,11 @@ def test_a_reason_that_never_clears_ends_the_sweep_and_cancels_its_pending_tasks
     assert ex.FATAL_REASONS[reason] in said and "the sweep cancelled its 2 pending task(s)" in said, said
     assert sorted((fake_slurm / "scancelled").read_text().split()) == ["7_0", "7_1"]
     rows = dict(status(tmp_path / "runs"))
-    assert rows["smoke/original/seed0"].state == "failed", rows
-    assert rows["smoke/original/seed0"].detail == (f"Slurm job 7_0 was cancelled by the sweep: pending with reason "
-                                                   f"{reason}, which never clears: {ex.FATAL_REASONS[reason]}")
-    assert rows["smoke/resize_x2/seed0"].detail.endswith("pending with reason Priority")
+    assert rows[f"smoke/{NO_DATA}/original/seed0"].state == "failed", rows
+    assert rows[f"smoke/{NO_DATA}/original/seed0"].detail == (
+        f"Slurm job 7_0 was cancelled by the sweep: pending with reason {reason}, which never clears: "
+        f"{ex.FATAL_REASONS[reason]}")
+    assert rows[f"smoke/{NO_DATA}/resize_x2/seed0"].detail.endswith("pending with reason Priority")
 
 
 @pytest.mark.parametrize("reason", ["Resources", "Priority", "BeginTime", "ReqNodeNotAvail, UnavailableNodes:n[1-2]",
@@ -466,15 +480,16 @@ def test_a_reason_that_clears_is_shown_and_a_task_that_leaves_the_queue_unstarte
     code = reason.split(",")[0]
     assert main(["status", "--out", str(tmp_path / "runs")]) == 0  # squeue's first answer
     row = capsys.readouterr().out.splitlines()[0]
-    assert re.fullmatch(rf"smoke/original/seed0  queued   Slurm job 7_0 pending: {code}( \(.+\))?", row), row
+    assert re.fullmatch(rf"smoke/{NO_DATA}/original/seed0  queued   Slurm job 7_0 pending: {code}( \(.+\))?",
+                        row), row
     if code in ex.WAITING_REASONS:
         assert f"({ex.WAITING_REASONS[code]})" in row
 
     result, lines = _wait(tmp_path, tasks)
     assert any(f", 1 queued ({code}), 0 failed" in line for line in lines), lines
-    assert list(result.failed) == ["smoke-original-seed0"]
-    assert result.failed["smoke-original-seed0"] == ("Slurm job 7_0 left the queue before it started (cancelled or "
-                                                     "purged); rerun the sweep")
+    assert list(result.failed) == [f"smoke-{NO_DATA}-original-seed0"]
+    assert result.failed[f"smoke-{NO_DATA}-original-seed0"] == ("Slurm job 7_0 left the queue before it started "
+                                                                "(cancelled or purged); rerun the sweep")
     assert not (fake_slurm / "scancelled").exists()
 
 
@@ -487,14 +502,15 @@ def test_a_look_at_the_runs_reads_each_job_json_once(tmp_path, fake_slurm, monke
     tasks = _queued_tasks(tmp_path, ["original", "resize_x2"])
     write_job(tasks[0], "running", executor="slurm", job_id="7_0")
     (fake_slurm / "squeue.last").write_text("7_0|RUNNING|None\n7_1|PENDING|Priority\n")
-    reads, real_read = [], task_module.read_json
-    monkeypatch.setattr(task_module, "read_json", lambda path: reads.append(Path(path).name) or real_read(path))
+    reads, real_read = [], task_module.read_json_or_none
+    monkeypatch.setattr(task_module, "read_json_or_none",
+                        lambda path: reads.append(Path(path).name) or real_read(path))
 
-    executor = SlurmExecutor(record_finder(SweepRequest("smoke", out=tmp_path / "runs")))
+    executor = SlurmExecutor(record_finder(SweepRequest("smoke", out=tmp_path / "runs", dataset=NO_DATA)))
     executor.watch(tasks)
     states = executor.poll(tasks)
-    assert {n: st.state for n, st in states.items()} == {"smoke-original-seed0": "running",
-                                                         "smoke-resize_x2-seed0": "queued"}
+    assert {n: st.state for n, st in states.items()} == {f"smoke-{NO_DATA}-original-seed0": "running",
+                                                         f"smoke-{NO_DATA}-resize_x2-seed0": "queued"}
     assert reads == ["job.json", "job.json"]
     reads.clear()
     assert [st.state for _, st in status(tmp_path / "runs")] == ["running", "queued"]
@@ -590,6 +606,7 @@ def test_a_pending_task_that_can_never_start_ends_the_sweep(tmp_path, slurm_clus
             ["--slurm-cpus", "1", "--slurm-partition", short_partition])
     args = _cli_slurm_sweep(tmp_path, data, fault, "--variants", "original", "resize_x2", "--slurm-skip-check", *asks)
     assert main(args) == 2
+    key = data_key(data, tmp_path / "cache")
     err = capsys.readouterr().err
     fix = re.escape(ex.FATAL_REASONS[fault])
     assert re.fullmatch(rf"srlib: error: Slurm will never start original seed 0 \(job \d+_0\): pending with reason "
@@ -598,8 +615,9 @@ def test_a_pending_task_that_can_never_start_ends_the_sweep(tmp_path, slurm_clus
     assert [row.state for row in rows.values()] == ["failed", "failed"], rows
     job_ids = [row.job["job_id"] for row in rows.values()]
     assert not any(entry.live for entry in (ex.slurm_queue(job_ids) or {}).values())
-    assert rows["smoke/original/seed0"].detail == (f"Slurm job {job_ids[0]} was cancelled by the sweep: pending with "
-                                                   f"reason {fault}, which never clears: {ex.FATAL_REASONS[fault]}")
+    assert rows[f"smoke/{key}/original/seed0"].detail == (f"Slurm job {job_ids[0]} was cancelled by the sweep: "
+                                                          f"pending with reason {fault}, which never clears: "
+                                                          f"{ex.FATAL_REASONS[fault]}")
 
 
 def _in_thread(target, *args, **kwargs):
@@ -635,7 +653,7 @@ def _job_ids(runs: Path) -> dict[str, str]:
 def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study, slurm_cluster, monkeypatch):
     from srlib.orchestration.reporter import Reporter
 
-    root, data = study
+    root, data, key = study
     monkeypatch.setattr(Reporter, "PLAIN_EVERY_S", 0)  # every look at the queue is one progress line
     later = ex.SlurmOptions(cpus=1, time="10", extra={"begin": "now+3600"})  # pending (BeginTime) for an hour
     runs, lines = root / "cancelled" / "runs", []
@@ -646,24 +664,24 @@ def test_a_task_cancelled_while_pending_fails_and_a_rerun_submits_only_it(study,
     _wait_for(lambda: any(", 2 queued (BeginTime), 0 failed" in line for line in lines), 120,
               "the progress line to say why both tasks wait")
     ids = _job_ids(runs)
-    first, second = ids["smoke/original/seed0"], ids["smoke/resize_x2/seed0"]
-    row = dict(status(runs))["smoke/resize_x2/seed0"]
+    first, second = ids[f"smoke/{key}/original/seed0"], ids[f"smoke/{key}/resize_x2/seed0"]
+    row = dict(status(runs))[f"smoke/{key}/resize_x2/seed0"]
     waits = ex.WAITING_REASONS["BeginTime"]
     assert (row.state, row.detail) == ("queued", f"Slurm job {second} pending: BeginTime ({waits})")
     subprocess.run(["scontrol", "update", f"jobid={first}", "StartTime=now"], check=True)  # this one may start
     subprocess.run(["scancel", second], check=True)
     result = join(300)
-    assert result.done == ["smoke-original-seed0"], (result, lines)
-    assert result.failed == {"smoke-resize_x2-seed0": f"Slurm job {second} was cancelled before it started; rerun the "
-                                                      "sweep to submit it again"}, lines
-    row = dict(status(runs))["smoke/resize_x2/seed0"]
-    assert (row.state, row.detail) == ("failed", result.failed["smoke-resize_x2-seed0"])
+    assert result.done == [f"smoke-{key}-original-seed0"], (result, lines)
+    assert result.failed == {f"smoke-{key}-resize_x2-seed0": f"Slurm job {second} was cancelled before it started; "
+                                                             "rerun the sweep to submit it again"}, lines
+    row = dict(status(runs))[f"smoke/{key}/resize_x2/seed0"]
+    assert (row.state, row.detail) == ("failed", result.failed[f"smoke-{key}-resize_x2-seed0"])
 
     result, lines = run_sweep(root, data, "cancelled", ["original", "resize_x2"], **SLURM)
-    assert len(result.submitted) == 1 and result.skipped == ["smoke-original-seed0"], (result, lines)
-    assert result.done == ["smoke-resize_x2-seed0"] and not result.failed, (result, lines)
+    assert len(result.submitted) == 1 and result.skipped == [f"smoke-{key}-original-seed0"], (result, lines)
+    assert result.done == [f"smoke-{key}-resize_x2-seed0"] and not result.failed, (result, lines)
     for v in ("original", "resize_x2"):
-        assert outcome(runs, v) == outcome(root / "sequential" / "runs", v), v
+        assert outcome(runs, key, v) == outcome(root / "sequential" / "runs", key, v), v
 
 
 @pytest.mark.slow
@@ -672,7 +690,7 @@ def test_no_wait_leaves_the_analysis_to_a_dependent_slurm_job(study, slurm_clust
 
     import submitit
 
-    root, data = study
+    root, data, key = study
     monkeypatch.setenv("SRLIB_WEIGHTS_DIR", str(weights_dir.resolve()))  # the SR-quality page, run by the job
     result, lines = run_sweep(root, data, "no-wait", ["original"], wait=False, analysis=True, **SLURM)
     assert len(result.submitted) == 1, lines
@@ -683,7 +701,7 @@ def test_no_wait_leaves_the_analysis_to_a_dependent_slurm_job(study, slurm_clust
     job = submitit.SlurmJob(folder=root / "no-wait" / "runs" / "smoke" / "slurm" / "%j", job_id=finisher)
     outcome_of_job, said = pickle.loads(job.paths.result_pickle.read_bytes())
     assert (outcome_of_job, said) == ("success", "analysis: 2 done, 0 failed"), said
-    assert (root / "no-wait" / "runs" / "smoke" / "original" / "seed0" / "record.json").is_file()  # it ran after
+    assert (run_dir(root / "no-wait" / "runs", "smoke", key, "original", 0) / "record.json").is_file()  # it ran after
     for notebook in ("sr_quality.ipynb", "compare.ipynb"):
         assert (root / "no-wait" / "nb" / notebook).is_file(), notebook
 
@@ -714,12 +732,14 @@ def test_a_task_past_its_time_limit_is_requeued_and_ends_with_the_same_record(tm
     assert not reference(600)[0].failed
     assert not result.failed, (result.failed, lines)
     assert any(line.startswith("[sweep] again  resize_x2 seed 0") for line in lines), lines
-    folder = tmp_path / "slurm" / "runs" / "smoke" / "resize_x2" / "seed0"
+    key = data_key(data, tmp_path / "cache")
+    folder = run_dir(tmp_path / "slurm" / "runs", "smoke", key, "resize_x2", 0)
     record = json.loads((folder / "record.json").read_text())
     assert record["resumes"] and record["resumes"][0]["from_epoch"] >= 1, record["resumes"]
     slurm_log = Path(read_job(folder)["slurm_log"]).read_text()
     assert "this job is timed-out" in slurm_log and "DUE TO JOB REQUEUE" in slurm_log, slurm_log[-2000:]
-    assert outcome(tmp_path / "slurm" / "runs", "resize_x2") == outcome(tmp_path / "plain" / "runs", "resize_x2")
+    assert (outcome(tmp_path / "slurm" / "runs", key, "resize_x2")
+            == outcome(tmp_path / "plain" / "runs", key, "resize_x2"))
 
 
 def test_a_second_test_slurm_starts_beside_a_running_one(tmp_path, slurm_cluster):

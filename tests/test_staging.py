@@ -102,7 +102,7 @@ def test_a_checkpoint_ships_in_pieces_and_the_resumed_run_ends_as_an_uninterrupt
     resume there: the same record and predictions as a run that was never stopped."""
     from srlib import train as train_mod
     from srlib.config import make_config
-    from srlib.runs import CHECKPOINT, PREDICTIONS, run_dir
+    from srlib.runs import CHECKPOINT, PREDICTIONS, record_dataset, run_dir
     from srlib.store import load_arrays
 
     config = make_config("original", "smoke", 0, epochs=3, width=4, train_size=40, test_size=20, batch_size=8)
@@ -116,11 +116,13 @@ def test_a_checkpoint_ships_in_pieces_and_the_resumed_run_ends_as_an_uninterrupt
         m.setattr(train_mod, "_past_deadline", lambda deadline, epochs: len(epochs) >= 1)
         stopped = run(tmp_path / "gpu")
     assert stopped["status"] == "partial" and len(stopped["epochs"]) == 1
-    source = run_dir(tmp_path / "gpu", "smoke", "original", 0)
+    key = record_dataset(stopped)
+    source = run_dir(tmp_path / "gpu", "smoke", key, "original", 0)
     size = (source / CHECKPOINT).stat().st_size
     chunk = max(1, size // 5)
     seal = partial.ship(source, tmp_path / "gpu", tmp_path / "ship", chunk_bytes=chunk, max_chunks=2)
-    assert len(seal["stage"]["pieces"]) >= 3 and seal["epochs_done"] == 1 and seal["run"] == "smoke/original/seed0"
+    assert len(seal["stage"]["pieces"]) >= 3 and seal["epochs_done"] == 1
+    assert seal["run"] == f"smoke/{key}/original/seed0"
     kept = partial.keep(sorted((tmp_path / "ship").iterdir()), tmp_path / "results" / "partial")
     restored = partial.restore(kept, tmp_path / "later")  # another window: only the pieces, no run folder
     assert (restored / CHECKPOINT).read_bytes() == (source / CHECKPOINT).read_bytes()
@@ -130,7 +132,7 @@ def test_a_checkpoint_ships_in_pieces_and_the_resumed_run_ends_as_an_uninterrupt
     assert [{k: v for k, v in e.items() if k not in timing} for e in resumed["epochs"]] == \
         [{k: v for k, v in e.items() if k not in timing} for e in whole["epochs"]]
     a, _ = load_arrays(restored / PREDICTIONS)
-    b, _ = load_arrays(run_dir(tmp_path / "whole", "smoke", "original", 0) / PREDICTIONS)
+    b, _ = load_arrays(run_dir(tmp_path / "whole", "smoke", key, "original", 0) / PREDICTIONS)
     assert np.array_equal(a["predictions"], b["predictions"])
     with pytest.raises(StagingError, match="one at a time"):
         other = tmp_path / "other" / "1"

@@ -6,6 +6,7 @@ import torch
 
 from srlib.config import make_config
 from srlib.errors import ConfigError
+from srlib.runs import record_dataset
 from srlib.store import load_arrays
 from srlib.train import epoch_order, train
 
@@ -20,7 +21,7 @@ def _run(tmp_path, imagefolder, variant="original", seed=0, out="runs", **kw):
 
 def test_record_is_complete(tmp_path, imagefolder):
     record = _run(tmp_path, imagefolder, "resize_x2")
-    run = tmp_path / "runs" / "smoke" / "resize_x2" / "seed0"
+    run = tmp_path / "runs" / "smoke" / record_dataset(record) / "resize_x2" / "seed0"
     assert json.loads((run / "record.json").read_text()) == json.loads(json.dumps(record))
     assert record["input_px"] == 64 and record["status"] == "complete"
     assert [e["epoch"] for e in record["epochs"]] == [1, 2]

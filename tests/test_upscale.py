@@ -15,7 +15,6 @@ from srlib.upscale import (
     SRCheckpoint,
     build_upscaler,
     resolve_checkpoint,
-    resolve_sr_weights,
     sr_checkpoint,
     sr_method,
     upscale,
@@ -182,7 +181,7 @@ def test_a_registered_model_refuses_sr_weights(tiny_sr_weights):
 def test_default_weights_with_wrong_hash_are_refused(tmp_path):
     (tmp_path / "dctlsa_x2.safetensors").write_bytes(b"some other file")
     with pytest.raises(WeightsError, match="sha256 .* for dctlsa x2 .*delete it and restore the official file"):
-        resolve_sr_weights(2, weights_dir=tmp_path)
+        resolve_checkpoint(sr_checkpoint("dctlsa", 2), tmp_path)
 
 
 def test_no_weights_offline_gives_the_fix(tmp_path, monkeypatch):
@@ -192,9 +191,9 @@ def test_no_weights_offline_gives_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(WeightsError, match=rf"dctlsa_x2.safetensors .* not in {tmp_path} .*network is unreachable"
                                            r".*SRLIB_WEIGHTS_DIR.*--sr-weights"):
-        resolve_sr_weights(2, weights_dir=tmp_path)
+        resolve_checkpoint(sr_checkpoint("dctlsa", 2), tmp_path)
     with pytest.raises(WeightsError, match=r"swift_srgan_x4.pth \(swift-srgan x4\).*leave this model out"):
-        resolve_sr_weights(4, weights_dir=tmp_path, model="swift-srgan")
+        resolve_checkpoint(sr_checkpoint("swift-srgan", 4), tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -347,7 +346,8 @@ def test_a_registered_model_variant_trains_and_records_its_weights(tiny_register
     code = main(["train", "--variant", "sr_x2@tiny", "--profile", "smoke", "--epochs", "1", "--width", "4",
                  "--train-size", "20", "--test-size", "10", "--data", str(imagefolder), "--out", str(tmp_path),
                  "--device", "cpu"])
-    record = json.loads((tmp_path / "smoke" / "sr_x2@tiny" / "seed0" / "record.json").read_text())
+    (record_file,) = tmp_path.glob("smoke/**/sr_x2@tiny/seed0/record.json")  # whatever folder names the data
+    record = json.loads(record_file.read_text())
     assert code == 0 and record["input_px"] == 64
     upscaler = record["data"]["upscaler"]
     assert (upscaler["method"], upscaler["sr_model"], upscaler["weights_sha256"]) == ("sr@tiny", "tiny", entry.sha256)

@@ -10,9 +10,7 @@ def cmd_bench(args) -> int:
     from ..bench import format_table, run_bench
     from ..store import write_json
 
-    out = Path(args.json) if args.json else None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.json) if args.json else None  # its folder is made by the first file written there
     result = run_bench(px=list(args.px), steps=args.steps, images=args.images, device=args.device,
                        diff_dir=out.parent if out is not None else None)
     print(format_table(result))

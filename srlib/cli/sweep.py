@@ -66,7 +66,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.out = args.records
     profile = args.profile or (records_profile(args.records) if args.records else default_profile())
     request = SweepRequest(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
-                           args.cache_dir, config_overrides(args), analysis=not args.no_analysis,
+                           args.cache_dir, args.dataset, config_overrides(args), analysis=not args.no_analysis,
                            records_only=bool(args.records), executor=args.executor, jobs=args.jobs,
                            runs_per_gpu=args.runs_per_gpu, threads=args.threads,
                            slurm=slurm_options(args) if args.executor == "slurm" else None,
@@ -134,6 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "disk, estimated time) and the checks' verdict; start nothing")
     p.add_argument("--records", help="build the book from the records in RECORDS (e.g. results/paper) instead of "
                    "training: sets --out to it; a missing variant is named in the book, never trained")
+    p.add_argument("--dataset", help="with --records: the records of this dataset (its folder name, as `srlib status` "
+                   "shows it); default: the one dataset there")
     add_data_options(p)
     p.set_defaults(func=cmd_sweep)
 

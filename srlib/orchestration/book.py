@@ -25,7 +25,7 @@ def run_pages(root: Path) -> list[str]:
     """The executed train notebooks (paths relative to `root`, no suffix) of the records that compare.ipynb
     was built from, in variant order then seed; a run without a complete record has no page."""
     from ..report.comparisons import order_variants
-    from ..runs import load_record
+    from ..runs import executed_train_dataset, load_record
 
     shown = executed_parameters(root / EXECUTED / "compare.ipynb")
     profile, out = shown.get("profile"), shown.get("out")
@@ -38,7 +38,11 @@ def run_pages(root: Path) -> list[str]:
             continue
         if (root / p["out"]).resolve() != (root / out).resolve():
             continue
-        record = load_record(root / out, profile, p.get("variant"), int(p.get("seed", -1)))
+        variant, seed = p.get("variant"), int(p.get("seed", -1))
+        dataset = executed_train_dataset(notebook, profile, variant, seed)
+        if shown.get("dataset") and dataset != shown["dataset"]:
+            continue  # a results page of one dataset lists that dataset's run pages
+        record = load_record(root / out, profile, variant, seed, dataset)
         if record is not None and record.get("status") == "complete":
             pages.append((p["variant"], int(p["seed"]), notebook))
     rank = {v: k for k, v in enumerate(order_variants({v for v, _, _ in pages}))}

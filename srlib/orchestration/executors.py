@@ -149,10 +149,18 @@ class SlurmExecutor:
         self.tasks: dict[str, Task] = {}
         self.gone_once: set[str] = set()  # gone from the queue without saying so: trusted on the second look
         self.stuck: dict[str, int] = {}  # consecutive looks that found a task pending for a reason that never clears
+        self.checked = False  # the request passed check_request
 
-    def submit(self, tasks: list[Task], say: Callable[[str], None]) -> list[str]:
+    def check_request(self) -> None:
+        """Refuse, in one line naming the option, a request no node can run (it would pend for ever); the sweep
+        asks this before any other work (decoding the data to find its key takes minutes on a login node)."""
         self.options = slurm.with_default_cpus(self.options)
         self.threads = self.threads or self.options.cpus
+        if self.options.check and not self.checked:
+            slurm.check_slurm_request(self.folder, self.options, self.threads)
+        self.checked = True
+
+    def submit(self, tasks: list[Task], say: Callable[[str], None]) -> list[str]:
         queue = slurm.slurm_queue()
         alive, submit = [], []
         for task in tasks:
@@ -163,8 +171,7 @@ class SlurmExecutor:
                 "waiting for them instead of submitting them again")
         ids = []
         if submit:
-            if self.options.check:  # a request no node can run would pend for ever: refuse it now, naming the option
-                slurm.check_slurm_request(self.folder, self.options, self.threads)
+            self.check_request()
             jobs = slurm.submit_slurm(submit, self.folder, self.options, self.name, self.threads)
             for task, job in zip(submit, jobs, strict=True):
                 write_job(task, "queued", executor="slurm", job_id=job.job_id, slurm_log=str(job.paths.stderr))

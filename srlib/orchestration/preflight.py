@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .. import cost
-from ..config import STUDY_SCALES, VARIANTS, TrainConfig
-from ..data import CIFAR10_URL, decoded_cache_path, default_cache_dir, locate, quick_check
-from ..data_sources import CANONICAL_DIR
-from ..errors import SrlibError, WeightsError
+from ..config import STUDY_SCALES, VARIANTS, TrainConfig, variant_of
+from ..data import CIFAR10_URL, decoded_cache_path, default_cache_dir, locate, quick_check, stratified_subset
+from ..data_sources import CANONICAL_DIR, survey_imagefolder, survey_parquet
+from ..errors import DataError, SrlibError, WeightsError
 from ..upscale import (
     DEFAULT_SR_MODEL,
     SRCheckpoint,
@@ -113,10 +113,12 @@ class Plan:
 
 def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | None = None,
               cache_dir: str | os.PathLike | None = None, notebooks_out: str | os.PathLike | None = None,
-              analysis: bool = False, device: str | None = None, force: bool = False) -> Plan:
+              analysis: bool = False, device: str | None = None, force: bool = False,
+              dataset: str | None = None) -> Plan:
     """What running `configs` would do (runs done or to run, caches, time) and every problem that would stop it.
 
     `analysis`: the analysis notebooks follow (the SR-quality page needs the default SR weights at x2 and x4).
+    `dataset`: the data's key (srlib.data.dataset_key): a run counts as done only on this data (None: on any).
     """
     from ..runs import find_finished, load_records
 
@@ -125,14 +127,15 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     plan = Plan(profile, cost.device_type(device), out, cache, analysis=analysis)
     earlier = ([r for r in load_records(out, profile, predictions=False) if cost.record_device(r) == plan.device]
                if configs else [])
-    done = [not force and find_finished(out, config) is not None for config in configs]
+    done = [not force and find_finished(out, config, dataset) is not None for config in configs]
     pending = [config for config, finished in zip(configs, done, strict=True) if not finished]
     plan.caches, builds = _caches(pending, cache, earlier, plan.device)
     plan.runs = [RunPlan(c.variant, c.seed, d, cost.estimate_run(c, earlier, plan.device, builds.get(id(c), 0)))
                  for c, d in zip(configs, done, strict=True)]
 
     hosts: dict[str, list[str]] = {}  # url -> what needs it (to name in the message)
-    plan.data, download_dirs = _check_data(data, plan.problems, hosts) if pending or analysis else ("not needed", [])
+    plan.data, download_dirs = (_check_data(data, plan.problems, hosts, pending, plan.device) if pending or analysis
+                                else ("not needed", []))
     download_dirs += _check_weights(pending, analysis, plan.problems, hosts)
     for url, answered in _ports_open(list(hosts)).items():
         if not answered:
@@ -148,9 +151,10 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
 
 # --- data --------------------------------------------------------------------------------------------------
 
-def _check_data(data: str | None, problems: list[str], hosts: dict[str, list[str]]) -> tuple[str, list[Path]]:
-    """What data would be used, and the folder a download would write to; a problem when the data is missing
-    or unreadable (or its download host is down)."""
+def _check_data(data: str | None, problems: list[str], hosts: dict[str, list[str]], configs: list[TrainConfig],
+                device: str) -> tuple[str, list[Path]]:
+    """What data would be used, and the folder a download would write to; a problem when the data is missing,
+    unreadable (or its download host is down) or cannot work for these runs (`_data_problems`)."""
     try:
         where = locate(data)
     except SrlibError as exc:
@@ -168,7 +172,73 @@ def _check_data(data: str | None, problems: list[str], hosts: dict[str, list[str
     problem = quick_check(where)
     if problem:
         problems.append(problem)
-    return f"{where['kind']} CIFAR-10 at {path}", []
+    elif where["kind"] != "canonical":
+        problems.extend(_data_problems(where, configs, device))
+    return f"{where['kind']} dataset at {path}", []
+
+
+# What the SR model holds per output pixel of one image, roughly: fp32 feature maps of ~64 channels at the
+# output size (DCTLSA works at the input size and upsamples at the end, so this errs on the safe side).
+SR_BYTES_PER_OUTPUT_PIXEL = 64 * 4
+SR_CHUNK = {"cpu": 16, "cuda": 512}  # images per SR forward pass (srlib.upscale.super_resolution's chunk_size)
+
+
+def _data_problems(where: dict, configs: list[TrainConfig], device: str) -> list[str]:
+    """What cannot work on this data, each in one line with its fix: fewer than 2 classes, a class too small
+    for the stratified subset, images of several sizes, images too large for the SR model in the memory here.
+    Reads the listing or the label column, and the header of one image per class (ImageFolder) or file."""
+    try:
+        found = (survey_imagefolder(Path(where["path"])) if where["kind"] == "imagefolder"
+                 else survey_parquet(where["files"]))
+    except (SrlibError, OSError, ValueError) as exc:
+        return [f"cannot survey the data at {where['path']} ({exc})"]
+    if len(found.classes) < 2:
+        return [f"the data at {where['path']} has {len(found.classes)} class ({', '.join(found.classes)}); a "
+                "classifier needs at least 2: add another class (a folder in train/ and test/, or label values)"]
+    problems = []
+    for split, sizes in (("train", {c.train_size for c in configs}), ("test", {c.test_size for c in configs})):
+        labels = np.repeat(np.arange(len(found.classes)), found.counts[split])
+        for size in sizes:
+            try:
+                stratified_subset(labels, size)
+            except DataError as exc:
+                problems.append(f"{split} split: {exc} (classes in order: {', '.join(found.classes)})")
+    sizes = sorted(set(found.sizes.values()))
+    if len(sizes) > 1:
+        examples = "; ".join(f"{w}x{h} px ({where})" for (w, h), where in
+                             {size: where for where, size in found.sizes.items()}.items())
+        return [*problems, f"the images are not all one size ({examples}); srlib does not resize them: bring "
+                           "every image to one size first (e.g. PIL's Image.resize)"]
+    problems += [p for p in [_too_large_for_sr(sizes[0], configs, device)] if p]
+    return problems
+
+
+def _too_large_for_sr(size: tuple[int, int], configs: list[TrainConfig], device: str) -> str | None:
+    """A rough bound: the SR model's feature maps for one chunk of images at the output size must fit in
+    the memory here (GPU memory with CUDA, else RAM)."""
+    scales = [v.scale for c in configs if (v := variant_of(c.variant)) is not None and v.is_sr]
+    if not scales:
+        return None
+    memory = _memory_here(device)
+    chunk = SR_CHUNK.get(device, SR_CHUNK["cpu"])
+    needed = chunk * (max(scales) * max(size)) ** 2 * SR_BYTES_PER_OUTPUT_PIXEL
+    if memory is None or needed <= memory:
+        return None
+    side = int((memory / (chunk * SR_BYTES_PER_OUTPUT_PIXEL)) ** 0.5) // max(scales)
+    return (f"the images are {size[0]}x{size[1]} px: SR at x{max(scales)} on {chunk} images at a time needs about "
+            f"{_size(needed)}, more than the {_size(memory)} of {device} memory here; bring the images down to "
+            f"{side} px or less, or leave out the SR variants (--variants)")
+
+
+def _memory_here(device: str) -> int | None:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
 
 
 # --- SR weights --------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ config is built (and so checked) once, in `configs`.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import KW_ONLY, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +34,7 @@ class SweepRequest:
     notebooks_out: Path = Path("book/executed")  # the executed notebooks
     data: str | None = None  # None: SRLIB_DATA or canonical CIFAR-10
     cache_dir: str | None = None  # None: SRLIB_CACHE_DIR or ./cache
+    dataset: str | None = None  # the data's key (srlib.data.dataset_key); None: from `data` (records: the records')
     overrides: dict = field(default_factory=dict)  # TrainConfig fields for every run (e.g. epochs)
     analysis: bool = True  # then the analysis notebooks
     _: KW_ONLY
@@ -63,10 +66,33 @@ class SweepRequest:
         return [make_config(v, self.profile, seed, **self.overrides) for seed in range(self.seeds)
                 for v in self.variants]
 
+    @cached_property
+    def dataset_key(self) -> str | None:
+        """The dataset part of the runs' folders: given, else the one dataset of the records (records mode; None
+        when there are none), else the data's own (decoded once here, and cached on disk for the runs)."""
+        from ..data import dataset_key, load_dataset
+        from ..runs import datasets
+
+        if not self.records_only:
+            if self.dataset:
+                return self.dataset
+            # A first decode shows its progress on stdout: stderr carries only the sweep's errors.
+            with contextlib.redirect_stderr(sys.stdout):
+                return dataset_key(load_dataset(self.data, cache_dir=self.cache_dir).identity)
+        keys = datasets(self.out, self.profile)
+        if self.dataset:  # a key, a name (cifar10) or a hash prefix, as the results page accepts
+            keys = [k for k in keys if self.dataset in (k, k.rpartition("-")[0]) or
+                    k.rpartition("-")[2].startswith(self.dataset)] or [self.dataset]
+        if len(keys) > 1:
+            raise ConfigError(f"{self.out} holds {self.profile} records of {len(keys)} datasets ({', '.join(keys)}); "
+                              "name one with --dataset")
+        return keys[0] if keys else None
+
     def plan(self, device: str | None = None) -> Plan:
         """What the sweep would do (runs, caches, time) and every problem that would stop it (srlib.orchestration.
         preflight); starts nothing."""
         from .preflight import make_plan
 
         return make_plan(self.configs, self.out, self.data, self.cache_dir, notebooks_out=self.notebooks_out,
-                         analysis=self.analysis, device=device)
+                         analysis=self.analysis, device=device,
+                         dataset=self.__dict__.get("dataset_key") or self.dataset)  # the key, once it is known

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..runs import RECORD, run_dirs
-from ..store import read_json
+from ..store import read_json_or_none
 from . import slurm
 from .slurm import QueueEntry, pending_words
 from .tasks import read_job, run_phase
@@ -102,9 +102,6 @@ def status(out: str | os.PathLike = "runs", profile: str | None = None) -> list[
     queue = slurm.slurm_queue() if any((job or {}).get("job_id") for job in jobs.values()) else None
     rows = []
     for d, job in jobs.items():
-        try:
-            finished = read_json(d / RECORD).get("status") == "complete"
-        except (OSError, ValueError):
-            finished = False
-        rows.append((f"{d.parent.parent.name}/{d.parent.name}/{d.name}", run_state(job, finished, queue)))
+        finished = (read_json_or_none(d / RECORD) or {}).get("status") == "complete"
+        rows.append((d.relative_to(out).as_posix(), run_state(job, finished, queue)))  # profile/dataset/variant/seed<k>
     return rows

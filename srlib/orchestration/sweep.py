@@ -68,21 +68,24 @@ def train_tasks(request: SweepRequest) -> list[Task]:
               "cache_dir": request.cache_dir}
     if request.records_only:
         common["records_only"] = True
-    tasks = []
+    tasks, key = [], request.dataset_key or "no-records"  # records mode without records: every run missing
     for c in request.configs:
-        page = executed_train_notebook(request.notebooks_out, c.profile, c.variant, c.seed)
+        page = executed_train_notebook(request.notebooks_out, c.profile, key, c.variant, c.seed)
         params = {**common, "variant": c.variant, "seed": c.seed, "overrides": request.overrides}
-        tasks.append(Task(page.stem, "train.ipynb", str(page), params, str(config_dir(request.out, c)), c.variant,
-                          c.seed))
+        tasks.append(Task(page.stem, "train.ipynb", str(page), params, str(config_dir(request.out, c, key)),
+                          c.variant, c.seed))
     return tasks
 
 
 def record_finder(request: SweepRequest) -> Callable[[Task], dict | None]:
-    """A task's finished record in `request.out`, or None (srlib.runs decides what counts as finished)."""
+    """A task's finished record on the request's data in `request.out`, or None (srlib.runs decides what counts
+    as finished: a record made on other data never does)."""
     from ..runs import find_finished
 
     configs = {(c.variant, c.seed): c for c in request.configs}
-    return lambda task: find_finished(request.out, configs[(task.variant, task.seed)])
+    # The key when first asked (a cached property: the data is decoded once); None only in records mode without
+    # records, where none is found whatever the data.
+    return lambda task: find_finished(request.out, configs[(task.variant, task.seed)], request.dataset_key)
 
 
 # --- the sweep -------------------------------------------------------------------------------------------
@@ -93,8 +96,8 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
     for unless `wait` is False), then run the analysis notebooks and the book; `log` and `live` are where the
     terminal lines go, `preflight` runs the checks first. `records_only`: the train notebooks show the records in
     `out` (a missing one is named, never trained); nothing is written there."""
-    tasks = train_tasks(request)  # builds (and so checks) each run's config first
-    plan, estimates = None, {}
+    _ = request.configs  # builds (and so checks) each run's config first
+    plan, by_run = None, {}
     # No data, weights, space or writable folder: one error now, not one per kernel or job (records: none needed).
     if preflight and not request.records_only:
         plan = request.plan()
@@ -103,13 +106,16 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
 
         log(f"[sweep] {estimate_line(plan)}")
         by_run = {(r.variant, r.seed): r.estimate for r in plan.runs}
-        estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in by_run}
-    result, started = SweepResult(), time.perf_counter()
     record_of = record_finder(request)
     executor: Executor = (LocalExecutor(local.slot_layout(request.jobs, request.runs_per_gpu, request.threads),
                                         record_of) if request.executor == "local" else
                           SlurmExecutor(record_of, request.slurm, request.out / request.profile / "slurm",
                                         f"srlib-{request.profile}", request.threads))
+    if isinstance(executor, SlurmExecutor) and not request.records_only:
+        executor.check_request()  # before the data is decoded for its key: a refusal takes seconds, not minutes
+    tasks = train_tasks(request)  # the data's key is in each run's folder: known once the data passed the checks
+    estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in by_run}
+    result, started = SweepResult(), time.perf_counter()
     reporter = Reporter(log, live, executor.parallel, estimates=estimates,
                         after_s=ANALYSIS_S if plan is not None and request.analysis else 0.0)
     # A records folder is only read (and may be a committed one): no lock file there.
@@ -240,9 +246,9 @@ def _render_records(todo: list[Task], reporter: Reporter, result: SweepResult, r
 
 def _write_summary(request: SweepRequest, result: SweepResult) -> None:
     write_json(request.out / request.profile / "sweep.json", {
-        "profile": request.profile, "seeds": request.seeds, "variants": list(request.variants), "done": result.done,
-        "skipped": result.skipped, "failed": result.failed, "logs": result.logs, "submitted": result.submitted,
-        "seconds": result.seconds})
+        "profile": request.profile, "dataset": request.dataset_key, "seeds": request.seeds,
+        "variants": list(request.variants), "done": result.done, "skipped": result.skipped, "failed": result.failed,
+        "logs": result.logs, "submitted": result.submitted, "seconds": result.seconds})
 
 
 # --- the analysis and the book ---------------------------------------------------------------------------
@@ -265,7 +271,8 @@ def finish(request: SweepRequest, log: Callable[[str], None] = print, rerun: boo
         quality["sr_weights"] = request.overrides["sr_weights"]
     for template in ANALYSIS:
         output = notebooks_out / template
-        params = quality if template == "sr_quality.ipynb" else common
+        # The results page shows this sweep's data and names the other datasets in `out`.
+        params = quality if template == "sr_quality.ipynb" else {**common, "dataset": request.dataset_key}
         if not rerun and _is_current(output, params, records):
             result.skipped.append(template)
             continue
@@ -281,7 +288,7 @@ def finish(request: SweepRequest, log: Callable[[str], None] = print, rerun: boo
         log(f"[sweep] analysis: {', '.join(result.done)} ({(time.time() - started) / 60:.1f} min)")
     elif result.skipped:
         log("[sweep] analysis notebooks up to date with every record, skipped")
-    result.verdicts, result.left_out = read_outcome(out, profile)
+    result.verdicts, result.left_out = read_outcome(out, profile, request.dataset_key)
     if request.book and not result.failed:
         result.index = _build_book(notebooks_out, log)
     if announce:
@@ -305,14 +312,14 @@ def _run_quietly(task: Task) -> None:
         raise SrlibError(last_error_line(task.log) or f"the worker exited with code {code}")
 
 
-def read_outcome(out: Path, profile: str) -> tuple[list[str], list[str]]:
+def read_outcome(out: Path, profile: str, dataset: str | None = None) -> tuple[list[str], list[str]]:
     """The headline verdicts (SR - resize at each scale, one line each) over the records the report shows, and
     each record or dataset it leaves out, with why, as the results page names them (srlib.report)."""
     from ..report.record_checks import load_checked, select_dataset
     from ..report.report_text import headline_verdicts
 
     records, rejected = load_checked(out, profile)  # an unreadable or inconsistent record is named, not raised
-    shown, others = select_dataset(records)
+    shown, others = select_dataset(records, dataset)
     left_out = [f"{path}: {why}" for path, why in rejected]
     left_out += [f"{runs} run(s) on {name}: another dataset, never pooled" for name, runs in others.items()]
     return headline_verdicts(shown), left_out

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..runs import NOTEBOOKS, ROOT
-from ..store import read_json, write_json
+from ..store import read_json_or_none, write_json
 
 KERNEL = "python3"  # the kernel of the interpreter running the sweep (ipykernel's native spec)
 JOB = "job.json"
@@ -163,10 +163,7 @@ def write_job(task: Task, state: str, **info) -> None:
 
 
 def read_job(run_dir: str | Path) -> dict | None:
-    try:
-        return read_json(Path(run_dir) / JOB)
-    except (OSError, ValueError):
-        return None
+    return read_json_or_none(Path(run_dir) / JOB)
 
 
 @dataclass(frozen=True)

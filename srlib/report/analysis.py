@@ -14,7 +14,7 @@ import pandas as pd
 from ..config import variant_of
 from ..runs import sr_quality_path
 from ..statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mean_ci
-from ..store import read_json
+from ..store import read_json_or_none
 from ..upscale import DEFAULT_SR_MODEL
 from .comparisons import (
     HEADLINE_METRIC,
@@ -28,7 +28,7 @@ from .comparisons import (
     select_stats,
 )
 from .formats import fmt, fmt_diff, fmt_interval, fmt_p, fmt_pp
-from .record_checks import dataset_name, one_dataset
+from .record_checks import dataset_key, one_dataset
 from .report_text import device_name
 
 # --- Per-run frames ------------------------------------------------------------------------------------
@@ -140,11 +140,7 @@ def sr_model_gains(source: Source) -> pd.DataFrame:
 
 def load_quality(out: str | os.PathLike, profile: str) -> dict | None:
     """The SR-quality record the sweep's sr_quality notebook wrote for this profile, if any."""
-    path = sr_quality_path(out, profile)
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return None
+    return read_json_or_none(sr_quality_path(out, profile))
 
 
 def pixels_or_model(source: Source, quality: dict | None) -> pd.DataFrame:
@@ -199,7 +195,7 @@ def provenance_table(record: dict) -> pd.DataFrame:
     provenance = record["provenance"]
     values = {**record["config"], "upscaler": upscaler.get("method"),
               "weights_sha256": upscaler.get("weights_sha256"),
-              "data": dataset_name(record["data"]["dataset"]),
+              "data": dataset_key(record["data"]["dataset"]),
               "data_sha256": record["data"]["dataset"].get("content_sha256"),
               "commit": provenance["git"].get("commit"), "dirty": provenance["git"].get("dirty"),
               "torch": provenance.get("versions", {}).get("torch"), "device": device_name(record)}

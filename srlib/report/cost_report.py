@@ -15,7 +15,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..config import STUDY_SCALES, VARIANTS
+from ..config import STUDY_SCALES
+from ..data import image_hw
 from ..flops import train_flops_per_image
 from ..statistics import LEVEL, mean_ci
 from .comparisons import order_variants
@@ -98,15 +99,20 @@ def cost_caption(records: list[dict]) -> str:
 
 
 def compute_ratios(records: list[dict]) -> dict[int, float]:
-    """Training compute at x`s` over the 32 px original, per image (same images and epochs), for this width."""
+    """Training compute at x`s` over the original, per image (same images and epochs), for this width."""
     width = records[0].get("model", {}).get("width") or records[0]["config"]["width"]
-    px = VARIANTS["original"].px
+    px = _side(records)
     return {s: train_flops_per_image(px * s, width) / train_flops_per_image(px, width) for s in STUDY_SCALES}
+
+
+def _side(records: list[dict]) -> int:
+    """The width of the dataset's own images (the `original` variant's input): 32 for CIFAR-10."""
+    return image_hw(records[0]["data"]["dataset"])[1]
 
 
 def cost_sentence(records: list[dict]) -> str:
     """Plainly: what x2 and x4 cost over `original`, and where a doubling of compute bought the most."""
-    ratios, px = compute_ratios(records), VARIANTS["original"].px
+    ratios, px = compute_ratios(records), _side(records)
     text = (" and ".join(f"x{s} costs {r:.0f}× the training compute of `original`" for s, r in ratios.items())
             + f" (FLOPs of the ResNet-18 at {' and '.join(str(px * s) for s in ratios)} px over {px} px, "
               "same images and epochs); the SR or resizing of the images is a one-time cost on top (measured in "

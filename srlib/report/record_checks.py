@@ -17,19 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import CANONICAL_SHA256, JPEG_SHA256, dataset_key, dataset_name, image_hw
 from ..errors import SrlibError
 from ..runs import PREDICTIONS, record_paths
 from ..store import load_arrays, read_json
 from ..train import RECORD_SCHEMA
 
 KNOWN_SCHEMAS = (RECORD_SCHEMA,)  # the record schemas this report reads: the one srlib.train writes
-# Datasets this project has met, by content hash (srlib.data.content_sha256 of the decoded pixels).
-CANONICAL_SHA256 = "c8cc1b7842dbae1862bce9c40c43a954228b05864b94dce7128f835e6c6f375a"
-KNOWN_DATASETS = {
-    CANONICAL_SHA256: "canonical CIFAR-10 (lossless)",
-    "653ddc0f9271b72e3e4b7bb9eee2d6152cb6f9e10406a7f027785da9bfeb0ff4":
-        "CIFAR-10 JPEG q75 copy (lossy, not canonical CIFAR-10)",
-}
+# What the report says of the datasets srlib.data knows by hash, where a page needs more than their name.
+PROSE = {CANONICAL_SHA256: "canonical CIFAR-10, lossless",
+         JPEG_SHA256: "a lossy JPEG q75 copy of CIFAR-10, not canonical CIFAR-10"}
 ACCURACY_TOLERANCE = 1e-6  # pp: the summary copies the epoch's accuracy, so they agree to rounding only
 
 
@@ -37,14 +34,19 @@ def dataset_sha(record: dict) -> str | None:
     return record.get("data", {}).get("dataset", {}).get("content_sha256")
 
 
-def dataset_name(identity: dict) -> str:
-    """A dataset by name and hash (never by a path, which belongs to the machine that made the record)."""
+def dataset_label(identity: dict) -> str:
+    """A dataset as a page names it: its name (as its source gives it, never a path), what it is where known,
+    its image size, classes and counts (where the record has them) and a short content hash."""
     sha = identity.get("content_sha256") or "unknown"
-    name = KNOWN_DATASETS.get(sha)
-    if name is None:
-        name = ("a lossy copy of CIFAR-10 (not canonical CIFAR-10)" if identity.get("lossy")
-                else "a CIFAR-10-like dataset that is not canonical CIFAR-10")
-    return f"{name}, sha256 {sha[:12]}"
+    facts = [PROSE.get(sha) or ("lossy (JPEG) images" if identity.get("lossy") else "")]
+    if identity.get("image_size"):
+        height, width = image_hw(identity)
+        facts.append(f"{width}×{height} px")
+    if identity.get("classes"):
+        facts.append(f"{len(identity['classes'])} classes")
+    if identity.get("train_count"):
+        facts.append(f"{identity['train_count']:,} training / {identity.get('test_count', 0):,} test images")
+    return f"{dataset_name(identity)} ({', '.join(f for f in facts if f)}, sha256 {sha[:12]})"
 
 
 def is_canonical(record: dict) -> bool:
@@ -57,7 +59,8 @@ class Loaded:
 
     records: list[dict]
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (record path, reason)
-    others: dict[str, int] = field(default_factory=dict)  # other datasets' names -> their runs, not shown here
+    others: dict[str, int] = field(default_factory=dict)  # other datasets' keys -> their runs, not shown here
+    out: str = "runs"  # the folder they were read from (the command that shows another dataset names it)
 
 
 def problems(record: dict) -> list[str]:
@@ -161,29 +164,34 @@ def by_dataset(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def select_dataset(records: list[dict], dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
-    """The records of one dataset (a content-hash prefix, or by default the one with the most runs), and
-    the other datasets' names with their run counts (shown as left out, never pooled)."""
+    """The records of one dataset (`dataset`: its name, e.g. cifar10, its key, e.g. cifar10-c8cc1b78, or a
+    content-hash prefix; by default the one with the most runs), and the other datasets' keys with their run
+    counts (shown as left out, never pooled)."""
     groups = by_dataset(records)
     if not groups:
         return [], {}
-    if dataset is None:
-        chosen = next(iter(groups))
-    else:
-        matching = [sha for sha in groups if sha and sha.startswith(dataset)]
-        if len(matching) != 1:
-            raise SrlibError(f"dataset {dataset!r} matches {len(matching)} of the datasets of these records "
-                             f"({', '.join(dataset_name(g[0]['data']['dataset']) for g in groups.values())}); "
-                             "give a longer prefix of one content hash")
-        chosen = matching[0]
-    others = {dataset_name(g[0]["data"]["dataset"]): len(g) for sha, g in groups.items() if sha != chosen}
+    chosen = next(iter(groups)) if dataset is None else _matching(groups, dataset)
+    others = {dataset_key(g[0]["data"]["dataset"]): len(g) for sha, g in groups.items() if sha != chosen}
     return groups[chosen], others
+
+
+def _matching(groups: dict[str, list[dict]], dataset: str) -> str:
+    wanted = dataset.lower()
+    identities = {sha: g[0]["data"]["dataset"] for sha, g in groups.items()}
+    matching = [sha for sha, identity in identities.items()
+                if wanted in (dataset_name(identity).lower(), dataset_key(identity))
+                or (sha and sha.startswith(wanted))]
+    if len(matching) != 1:
+        raise SrlibError(f"dataset {dataset!r} matches {len(matching)} of the datasets of these records "
+                         f"({', '.join(dataset_key(i) for i in identities.values())}); give one of these keys")
+    return matching[0]
 
 
 def one_dataset(records: list[dict]) -> list[dict]:
     """`records` unchanged when they are all on one dataset; otherwise an error: they are never pooled."""
     shas = {dataset_sha(r) for r in records}
     if len(shas) > 1:
-        names = sorted(dataset_name(g[0]["data"]["dataset"]) for g in by_dataset(records).values())
+        names = sorted(dataset_label(g[0]["data"]["dataset"]) for g in by_dataset(records).values())
         raise SrlibError(f"these records were made on {len(shas)} datasets ({'; '.join(names)}), which are never "
                          "pooled or compared; take one with srlib.record_checks.select_dataset")
     return records

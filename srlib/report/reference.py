@@ -3,7 +3,7 @@
 The reference trained one seed per variant with the `paper` protocol on canonical CIFAR-10 and reported
 the max test accuracy and the mean of the 5 best epochs (both picked on the test set). Ours are set beside
 them only when they were made the same way (profile `paper`, canonical CIFAR-10 by content hash); other
-runs are labelled as not comparable, with the reason.
+CIFAR-10 runs are labelled as not comparable, with the reason; runs on other datasets get no reference table.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ..config import variant_of
 from ..statistics import LEVEL, mean_ci
 from .comparisons import METRICS, comparisons, order_variants
 from .formats import decimals, fmt, fmt_diff, fmt_pp
-from .record_checks import dataset_name, is_canonical, one_dataset
+from .record_checks import CANONICAL_SHA256, JPEG_SHA256, dataset_label, dataset_sha, is_canonical, one_dataset
 
 # The reference report (one seed per variant, picked on the test set): max test accuracy and mean of the
 # 5 best epochs, in percent. Quoted for comparison; never produced by this code. The one place they live.
@@ -27,6 +27,12 @@ REFERENCE = {
 }
 REFERENCE_METRICS = ("max_test_acc", "top5_mean_test_acc")  # the order of each REFERENCE tuple
 REFERENCE_PROFILE = "paper"
+CIFAR10_COPIES = (CANONICAL_SHA256, JPEG_SHA256)  # the data the reference's table is shown for (by content hash)
+
+
+def on_cifar10(records: list[dict]) -> bool:
+    """These runs are on CIFAR-10 (canonical or its known copy): only then has the reference a table here."""
+    return bool(records) and dataset_sha(one_dataset(records)[0]) in CIFAR10_COPIES
 
 
 def not_comparable(records: list[dict]) -> str | None:
@@ -36,7 +42,7 @@ def not_comparable(records: list[dict]) -> str | None:
     first = one_dataset(records)[0]
     why = []
     if not is_canonical(first):
-        why.append(f"they were trained on {dataset_name(first['data']['dataset'])}")
+        why.append(f"they were trained on {dataset_label(first['data']['dataset'])}")
     profiles = sorted({r["config"]["profile"] for r in records} - {REFERENCE_PROFILE})
     if profiles:
         why.append(f"profile {', '.join(profiles)} is not the reference's protocol ({REFERENCE_PROFILE})")
@@ -56,6 +62,8 @@ def reference_table(records: list[dict]) -> pd.DataFrame:
     """Per variant and statistic (max, top-5 mean): the reference's number, ours (mean ± 95% t half-width
     over seeds) and whether the reference falls inside our interval; ours only where comparable."""
     why = not_comparable(records)
+    if not on_cifar10(records):
+        return pd.DataFrame()
     if why:  # the reference's numbers alone, and for each variant whether ours exist (not comparable) or not
         present = {r["config"]["variant"] for r in records}
         return pd.DataFrame([{"variant": v, **{f"reference {METRICS[k]} (%)": f"{x:g}" for k, x in
@@ -79,6 +87,8 @@ def reference_differences(records: list[dict]) -> pd.DataFrame:
     """SR − resize of the top-5 mean per scale: the reference's (one seed) beside ours (paired by seed,
     mean ± t half-width) and whether the reference's lies inside our interval."""
     why = not_comparable(records)
+    if not on_cifar10(records):
+        return pd.DataFrame()
     key = "top5_mean_test_acc"
     rows = []
     for scale in sorted({variant_of(v).scale for v in REFERENCE if variant_of(v).scale > 1}):
@@ -102,6 +112,8 @@ def reference_differences(records: list[dict]) -> pd.DataFrame:
 def scaled_differences(records: list[dict]) -> list[tuple[str, float, float]]:
     """(label, ours, the reference's) for every comparison whose two variants the reference report has: the
     difference A − B of the max test accuracy (the reference's statistic, pp), ours the mean over shared seeds."""
+    if not on_cifar10(records):
+        return []
     by_seed = {(r["config"]["variant"], r["config"]["seed"]): r["summary"]["max_test_acc"] for r in records}
     found = []
     for c in comparisons({v for v, _ in by_seed}):
@@ -118,6 +130,9 @@ def comparability_note(records: list[dict]) -> str:
     if why is None:
         return ("These runs use the reference's protocol on canonical CIFAR-10, so ours stand beside the "
                 "reference's numbers with the same statistic.")
+    if records and not on_cifar10(records):
+        return (f"The reference report was made on canonical CIFAR-10; these runs are on "
+                f"{dataset_label(records[0]['data']['dataset'])}, so its numbers have no place here.")
     variants = order_variants({r["config"]["variant"] for r in records})
     return (f"Our runs ({', '.join(variants)}) are not comparable with the reference: {why}. Their numbers are in "
             "the tables above; here only the reference's are shown. Runs of profile `paper` on canonical CIFAR-10 "

@@ -20,7 +20,7 @@ from .comparisons import (
     select_stats,
 )
 from .formats import decimals, fmt_interval, fmt_p, fmt_pp
-from .record_checks import Loaded, dataset_name, load_checked, one_dataset, select_dataset
+from .record_checks import Loaded, dataset_label, load_checked, one_dataset, select_dataset
 from .reference import scaled_differences
 
 # --- Verdicts ------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def run_summary(record: dict) -> str:
     return (
         f"**{c['variant']}**, seed {c['seed']}, profile `{c['profile']}`: {record['input_px']} px inputs, {model}, "
         f"{len(record['epochs'])} epochs on {d['train_subset']['size']:,} training / {d['test_subset']['size']:,} "
-        f"test images of {dataset_name(d['dataset'])}. "
+        f"test images of {dataset_label(d['dataset'])}. "
         f"Max test accuracy {s['max_test_acc']:.2f}% (epoch {s['best_epoch']}), mean of the 5 best epochs "
         f"{s['top5_mean_test_acc']:.2f}%, final {s['final_test_acc']:.2f}%; {s['train_seconds']:.0f} s of training "
         f"on {device_name(record)}{precision}."
@@ -166,7 +166,7 @@ def study_facts(records: list[dict]) -> dict:
         "profiles": sorted({r["config"]["profile"] for r in records}),
         "seeds": sorted({r["config"]["seed"] for r in records}),
         "variants": order_variants({r["config"]["variant"] for r in records}),
-        "dataset": dataset_name(first["data"]["dataset"]),
+        "dataset": dataset_label(first["data"]["dataset"]),
         "lossy": bool(first["data"]["dataset"].get("lossy")),
         "train_size": first["data"]["train_subset"]["size"],
         "test_size": first["data"]["test_subset"]["size"],
@@ -181,10 +181,10 @@ def study_summary(records: list[dict]) -> str:
     """One markdown paragraph: which runs, what network and data, where and with which code."""
     f = study_facts(records)
     runs = f"{len(records)} run{'s' if len(records) > 1 else ''}"
-    return (f"{runs} of profile {', '.join(f'`{p}`' for p in f['profiles'])}: variants "
+    return (f"On **{f['dataset']}**: {runs} of profile {', '.join(f'`{p}`' for p in f['profiles'])}: variants "
             f"{', '.join(f['variants'])}; seeds {', '.join(map(str, f['seeds']))}; ResNet-18 width {f['width']}, "
-            f"{f['epochs']} epochs, {f['train_size']:,} training and {f['test_size']:,} test images of "
-            f"**{f['dataset']}**; devices: {', '.join(f['devices'])}; code commit(s) {', '.join(f['commits'])}. "
+            f"{f['epochs']} epochs on subsets of {f['train_size']:,} training and {f['test_size']:,} test images; "
+            f"devices: {', '.join(f['devices'])}; code commit(s) {', '.join(f['commits'])}. "
             "Every table and figure on this page is on this dataset.")
 
 
@@ -193,7 +193,7 @@ def caveats(records: list[dict]) -> list[str]:
     f = study_facts(records)
     found = []
     if f["lossy"]:
-        found.append(f"The data is {f['dataset']}: absolute accuracies are a few points below canonical CIFAR-10 "
+        found.append(f"The data is {f['dataset']}: absolute accuracies are a few points below a lossless copy's "
                      "and not comparable with the reference report; differences between variants trained on the "
                      "same copy are comparable.")
     scaled = [p for p in f["profiles"] if p != "paper"]
@@ -253,8 +253,8 @@ def missing_runs_note(records: list[dict]) -> str:
 
 
 def require_records(out: str | os.PathLike, profile: str, dataset: str | None = None) -> Loaded:
-    """The checked records of `profile` under `out` on one dataset (`dataset`: a content-hash prefix;
-    default the one with most runs), what was left out and why, or an error saying how to make them."""
+    """The checked records of `profile` under `out` on one dataset (`dataset`: its name, key or a content-hash
+    prefix; default the one with most runs), what was left out and why, or an error saying how to make them."""
     records, rejected = load_checked(out, profile)
     rejected = [(_relative(path, out), why) for path, why in rejected]
     if not records:
@@ -264,7 +264,7 @@ def require_records(out: str | os.PathLike, profile: str, dataset: str | None = 
                          f"; make them with `{sweep_command(profile, 1)}` (or `make report PROFILE={profile}`), or "
                          "point the notebook's `out` parameter at the folder that holds them")
     chosen, others = select_dataset(records, dataset)
-    return Loaded(chosen, rejected, others)
+    return Loaded(chosen, rejected, others, str(out))
 
 
 def _relative(path: str, out: str | os.PathLike) -> str:
@@ -277,7 +277,9 @@ def _relative(path: str, out: str | os.PathLike) -> str:
 def loading_notes(loaded: Loaded) -> str:
     """Markdown: the records left out (with the reason) and the other datasets' runs, not shown here."""
     lines = [f"- **Left out**: `{path}`: {why}." for path, why in loaded.rejected]
-    lines += [f"- **Not on this page**: {n} run{'s' if n > 1 else ''} on {name}; runs on different data are never "
-              "pooled or compared (rerun this notebook with `dataset` set to its hash to see them)."
-              for name, n in loaded.others.items()]
+    lines += [f"- **Not on this page**: {n} run{'s' if n > 1 else ''} on `{key}` (runs on different data are never "
+              f"pooled or compared); its results page: `make report RECORDS={loaded.out} DATASET={key}` (trains "
+              f"nothing; `srlib sweep --records {loaded.out} --dataset {key}`), or this notebook with "
+              f"`dataset = \"{key}\"`."
+              for key, n in loaded.others.items()]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Where SR helps: the test images on which the SR-trained and the resize-trained models disagree.
 
 Per scale (and SR model), from the final-epoch per-image predictions: the disagreements per class and over
-seeds, and the clearest cases both ways, pictured as the classifier saw them (32 px original, bicubic, SR).
+seeds, and the clearest cases both ways, pictured as the classifier saw them (original, bicubic, SR, with sizes).
 The pictures come only from the dataset whose content hash the records name and from the runs' verified SR
 cache or the weights whose sha256 the record names; without them the page names what is missing.
 """
@@ -22,7 +22,7 @@ from ..upscale import build_upscaler, default_weights_dir, local_checkpoint, sr_
 from . import figures
 from .comparisons import HEADLINE_RULE, Comparison, select_rules
 from .formats import fmt_pp
-from .record_checks import dataset_name, dataset_sha, one_dataset
+from .record_checks import dataset_label, dataset_sha, one_dataset
 from .report_text import no_pairs_note
 
 CASES_PER_SIDE = 4  # images shown each way: one row each, across distinct classes first
@@ -133,22 +133,22 @@ class PicturesUnavailable(SrlibError):
 
 def case_images(d: Disagreements, indices: np.ndarray, data: str | None = None,
                 cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """The images at `indices` as the classifier saw them: {"original 32 px", "bicubic ...", "SR ..."}
+    """The images at `indices` as the classifier saw them: {"original <side> px", "bicubic ...", "SR ..."}
     (uint8 NCHW); PicturesUnavailable naming the missing input otherwise."""
     record = d.runs_a[0]
     identity = record["data"]["dataset"]
     fix = ("point SRLIB_DATA (or the notebook's `data`) at that dataset and rebuild the report (the same "
            "`srlib sweep` command: nothing retrains)")
     if locate(data)["kind"] == "download":
-        raise PicturesUnavailable(f"no CIFAR-10 is configured here (SRLIB_DATA is not set), and these runs were made "
-                                  f"on {dataset_name(identity)}; {fix}")
+        raise PicturesUnavailable(f"no data is configured here (SRLIB_DATA is not set), and these runs were made "
+                                  f"on {dataset_label(identity)}; {fix}")
     try:
         dataset = load_dataset(data, cache_dir=cache_dir)
     except SrlibError as exc:
         raise PicturesUnavailable(f"the data here could not be read ({exc}); {fix}") from exc
     if dataset.identity.get("content_sha256") != dataset_sha(record):
-        raise PicturesUnavailable(f"the data here is {dataset_name(dataset.identity)}, but these runs were made on "
-                                  f"{dataset_name(identity)}; {fix}")
+        raise PicturesUnavailable(f"the data here is {dataset_label(dataset.identity)}, but these runs were made on "
+                                  f"{dataset_label(identity)}; {fix}")
     subset = stratified_subset(dataset.test_y, record["config"].get("test_size"))
     if sha256_array(subset) != record["data"]["test_subset"].get("indices_sha256") or not np.array_equal(
             dataset.test_y[subset], d.labels):
@@ -157,8 +157,9 @@ def case_images(d: Disagreements, indices: np.ndarray, data: str | None = None,
     scale = d.comparison.scale
     bicubic = upscale(originals[indices], build_upscaler("bicubic", scale), progress=False)
     sr = _sr_images(d, originals, indices, cache_dir if cache_dir is not None else default_cache_dir())
-    return {"original 32 px": originals[indices], f"bicubic {32 * scale} px": bicubic,
-            f"SR {32 * scale} px": sr}
+    side = originals.shape[-1]  # the dataset's own width: 28 px data gives 56 / 112 px variants
+    return {f"original {side} px": originals[indices], f"bicubic {side * scale} px": bicubic,
+            f"SR {side * scale} px": sr}
 
 
 def _sr_images(d: Disagreements, originals: np.ndarray, indices: np.ndarray, cache_dir) -> np.ndarray:

@@ -19,15 +19,21 @@ UNPACKED = ("runs/", "logs/", "timing.json", TIMING_LOG, f"kit_{MANIFEST}", f"ki
 PARTIAL_DIR = "partial"
 
 
+def _copy(source: Path, target: Path) -> Path:
+    """`source` to `target`, its folder made first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+    return target
+
+
 def pack(state: KitRun, lines: list[str]) -> Path:
     """One archive in `out`: records, predictions, sr-quality, timing and logs; never checkpoints."""
     from ...provenance import DIFF_FILE
     from ...runs import PREDICTIONS, RECORD, record_paths, sr_quality_paths
     from ...store import atomic_write_bytes, write_json
 
-    stage = Path(tempfile.mkdtemp(prefix="srlib-kit-pack-"))
-    try:
-        runs = state.runs
+    with tempfile.TemporaryDirectory(prefix="srlib-kit-pack-", ignore_cleanup_errors=True) as tmp:
+        stage, runs = Path(tmp), state.runs
         for record in record_paths(runs):
             target = stage / "runs" / record.parent.relative_to(runs)
             target.mkdir(parents=True)
@@ -42,14 +48,11 @@ def pack(state: KitRun, lines: list[str]) -> Path:
                 if (record.parent / name).is_file():
                     shutil.copy2(record.parent / name, target / name)
         for extra in sr_quality_paths(runs):
-            target = stage / "runs" / extra.relative_to(runs)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(extra, target)
+            _copy(extra, stage / "runs" / extra.relative_to(runs))
         logs = state.work / "logs"
         for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
             (stage / "logs").mkdir(exist_ok=True)
-            data = path.read_bytes()[-LOG_KEEP_BYTES:]
-            (stage / "logs" / path.name).write_bytes(data)
+            (stage / "logs" / path.name).write_bytes(path.read_bytes()[-LOG_KEEP_BYTES:])
         for name in (MANIFEST, DIFF):
             if (state.kit / name).is_file():
                 shutil.copy2(state.kit / name, stage / f"kit_{name}")
@@ -73,8 +76,6 @@ def pack(state: KitRun, lines: list[str]) -> Path:
         over = "; OVER the 16 MiB a file brought back may have" if size > RETURN_FILE_LIMIT_BYTES else ""
         state.log(f"[kit] packed {archive} ({size / 2**20:.2f} MiB{over}) and {state.out / TIMING_LOG}")
         return archive
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def ship_partial(state: KitRun) -> None:
@@ -113,33 +114,14 @@ def ship_piece(index: int, out: Path, work: Path | None = None) -> Path:
 # ---------------------------------------------------------------- unpack (back here)
 
 
-def _dataset_of(record: dict) -> str | None:
-    return record.get("data", {}).get("dataset", {}).get("content_sha256")
-
-
-def _refuse_other_data(stage: Path, results: Path) -> None:
-    """Records of different datasets are never mixed in one folder: a record there on other data stays, and the
-    archive is not unpacked until it has moved to its own set."""
-    from ...runs import RECORD, record_paths
-
-    for record in record_paths(stage / "runs"):
-        target = results / record.parent.relative_to(stage / "runs") / RECORD
-        if target.is_file():
-            old, new = json.loads(target.read_text()), json.loads(record.read_text())
-            if _dataset_of(old) != _dataset_of(new):
-                raise KitError(f"{target.parent} holds a record on other data (content sha256 "
-                               f"{str(_dataset_of(old))[:16]}..., the archive's is {str(_dataset_of(new))[:16]}...); "
-                               f"move those records to their own set (e.g. {results.name}-jpeg75/) first; nothing "
-                               "was unpacked")
-
-
 def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
            pieces: list[Path] | None = None) -> list[Path]:
-    """Records (and predictions, sr-quality) to `results/<profile>/<variant>/seed<k>/`, the probe table to
-    `results/gpu_probe.json`, the rest to `results/gpu-<start time>/`. A complete record is never replaced by a
-    partial one, nor a record by one on other data. `pieces`: the shipped checkpoint's piece folders (ckpt-N),
-    kept under `results/partial/` until the run completes."""
-    from ...runs import RECORD, record_paths, sr_quality_paths
+    """Records (and predictions, sr-quality) to `results/<profile>/<dataset>/<variant>/seed<k>/`, the probe table
+    to `results/gpu_probe.json`, the rest to `results/gpu-<start time>/`. A complete record is never replaced by a
+    partial one (in either layout; an old-layout folder a new record replaces is removed); records on other data
+    land beside it. `pieces`: the shipped checkpoint's piece folders (ckpt-N), kept under `results/partial/` until
+    the run completes."""
+    from ...runs import load_record, record_dataset, record_paths, run_dir, sr_quality_paths
     from .partial import keep
 
     if not archive.is_file():
@@ -147,55 +129,46 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
                        "its OUT folder first")
     written = []
     with tempfile.TemporaryDirectory(prefix="srlib-kit-unpack-") as tmp, tarfile.open(archive, "r:gz") as tar:
-        members = []
-        for member in tar.getmembers():
+        members = tar.getmembers()
+        for member in members:
             name = Path(member.name)
             if (not member.isfile() or name.is_absolute() or ".." in name.parts
                     or not any(member.name == k or member.name.startswith(k) for k in UNPACKED)
                     or name.suffix == ".pt"):
                 raise KitError(f"{archive} holds an unexpected entry {member.name!r}; not unpacked. Was it made "
                                "by `srlib kit run`?")
-            members.append(member)
         # Every member was checked above (plain files, relative, known names); the data filter checks again.
         tar.extractall(tmp, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         stage = Path(tmp)
-        _refuse_other_data(stage, results)
         timing = json.loads((stage / "timing.json").read_text())
         stamp = timing["started"].replace(":", "").replace("+0000", "Z").replace("+00:00", "Z")
         for record in record_paths(stage / "runs"):
-            relative = record.parent.relative_to(stage / "runs")
-            target = results / relative
             new = json.loads(record.read_text())
-            if (target / RECORD).is_file():
-                old = json.loads((target / RECORD).read_text())
-                if old.get("status") == "complete" and new.get("status") != "complete":
-                    log(f"[kit] kept the complete record in {target} (the archive's is {new.get('status')})")
-                    continue
-            target.mkdir(parents=True, exist_ok=True)
-            for path in sorted(record.parent.iterdir()):
-                shutil.copy2(path, target / path.name)
-                written.append(target / path.name)
+            profile, *_, variant, seed = record.parent.relative_to(stage / "runs").parts  # either layout
+            dataset = record_dataset(new)
+            target = run_dir(results, profile, dataset, variant, int(seed.removeprefix("seed")))
+            relative = target.relative_to(results)
+            old = load_record(results, profile, variant, int(seed.removeprefix("seed")), dataset)
+            if old is not None and old.get("status") == "complete" and new.get("status") != "complete":
+                log(f"[kit] kept the complete record in {Path(old['_path']).parent} (the archive's is "
+                    f"{new.get('status')})")
+                continue
+            written += [_copy(path, target / path.name) for path in sorted(record.parent.iterdir())]
             log(f"[kit] {relative}: {new.get('status')}, {len(new.get('epochs', []))} epochs -> {target}")
+            if old is not None and Path(old["_path"]).parent != target:  # the old layout's copy of this run
+                shutil.rmtree(Path(old["_path"]).parent)
+                log(f"[kit] moved to the layout with the dataset: removed {Path(old['_path']).parent}")
             done = results / PARTIAL_DIR / relative.as_posix().replace("/", "-")
             if new.get("status") == "complete" and done.is_dir():
                 shutil.rmtree(done)  # its checkpoint stays in git history
                 log(f"[kit] {relative} completed: removed its checkpoint pieces {done}")
-        for quality in sr_quality_paths(stage / "runs"):
-            target = results / quality.relative_to(stage / "runs")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(quality, target)
-            written.append(target)
+        written += [_copy(q, results / q.relative_to(stage / "runs")) for q in sr_quality_paths(stage / "runs")]
         folder = results / f"gpu-{stamp}"
         folder.mkdir(parents=True, exist_ok=True)
-        for path in sorted(stage.rglob("*")):
-            if path.is_file() and "runs" not in path.relative_to(stage).parts:
-                target = folder / path.relative_to(stage)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
-                written.append(target)
+        written += [_copy(path, folder / path.relative_to(stage)) for path in sorted(stage.rglob("*"))
+                    if path.is_file() and "runs" not in path.relative_to(stage).parts]
         if (stage / PROBE_FILE).is_file():
-            shutil.copy2(stage / PROBE_FILE, results / PROBE_FILE)
-            written.append(results / PROBE_FILE)
+            written.append(_copy(stage / PROBE_FILE, results / PROBE_FILE))
             log(f"[kit] probe table -> {results / PROBE_FILE}")
         log(f"[kit] timing log and run logs -> {folder}")
     if pieces:

@@ -1,9 +1,7 @@
 """`srlib kit assemble` (here): the kit folder filled with what the GPU machine lacks, sized against what one
-command may copy there, and the next session's commands.
-
-What a kit holds: the data staged in pieces (kit.dataset_pieces), the SR weights the variants need (checked by sha256),
-the `spandrel` wheel, the commit and diff of this tree (srlib.provenance), the queue of runs the results lack
-(kit.schedule) and a partial run's checkpoint to resume (kit.partial).
+command may copy there, and the next session's commands. A kit holds the data in pieces (kit.dataset_pieces), the SR
+weights (checked by sha256), the `spandrel` wheel, this tree's commit and diff (srlib.provenance), the queue of runs
+the results lack (kit.schedule) and a partial run's checkpoint to resume (kit.partial).
 """
 
 from __future__ import annotations
@@ -150,8 +148,8 @@ def fetch_wheel(target: Path, package: str = "spandrel", version: str | None = N
 
 
 def source_state(root: Path = ROOT) -> tuple[dict, str]:
-    """(commit, dirty, untracked files) and the diff that turns the commit into this tree ("" when clean): the
-    commit and diff as srlib.provenance sees them, which is what the records made from this tree will say."""
+    """(commit, dirty, untracked files) and the diff that turns the commit into this tree ("" when clean), as
+    srlib.provenance sees them: what the records made from this tree will say."""
     from ...provenance import git_info
 
     info = git_info(root)
@@ -213,11 +211,9 @@ def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[
              transport: str = "webp", results: Path | None = None, seeds: tuple[int, ...] = PAPER_SEEDS,
              piece_bytes: int | None = None) -> tuple[dict, SizeCheck]:
     """Fill `kit` with what the GPU machine lacks; returns the manifest and the size check of the largest command.
-
-    The data is staged in pieces (`kit/stage/N`) of at most what a command may copy next to the repository and
-    the kit's base (`piece_bytes` overrides that, for tests). `results`: the records folder whose missing runs
-    make the queue (default results/paper). `check_location=False` allows a kit outside the repository, to
-    size one without sending it."""
+    The data goes in pieces (`kit/stage/N`) of at most what a command may copy beside the repository and the kit's
+    base (`piece_bytes` overrides that, for tests); `results`: the records whose missing runs make the queue (default
+    results/paper); `check_location=False` allows a kit outside the repository, to size one without sending it."""
     from ...store import write_json
     from .dataset_pieces import stage_dataset
     from .partial import stage_back
@@ -267,8 +263,7 @@ def assemble(kit: Path, parquet: Path, weights_dir: Path | None, variants: list[
 
 
 def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
-    """What the next session runs: its commands (what to copy, what to run) and, from the committed probe table, the
-    schedule."""
+    """The next session's commands (what to copy, what to run) and, from the committed probe table, its schedule."""
     from ...config import make_config
     from .probe import PROBE_FILE
     from .schedule import RunKey, RunNeed, SpeedTable, schedule_window

@@ -1,10 +1,8 @@
 """The GPU kit's dataset: the study's lossless CIFAR-10, staged in pieces and checked by content hash.
 
-Here (`stage_dataset`): the lossless Parquet copy, optionally re-encoded as lossless WebP (kit.transport),
-is cut into as few pieces as fit one command each next to the repository (kit.staging) under `kit/stage/N`.
-There (`unstage`): the pieces the earlier commands left plus the last one are checked and put back together,
-and the decoded data must have the content hash the kit was assembled with; otherwise the job stops with
-one line before anything trains.
+Here (`stage_dataset`): the lossless Parquet copy, optionally as lossless WebP (kit.transport), cut into as few pieces
+as fit one command each (kit.staging) under `kit/stage/N`. There (`unstage`): the pieces put back together, and the
+decoded data must have the content hash the kit was assembled with, or the job stops before anything trains.
 """
 
 from __future__ import annotations

@@ -51,10 +51,7 @@ class Settings:
     sr_quality_images: int
 
     def train_options(self) -> list[str]:
-        options = []
-        for key, value in self.overrides.items():
-            options += [f"--{key.replace('_', '-')}", str(value)]
-        return options
+        return [arg for key, value in self.overrides.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 
 
 PAPER = Settings("paper", "cuda", {}, timing_steps=30, sr_speed_images=1024, sr_quality_images=1000)

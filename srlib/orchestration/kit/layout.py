@@ -38,9 +38,5 @@ def sr_checkpoints(variants: Iterable[str]) -> list:
     """The registered SR checkpoints (srlib.upscale.SRCheckpoint) the SR variants among `variants` need."""
     from ...upscale import sr_checkpoint
 
-    entries = {}
-    for v in variants:
-        if VARIANTS[v].is_sr:
-            entry = sr_checkpoint(VARIANTS[v].sr_model, VARIANTS[v].scale)
-            entries[entry.file] = entry
-    return sorted(entries.values(), key=lambda e: (e.scale, e.model))
+    entries = [sr_checkpoint(VARIANTS[v].sr_model, VARIANTS[v].scale) for v in variants if VARIANTS[v].is_sr]
+    return sorted({e.file: e for e in entries}.values(), key=lambda e: (e.scale, e.model))

@@ -1,12 +1,9 @@
 """A run that spans two GPU sessions: its checkpoint goes back in pieces, sealed, and comes again to resume.
 
-A paper-protocol checkpoint (weights, momentum, scheduler and RNG states) is ~89 MB; a command brings back
-at most 8 files of 16 MiB (kit.layout). `ship` cuts it into pieces of at most SHIP_MAX_CHUNKS files
-(piece 1 leaves room for the session's archive and timing log in the same command); the seal (`seal.json`:
-which run, after which epoch, every chunk's and the checkpoint's sha256) travels with piece 1. Here,
-the pieces are kept under `results/paper/partial/` (never a result; one at a time); a later session gets
-them like the data (one piece per command) and `restore` puts the checkpoint back where `srlib train`
-resumes it, after checking every hash.
+A paper-protocol checkpoint (~89 MB) exceeds what a command brings back (kit.layout): `ship` cuts it into pieces of at
+most SHIP_MAX_CHUNKS files, and the seal (`seal.json`: which run, after which epoch, every sha256) travels with piece
+1. Here the pieces are kept under `results/paper/partial/` (never a result; one at a time); a later session gets them
+like the data, and `restore` puts the checkpoint back where `srlib train` resumes it, after checking every hash.
 """
 
 from __future__ import annotations
@@ -42,16 +39,12 @@ def ship(run_dir: Path, runs: Path, root: Path, chunk_bytes: int = SHIP_CHUNK_BY
     return seal
 
 
-def read_seal(root: Path) -> dict:
+def restore(root: Path, runs: Path) -> Path:
+    """Reassemble the shipped checkpoint from `root`'s pieces into its run folder under `runs`; returns it."""
     path = root / "1" / SEAL
     if not path.is_file():
         raise StagingError(f"{path} is missing: piece 1 of the checkpoint (it carries the seal) did not arrive")
-    return json.loads(path.read_text())
-
-
-def restore(root: Path, runs: Path, seal: dict | None = None) -> Path:
-    """Reassemble the shipped checkpoint from `root`'s pieces into its run folder under `runs`; returns it."""
-    seal = seal or read_seal(root)
+    seal = json.loads(path.read_text())
     target = runs / seal["run"]
     reassemble(root, seal["stage"], target,
                hint="copy checkpoint piece {index} (its folder alone) in a command before this one")

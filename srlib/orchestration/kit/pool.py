@@ -37,22 +37,23 @@ class Launched:
     stopped_by_kit: bool = False  # interrupted (then killed) by `wait` at the job's deadline: a clean stop
 
 
-def _deadline_text(deadline: float) -> str:
-    return dt.datetime.fromtimestamp(deadline, tz=dt.timezone.utc).isoformat()
+def _start(command: list[str], log: Path, env: dict) -> subprocess.Popen:
+    """`command` in a session of its own (the deadline stops it and whatever it started), its output added to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
+        handle.flush()
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _launch_one(state: KitRun, key: RunKey, env: dict, train_args: list[str], threads: str) -> Launched:
-    logs = state.work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    deadline = dt.datetime.fromtimestamp(state.deadline, tz=dt.timezone.utc).isoformat()
     command = [sys.executable, "-m", "srlib", "train", "--variant", key.variant, "--profile", state.settings.profile,
                "--seed", str(key.seed), "--out", str(state.runs), "--device", state.settings.device,
-               "--deadline", _deadline_text(state.deadline), *state.settings.train_options(), *train_args]
-    path = logs / f"train_{key.variant}_seed{key.seed}.log"
-    with path.open("a") as handle:
-        handle.write(f"$ {shlex.join(command)}\n")
-        handle.flush()
-        process = subprocess.Popen(command, cwd=ROOT, env={**env, "OMP_NUM_THREADS": threads}, stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+               "--deadline", deadline, *state.settings.train_options(), *train_args]
+    path = state.work / "logs" / f"train_{key.variant}_seed{key.seed}.log"
+    process = _start(command, path, {**env, "OMP_NUM_THREADS": threads})
     options = f", {shlex.join(train_args)}" if train_args else ""
     state.log(f"[kit] started {key} (pid {process.pid}, log {path.name}{options})")
     return Launched(key.variant, process, path, time.time(), seed=key.seed)
@@ -101,21 +102,16 @@ def _sr_quality(state: KitRun, chosen: list[str], env: dict) -> Launched | None:
     # The default model only: the kit holds the weights of the scales and models being trained, no others.
     command = [sys.executable, "-m", "srlib", "sr-quality", "--scales", *map(str, scales), "--models",
                DEFAULT_SR_MODEL, "--n", str(state.settings.sr_quality_images), "--out", str(target)]
-    (state.work / "logs").mkdir(parents=True, exist_ok=True)
     path = state.work / "logs" / "sr_quality.log"
-    with path.open("a") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, env={**env, "OMP_NUM_THREADS": "2"}, stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process = _start(command, path, {**env, "OMP_NUM_THREADS": "2"})
     state.log(f"[kit] started sr-quality x{', x'.join(map(str, scales))} (pid {process.pid})")
     return Launched("sr_quality", process, path, time.time())
 
 
 def wait(state: KitRun, launched: list[Launched], extra: list[Launched], start_next: Callable[[], None],
          grace_s: float = 10.0) -> None:
-    """Wait for every process, starting queued runs as slots free up; past the packing reserve's start,
-    interrupt (then kill) what still runs.
-
-    `srlib train` stops by itself before its deadline; the interrupt is for an epoch that ran long. An
+    """Wait for every process, starting queued runs as slots free up; past the packing reserve's start, interrupt
+    (then kill) what still runs: an epoch that ran long (`srlib train` stops by itself before its deadline). An
     interrupted run keeps its checkpoint of the finished epochs, so a rerun resumes it."""
     hard_stop = state.deadline + max(0.0, (state.end - state.deadline) / 2 - grace_s)
     interrupted: dict[int, float] = {}

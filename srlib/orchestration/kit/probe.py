@@ -1,23 +1,15 @@
 """Do runs really share the GPU? A probe of aggregate training speed, and NVIDIA MPS start/stop.
 
-Without MPS, processes on one GPU take turns (time slicing), so several `srlib train` processes are not
-faster than one after another unless measured so. The probe measures aggregate training images/s of N
-runs (N = 1, 2, 4) at 32, 64 and 128 px in each way `srlib kit run` can start runs:
+Without MPS, processes on one GPU take turns (time slicing), so several `srlib train` processes are not faster than
+one after another unless measured so. The probe measures aggregate training images/s of N runs (N = 1, 2, 4) at 32,
+64 and 128 px: `alone` (N = 1, in this process: the reference), and `mps` (worker processes under an MPS control
+daemon) or `processes` (the same without MPS, when it is absent). Every run starts from the same seed and batches, so
+its weights must be bit-identical to the run alone's; the table says whether they were. At 128 px it also times the
+faster numerics the planner may choose (kit.schedule.FASTER_NUMERICS). The table goes to
+`results/paper/gpu_probe.json`, from where later sessions read it (kit.schedule), re-checking one size.
 
-- `alone`: one run (N = 1), in this process: the reference every other row is compared with;
-- `mps`: N worker processes under an MPS control daemon (when `nvidia-cuda-mps-control` exists), or
-  `processes`: the same without MPS, when it does not.
-
-Every run starts from the same seed and batches, so its weights after the probe's steps must be
-bit-identical to the run alone; the table says whether they were. At 128 px it also times the faster
-numerics the planner may choose (non-deterministic cuDNN, torch.compile; kit.schedule.FASTER_NUMERICS)
-alone when time allows. The table goes to `results/paper/gpu_probe.json`, from where later sessions read
-it (kit.schedule), re-checking one size.
-
-Speeds are also shown as a fraction of H200_BF16_FLOPS, a bf16 matmul rate measured on the H200 the kit was
-built for: on another GPU that column still means "of the H200's", not of that GPU's own peak.
-
-Needs a CUDA GPU, except the MPS control (tested on a CPU against a fake control binary).
+Speeds are also shown as a fraction of H200_BF16_FLOPS, measured on the H200 the kit was built for: on another GPU
+that column still means "of the H200's". Needs a CUDA GPU, except the MPS control (tested against a fake binary).
 """
 
 from __future__ import annotations
@@ -47,7 +39,6 @@ MPS_SEARCH = ("/usr/local/nvidia/bin", "/usr/bin", "/usr/local/cuda/bin")
 H200_BF16_FLOPS = 790e12  # measured on the H200 (8192^3 bf16 matmul): the yardstick of "of H200 bf16 peak"
 WORKER_WAIT_S = 60.0  # a worker gives up waiting for the others after this
 WORKER_MODULE = "srlib.orchestration.kit.probe"  # `python -m` this, with `worker SPEC RANK`: one probe process
-FASTER_SETTINGS = {"nondeterministic": {"deterministic": False}, "compile": {"compile": True, "cuda_graphs": False}}
 
 
 class ProbeError(SrlibError):
@@ -134,7 +125,25 @@ def _numerics(config, device, variant: str):
     """The protocol's numerics, or one of the faster settings timed at 128 px (kit.schedule.FASTER_NUMERICS)."""
     from ...numerics import resolve_numerics
 
-    return replace(resolve_numerics(config, device), **FASTER_SETTINGS.get(variant, {}))
+    faster = {"nondeterministic": {"deterministic": False}, "compile": {"compile": True, "cuda_graphs": False}}
+    return replace(resolve_numerics(config, device), **faster.get(variant, {}))
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_steps(runs: list[ProbeRun], steps: int, device) -> tuple[float, float]:
+    """(start, end) wall-clock times of `steps` steps of each run in turn, after their capture step (step 0)."""
+    started = time.time()
+    for i in range(1, steps + 1):
+        for run in runs:
+            run.step(i)
+    _sync(device)
+    return started, time.time()
 
 
 def time_in_process(px: int, n: int, config, device, steps: int = STEPS,
@@ -146,25 +155,18 @@ def time_in_process(px: int, n: int, config, device, steps: int = STEPS,
 
     from ...numerics import deterministic_algorithms
 
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     numerics = _numerics(config, device, variant)
     with deterministic_algorithms(numerics.deterministic):
         runs = [ProbeRun(px, config, device, numerics) for _ in range(n)]
         for run in runs:  # every graph captured (and compiled) before the timing
             run.step(0)
-        sync()
-        started = time.perf_counter()
-        for i in range(1, steps + 1):
-            for run in runs:
-                run.step(i)
-        sync()
-        seconds = time.perf_counter() - started
+        _sync(device)
+        started, ended = _timed_steps(runs, steps, device)
         hashes = [run.sha256() for run in runs]
     del runs
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-    return n * steps * config.batch_size / seconds, hashes
+    return n * steps * config.batch_size / (ended - started), hashes
 
 
 # ---------------------------------------------------------------- worker processes (mps / processes)
@@ -189,7 +191,6 @@ def worker(spec_path: Path, rank: int) -> None:
     folder = spec_path.parent
     config = TrainConfig(**spec["config"])
     device = torch.device(spec.get("device", "cuda"))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     numerics = _numerics(config, device, "default")
     with deterministic_algorithms(numerics.deterministic):
         for p, (px, n) in enumerate(spec["phases"]):
@@ -197,14 +198,10 @@ def worker(spec_path: Path, rank: int) -> None:
             if rank < n:
                 run = ProbeRun(px, config, device, numerics)
                 run.step(0)
-                sync()
+                _sync(device)
                 (folder / f"ready-{p}-{rank}").touch()
                 _wait_for(folder, f"ready-{p}-*", n, deadline)
-                started = time.time()
-                for i in range(1, spec["steps"] + 1):
-                    run.step(i)
-                sync()
-                ended = time.time()
+                started, ended = _timed_steps([run], spec["steps"], device)
                 result = {"start": started, "end": ended, "sha256": run.sha256()}
                 (folder / f"result-{p}-{rank}.json").write_text(json.dumps(result))
                 del run
@@ -328,14 +325,8 @@ def table_lines(table: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) == 3 and args[0] == "worker":
-        worker(Path(args[1]), int(args[2]))
-        return 0
-    print(f"usage: python -m {WORKER_MODULE} worker SPEC RANK (started by the probe itself)", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # one probe process, started by time_in_processes
+    if len(sys.argv) != 4 or sys.argv[1] != "worker":
+        print(f"usage: python -m {WORKER_MODULE} worker SPEC RANK (started by the probe itself)", file=sys.stderr)
+        sys.exit(2)
+    worker(Path(sys.argv[2]), int(sys.argv[3]))

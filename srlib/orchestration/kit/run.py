@@ -70,10 +70,10 @@ def install_wheels(kit: Path, site: Path, log: Callable[[str], None]) -> list[st
     return [w.name for w in wanted]
 
 
-def _epochs_left(runs: Path, settings: Settings, key: RunKey, epochs: int) -> int:
+def _epochs_left(runs: Path, settings: Settings, key: RunKey, epochs: int, dataset: str) -> int:
     from ...runs import load_record
 
-    record = load_record(runs, settings.profile, key.variant, key.seed)
+    record = load_record(runs, settings.profile, key.variant, key.seed, dataset)
     if record is None:
         return epochs
     if record.get("status") == "complete":
@@ -85,11 +85,8 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, dry_run: bo
             train_args: list[str] | None = None, window_left_s: float | None = None,
             log: Callable[[str], None] = log_line) -> int:
     """The whole GPU-side job; returns 0 (all started runs complete, or nothing to run), PARTIAL_EXIT_CODE or 1
-    (a failure).
-
-    `window_left_s`: the time left on the GPU machine in this session when the command starts; runs are scheduled
-    to end within it, and this command trains until the earlier of its own budget (COMMAND_BUDGET_S) and the
-    session."""
+    (a failure). `window_left_s`: the session's time left on the GPU machine when the command starts; runs are
+    scheduled to end within it, and training stops at the earlier of COMMAND_BUDGET_S and the session's end."""
     started = time.time()
     kit = kit.resolve()
     manifest_path = kit / MANIFEST
@@ -99,14 +96,12 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, dry_run: bo
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("schema") != KIT_SCHEMA:
         raise KitError(f"{manifest_path} is from another srlib (schema {manifest.get('schema')}); assemble it again")
-    settings = DRY_RUN if dry_run else PAPER
     variants = expand_variants(variants or manifest["variants"])
     missing = [c.file for c in sr_checkpoints(variants) if c.file not in manifest["weights"]]
     if missing:
         raise KitError(f"the kit holds no SR weights for {', '.join(missing)}; assemble it with these variants")
     window = window_left_s if window_left_s is not None else COMMAND_BUDGET_S
     end = started + min(COMMAND_BUDGET_S, max(0.0, window - RETURN_RESERVE_S))
-    work = work_folder(work)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
 
@@ -114,7 +109,8 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, dry_run: bo
         lines.append(f"[{time.time() - started:6.1f}s] {message}")
         log(message)
 
-    state = KitRun(kit, out, work, settings, variants, started, end - PACK_RESERVE_S, end, say,
+    state = KitRun(kit, out, work_folder(work), DRY_RUN if dry_run else PAPER, variants, started,
+                   end - PACK_RESERVE_S, end, say,
                    {"schema": KIT_SCHEMA, "started": now(), "dry_run": dry_run, "variants": variants,
                     "budget_s": COMMAND_BUDGET_S, "window_left_s": window_left_s, "pack_reserve_s": PACK_RESERVE_S,
                     "kit": manifest["source"], "data": {k: v for k, v in manifest["data"].items() if k != "stage"}},
@@ -127,8 +123,7 @@ def run_kit(kit: Path, out: Path, variants: list[str] | None = None, dry_run: bo
         say(f"[kit] stopped by {type(exc).__name__}: {exc}")
         raise
     finally:
-        state.timing["wall_s"] = time.time() - started
-        state.timing["exit_code"] = code
+        state.timing.update(wall_s=time.time() - started, exit_code=code)
         pack(state, lines)
     return code
 
@@ -146,13 +141,6 @@ def _restored_environment() -> Iterator[None]:
         sys.path[:] = path
 
 
-def _environment(state: KitRun, site: Path) -> dict:
-    env = {**os.environ, "SRLIB_WEIGHTS_DIR": str(state.kit / "weights"), "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(site), str(ROOT), env.get("PYTHONPATH", "")] if p)
-    env.setdefault("SRLIB_CACHE_DIR", str(state.work / "cache"))
-    return env
-
-
 def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) -> int:
     say, settings = state.log, state.settings
     config = run_config(settings, train_args)  # bad --train-args stop the job here, before any work
@@ -164,13 +152,15 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
         return 0
     state.work.mkdir(parents=True, exist_ok=True)
     installed = install_wheels(state.kit, state.work / "site", say)
-    env = _environment(state, state.work / "site")
+    env = {**os.environ, "SRLIB_WEIGHTS_DIR": str(state.kit / "weights"), "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(state.work / "site"), str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("SRLIB_CACHE_DIR", str(state.work / "cache"))
     # The data keeps its name (records and pages name a dataset by name and content hash, not by this path)
     env["SRLIB_DATA"] = str(state.work / "data" / manifest["data"]["name"])
     os.environ.update({k: env[k] for k in ("SRLIB_DATA", "SRLIB_WEIGHTS_DIR", "SRLIB_CACHE_DIR")})
     import torch
 
-    from ...data import load_dataset, stratified_subset
+    from ...data import dataset_key, load_dataset, stratified_subset
     from ...numerics import resolve_device
     from .dataset_pieces import unstage
     from .partial import restore
@@ -186,6 +176,7 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
     unstage(state.kit, manifest["data"], Path(env["SRLIB_DATA"]), Path(env["SRLIB_CACHE_DIR"]))
     dataset = load_dataset(env["SRLIB_DATA"], cache_dir=env["SRLIB_CACHE_DIR"])  # decoded once, cached for all runs
     decode_s = time.perf_counter() - t0
+    data_key = dataset_key(dataset.identity)  # the runs' folders: <profile>/<data_key>/<variant>/seed<k>
     if (state.kit / CKPT_DIR / "1").is_dir():  # a run that spans sessions: its checkpoint, staged back
         say(f"[kit] checkpoint staged back and verified: {restore(state.kit / CKPT_DIR, state.runs)}")
     n_train = len(stratified_subset(dataset.train_y, config.train_size))
@@ -202,7 +193,7 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
     sr_speed = measure_upscaling(sorted({k.variant for k in keys}), dataset.test_x, settings, device, say)
     needs = []
     for key in keys:
-        left = _epochs_left(state.runs, settings, key, config.epochs)
+        left = _epochs_left(state.runs, settings, key, config.epochs, data_key)
         upscale_s = (n_train + n_test) / sr_speed[upscaler_key(key.variant)] if VARIANTS[key.variant].is_sr else 0.0
         if left:
             needs.append(RunNeed.of(key, left, n_train, n_test, upscale_s, width=config.width))
@@ -228,35 +219,31 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
         write_json(state.work / PROBE_FILE, probe_table)
     del dataset
     launched = run_schedule(state, schedule, env, train_args)
-    return _report(state, launched, [n.key for n in needs])
+    return _report(state, launched, [n.key for n in needs], data_key)
 
 
-def _report(state: KitRun, launched: list[Launched], keys: list[RunKey]) -> int:
+def _report(state: KitRun, launched: list[Launched], keys: list[RunKey], dataset: str) -> int:
     """Per-run outcome and speed into the timing log; the exit code of the whole job."""
     from ...runs import load_record
 
     rows, code = {}, 0
     quality = next((x for x in launched if x.variant == "sr_quality"), None)
     for key in keys:
-        record = load_record(state.runs, state.settings.profile, key.variant, key.seed)
+        record = load_record(state.runs, state.settings.profile, key.variant, key.seed, dataset)
         item = next((x for x in launched if x.variant == key.variant and x.seed == key.seed), None)
         row = {"started": item is not None, "exit_code": item.process.returncode if item else None,
                "wall_s": (item.ended - item.started) if item and item.ended else None}
         if record is not None:
-            epochs = record.get("epochs", [])
-            width, px = record["config"]["width"], record.get("input_px", VARIANTS[key.variant].px)
-            img_s = [e["train_images_per_s"] for e in epochs]
-            mean_img_s = sum(img_s) / len(img_s) if img_s else None
+            epochs, summary = record.get("epochs", []), record.get("summary", {})
+            px = record.get("input_px", VARIANTS[key.variant].px)
+            img_s = _mean(epochs, "train_images_per_s")
             row.update({
                 "status": record.get("status"), "epochs_done": len(epochs), "epochs": record["config"]["epochs"],
-                "px": px, "mean_epoch_s": (sum(e["seconds"] for e in epochs) / len(epochs)) if epochs else None,
-                "mean_eval_s": (sum(e.get("eval_seconds", 0.0) for e in epochs) / len(epochs)) if epochs else None,
-                "train_images_per_s": mean_img_s,
-                "peak_fraction": peak_fraction(mean_img_s, px, width) if mean_img_s else None,
-                "upscale_s": record.get("upscale_seconds"),
-                "numerics": record.get("numerics"),
-                "max_test_acc": record.get("summary", {}).get("max_test_acc"),
-                "final_test_acc": record.get("summary", {}).get("final_test_acc"),
+                "px": px, "mean_epoch_s": _mean(epochs, "seconds"), "mean_eval_s": _mean(epochs, "eval_seconds"),
+                "train_images_per_s": img_s,
+                "peak_fraction": peak_fraction(img_s, px, record["config"]["width"]) if img_s else None,
+                "upscale_s": record.get("upscale_seconds"), "numerics": record.get("numerics"),
+                "max_test_acc": summary.get("max_test_acc"), "final_test_acc": summary.get("final_test_acc"),
             })
         else:
             row["status"] = "not run" if item is None else "failed"
@@ -265,8 +252,9 @@ def _report(state: KitRun, launched: list[Launched], keys: list[RunKey]) -> int:
         if item is not None and not _clean_stop(item):
             code = 1  # a failed run, or one killed by something else than the kit (the out-of-memory killer, say)
             row["log"] = f"logs/{item.log.name}"
+            log = item.log.read_text(errors="replace") if item.log.is_file() else "(no log)"
             state.log(f"[kit] {key} FAILED ({_exit_text(item.process.returncode)}); the end of its log "
-                      f"({row['log']} in the archive):\n" + _log_tail(item.log))
+                      f"({row['log']} in the archive):\n" + "\n".join(f"    {x}" for x in log.splitlines()[-15:]))
         elif row["status"] != "complete" and code == 0 and item is not None:
             code = PARTIAL_EXIT_CODE  # stopped at the deadline: rerun to resume
     if quality is not None:
@@ -274,6 +262,10 @@ def _report(state: KitRun, launched: list[Launched], keys: list[RunKey]) -> int:
         state.log(f"[kit] sr-quality exit code {quality.process.returncode}")
     state.timing["runs"] = rows
     return code
+
+
+def _mean(epochs: list[dict], name: str) -> float | None:
+    return sum(e.get(name, 0.0) for e in epochs) / len(epochs) if epochs else None
 
 
 def _clean_stop(item: Launched) -> bool:
@@ -294,18 +286,14 @@ def _exit_text(returncode: int) -> str:
         return f"killed by signal {-returncode}"
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    text = path.read_text(errors="replace") if path.is_file() else "(no log)"
-    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
-
-
 def _row_text(name: str, row: dict) -> str:
     if "epochs_done" not in row:
         return f"[kit] result {name:>13}: {row['status']}"
-    fmt = (lambda v, spec: "-" if v is None else format(v, spec))  # noqa: E731
+    f = {k: "-" if row[k] is None else format(row[k], spec) for k, spec in [
+        ("mean_epoch_s", ".1f"), ("mean_eval_s", ".1f"), ("train_images_per_s", ".0f"), ("peak_fraction", ".1%"),
+        ("upscale_s", ".0f"), ("wall_s", ".0f"), ("max_test_acc", ".2f"), ("final_test_acc", ".2f")]}
     return (f"[kit] result {name:>13}: {row['status']}, {row['epochs_done']}/{row['epochs']} epochs at "
-            f"{row['px']} px, {fmt(row['mean_epoch_s'], '.1f')} s/epoch (+{fmt(row['mean_eval_s'], '.1f')} s eval), "
-            f"{fmt(row['train_images_per_s'], '.0f')} img/s = {fmt(row['peak_fraction'], '.1%')} of H200 bf16 peak, "
-            f"upscaling {fmt(row['upscale_s'], '.0f')} s, wall {fmt(row['wall_s'], '.0f')} s; "
-            f"max {fmt(row['max_test_acc'], '.2f')}%, final {fmt(row['final_test_acc'], '.2f')}%")
+            f"{row['px']} px, {f['mean_epoch_s']} s/epoch (+{f['mean_eval_s']} s eval), {f['train_images_per_s']} "
+            f"img/s = {f['peak_fraction']} of H200 bf16 peak, upscaling {f['upscale_s']} s, wall {f['wall_s']} s; "
+            f"max {f['max_test_acc']}%, final {f['final_test_acc']}%")
 

@@ -1,14 +1,10 @@
 """What a GPU session runs: the queue from what the results lack, and the runs that complete in the time left.
 
-Speeds come only from measurements (the probe's table, kit.probe): aggregate training images/s of N runs
-sharing the GPU in a mode (`alone`, `mps`, `processes`) at each input size. Nothing assumes
-that sharing is faster: where the probe says it is not, the runs go one after another.
-
-A run starts only if the estimate says it ends within the machine time left in the session; a run that
-fits starts even when the one before it in the queue (its pair) does not, so no time is left idle. A run
-that cannot end within any session (an x4 run at a slow setting) is started alone with a deadline and
-its checkpoint comes back, to be resumed in a later session (kit.partial). How long a run's epochs take in
-trained images, and its start-up, is the cost model's (srlib.cost).
+Speeds come only from the probe's measurements (kit.probe): nothing assumes that sharing the GPU is faster; where
+the probe says it is not, the runs go one after another. A run starts only if it is estimated to end within the
+time left; one that fits starts even when the run before it does not, so no time is left idle. A run that cannot
+end within any session is started alone with a deadline and its checkpoint comes back (kit.partial). Run costs in
+trained images and start-up are the cost model's (srlib.cost).
 """
 
 from __future__ import annotations
@@ -81,7 +77,9 @@ class SpeedTable:
         return [m for m in modes if all(r.identical is not False for r in rows if r.mode == m)]
 
     def numerics_at(self, px: int) -> list[str]:
-        return [r.numerics for r in self.rows if r.mode == "alone" and r.px == px and r.n == 1]
+        """"default", then the faster numerics (FASTER_NUMERICS) measured alone at `px`."""
+        return ["default", *(r.numerics for r in self.rows if r.mode == "alone" and r.px == px and r.n == 1
+                             and r.numerics in FASTER_NUMERICS)]
 
     @classmethod
     def from_json(cls, rows: list[dict]) -> SpeedTable:
@@ -106,9 +104,9 @@ class RunNeed:
 
 def finish_times(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int,
                  numerics: list[str] | None = None) -> list[float]:
-    """Seconds until each run ends, started in order with at most `slots` at a time (srlib.cost.finish_times). A
-    computing run gets 1/n of the aggregate rate measured for n runs of its own size, n being how many compute at
-    that moment (mixed sizes are approximated by the same-size measurements). inf where a speed was not measured."""
+    """Seconds until each run ends, started in order with at most `slots` at a time (srlib.cost.finish_times): a
+    computing run gets 1/n of the aggregate rate measured for n runs of its own size (mixed sizes approximated by
+    same-size measurements). inf where a speed was not measured."""
     numerics = numerics or ["default"] * len(needs)
 
     def rate(i: int, n: int) -> float | None:
@@ -147,9 +145,7 @@ def _greedy(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int, seco
     chosen: list[RunNeed] = []
     chosen_numerics: list[str] = []
     for need in needs:
-        options = ["default"] + ([n for n in table.numerics_at(need.px) if n in FASTER_NUMERICS]
-                                 if mode == "alone" else [])
-        for numerics in options:
+        for numerics in table.numerics_at(need.px) if mode == "alone" else ["default"]:
             times = finish_times(chosen + [need], table, mode, slots, chosen_numerics + [numerics])
             if max(times) * SAFETY <= seconds:
                 chosen.append(need)
@@ -172,15 +168,12 @@ def schedule_window(needs: list[RunNeed], table: SpeedTable, seconds: float, win
     the time left waits, while later runs that fit use the time."""
     if needs and seconds >= SPAN_MIN_S:
         head = needs[0]
-        fastest = min(finish_times([head], table, "alone", 1, [m])[0]
-                      for m in ["default", *(n for n in table.numerics_at(head.px) if n in FASTER_NUMERICS)])
+        fastest = min(finish_times([head], table, "alone", 1, [m])[0] for m in table.numerics_at(head.px))
         if fastest * SAFETY > window_s:  # it fits no session: it goes first, alone, and spans sessions
             later = {str(n.key): "after the spanning run" for n in needs[1:]}
             return WindowSchedule("alone", 1, span=head.key, skipped=later)
-    candidates = []
-    for mode in table.usable_modes():
-        for slots in ((1,) if mode == "alone" else (2, 4)):
-            candidates.append(_greedy(needs, table, mode, slots, seconds))
+    candidates = [_greedy(needs, table, mode, slots, seconds)
+                  for mode in table.usable_modes() for slots in ((1,) if mode == "alone" else (2, 4))]
     if not candidates:
         return WindowSchedule("alone", 1, skipped={str(n.key): "no measured speed" for n in needs})
     return max(candidates, key=lambda p: (len(p.runs), -p.estimated_s, p.mode == "alone"))

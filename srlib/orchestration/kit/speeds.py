@@ -31,9 +31,8 @@ def speed_table(state: KitRun, config, device, px_list: list[int]) -> tuple[Spee
         return SpeedTable(rows), None
     here, committed = state.work / PROBE_FILE, ROOT / "results" / "paper" / PROBE_FILE
     if here.is_file():
-        table = json.loads(here.read_text())
+        table = fresh = json.loads(here.read_text())
         state.log(f"[kit] speeds: this session's probe ({here})")
-        fresh = table
     elif committed.is_file():
         table = json.loads(committed.read_text())
         ratio = recheck(table, config, max(px_list), log=state.log)

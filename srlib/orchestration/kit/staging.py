@@ -1,19 +1,16 @@
 """Files cut into pieces that fit one command on the GPU machine each, put back together there, checked by sha256.
 
-A command takes at most 64 MiB of files to the GPU machine (the repository included) and brings back at most
-8 files of 16 MiB (kit.layout). Data (131 MiB of lossless CIFAR-10) and checkpoints (~89 MB) are larger, so
-they travel in pieces: piece N is one folder (`<root>/N/`) of chunk files no larger than `chunk_bytes`, with a
-`piece.json` naming what it holds. Each command gets only its own piece folder copied, never a parent, so the
-pieces copied by earlier commands stay where they are on the GPU machine.
-
-The stage manifest (`split`'s return value) travels with the last piece inside the kit's manifest; it is
-what `reassemble` trusts, chunk by chunk and file by file. A missing or altered piece stops with one
-line that names the piece and what to copy.
+Data (131 MiB) and checkpoints (~89 MB) exceed what one command copies or brings back (kit.layout), so they travel in
+pieces: piece N is one folder (`<root>/N/`) of chunk files, with a `piece.json` naming what it holds. Each command
+copies only its own piece folder, never a parent, so the pieces earlier commands copied stay on the GPU machine. The
+stage manifest (`split`'s return value) travels inside the kit's manifest; `reassemble` trusts it, chunk by chunk and
+file by file, and a missing or altered piece stops with one line that names the piece and what to copy.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,9 +53,7 @@ def split(files: dict[str, Path], root: Path, piece_bytes: int, chunk_bytes: int
     root.mkdir(parents=True, exist_ok=True)
     for old in root.iterdir():
         if old.is_dir() and old.name.isdigit():
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
     pieces: dict[int, list[dict]] = {}
     for piece, name, offset, length in _slices(files, piece_bytes, chunk_bytes, max_chunks):
         with files[name].open("rb") as handle:
@@ -82,16 +77,16 @@ def split(files: dict[str, Path], root: Path, piece_bytes: int, chunk_bytes: int
 
 
 def _check_piece(folder: Path, piece: dict, total: int, label: str, hint: str) -> None:
-    where = f"{label} piece {piece['index']} of {total} ({folder})"
+    where, fix = f"{label} piece {piece['index']} of {total} ({folder})", hint.format(index=piece["index"])
     if not folder.is_dir():
-        raise StagingError(f"{where} is missing: {hint.format(index=piece['index'])}")
+        raise StagingError(f"{where} is missing: {fix}")
     for chunk in piece["chunks"]:
         path = folder / chunk["name"]
         if not path.is_file():
-            raise StagingError(f"{where} lacks {chunk['name']}: {hint.format(index=piece['index'])}")
+            raise StagingError(f"{where} lacks {chunk['name']}: {fix}")
         if path.stat().st_size != chunk["length"] or sha256_file(path) != chunk["sha256"]:
             raise StagingError(f"{where}: {chunk['name']} differs from the one staged (sha256 "
-                               f"{chunk['sha256'][:16]}...); {hint.format(index=piece['index'])}")
+                               f"{chunk['sha256'][:16]}...); {fix}")
 
 
 def verify_piece(folder: Path) -> str:

@@ -1,10 +1,7 @@
-"""A denser lossless copy of a Parquet image dataset for the trip to the GPU: the same rows, each image
-re-encoded as lossless WebP.
-
-On CIFAR-10 the PNG copy is 131 MiB; lossless WebP holds the same pixels in about 78% of that (measured:
-the book's Guide, book/guide/gpu.md), which is two commands' worth of data instead of three. WebP lossless
-restores every RGB value exactly, so the copy has the source's content hash (srlib.data), which the kit
-checks here after encoding and there after reassembly.
+"""A denser lossless copy of a Parquet image dataset for the trip to the GPU: the same rows, each image re-encoded
+as lossless WebP: on CIFAR-10 about 78% of the PNG copy's 131 MiB (book/guide/gpu.md), two commands' worth of data
+instead of three. WebP lossless restores every RGB value, so the copy keeps the source's content hash (srlib.data),
+which the kit checks here after encoding and there after reassembly.
 """
 
 from __future__ import annotations
