@@ -1,9 +1,9 @@
-"""Does super-resolving small images before classification beat plain resizing? (CIFAR-10 study)
+"""Does super-resolving small images before classification beat plain resizing? (any small-image dataset)
 
 The research path, top to bottom (airbench-style, without the orchestration):
 
     config = srlib.make_config("sr_x2", "preview", seed=0)  # srlib.config: variants, profiles, TrainConfig
-    dataset = srlib.load_dataset()                           # srlib.data: CIFAR-10, identified by content hash
+    dataset = srlib.load_dataset()                           # srlib.data: any small-image set (CIFAR-10 by default)
     sr = srlib.build_upscaler("sr", 2)                       # srlib.upscale: bicubic, nearest, SR models
     model = srlib.resnet18(width=64)                         # srlib.model: the classifier
     record = srlib.train.train(config)                       # srlib.train: the protocol -> a run record

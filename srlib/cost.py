@@ -68,10 +68,6 @@ def epoch_images(n_train: int, n_test: int, px: int, width: int) -> float:
     return n_train + n_test / TRAIN_TO_FORWARD
 
 
-def decode_seconds(images: int) -> float:
-    return images / ROUGH_DECODE_RATE
-
-
 def fit_speed(samples: list[tuple[float, float]], device: str) -> Speed:
     """The speed that explains measured (FLOPs per trained image, seconds per trained image) pairs.
 

@@ -56,10 +56,7 @@ def default_cache_dir() -> Path:
 
 
 def locate(data: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None) -> dict:
-    """Decide where the data comes from, without decoding it.
-
-    Returns {kind, path}, and for Parquet also {files: {split: [Path, ...]}}.
-    """
+    """Where the data comes from, without decoding it: {kind, path}, for Parquet also {files: {split: [Path]}}."""
     explicit = data if data is not None else os.environ.get("SRLIB_DATA") or None
     if explicit is not None:
         path = Path(explicit)

@@ -205,14 +205,9 @@ def summarise(epochs: list[dict]) -> dict:
     if not accs:
         return {}
     best = int(np.argmax(accs))
-    return {
-        "max_test_acc": accs[best],
-        "best_epoch": best + 1,
-        "top5_mean_test_acc": float(np.mean(sorted(accs)[-5:])),
-        "final_test_acc": accs[-1],
-        "train_seconds": float(sum(e["seconds"] for e in epochs)),
-        "mean_train_images_per_s": float(np.mean([e["train_images_per_s"] for e in epochs])),
-    }
+    return {"max_test_acc": accs[best], "best_epoch": best + 1, "top5_mean_test_acc": float(np.mean(sorted(accs)[-5:])),
+            "final_test_acc": accs[-1], "train_seconds": float(sum(e["seconds"] for e in epochs)),
+            "mean_train_images_per_s": float(np.mean([e["train_images_per_s"] for e in epochs]))}
 
 
 def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None = None,
@@ -337,27 +332,17 @@ def _epoch(config: TrainConfig, epoch: int, run: _Run, step_model, step: Callabl
 
 def _record(config: TrainConfig, run: _Run, data: VariantData, numerics: Numerics, started_at: str,
             wall_seconds: float, status: str, provenance_: dict) -> dict:
+    described = numerics.describe()
     return {
-        "schema": RECORD_SCHEMA,
-        "status": status,
-        "config": config.to_dict(),
+        "schema": RECORD_SCHEMA, "status": status, "config": config.to_dict(),
         "model": {"name": "resnet18", "width": config.width, "parameters": count_parameters(run.model)},
-        "input_px": int(data.train_x.shape[-1]),
-        "precision": numerics.describe()["precision"],
-        "memory_format": numerics.describe()["memory_format"],
-        "numerics": numerics.describe(),
-        "threads": torch.get_num_threads(),
-        "epochs": run.epochs,
-        "summary": summarise(run.epochs),
-        "data": data.identity,
-        "upscale_seconds": data.upscale_seconds,
-        "predictions": PREDICTIONS,
+        "input_px": int(data.train_x.shape[-1]), "precision": described["precision"],
+        "memory_format": described["memory_format"], "numerics": described, "threads": torch.get_num_threads(),
+        "epochs": run.epochs, "summary": summarise(run.epochs), "data": data.identity,
+        "upscale_seconds": data.upscale_seconds, "predictions": PREDICTIONS,
         "resumed_from_epoch": run.resumes[-1]["from_epoch"] if run.resumes else None,
         "resumes": run.resumes,  # every interruption this run recovered from; the metrics are as if there was none
-        "started": started_at,
-        "finished": now(),
-        "wall_seconds": wall_seconds,
-        "provenance": provenance_,
+        "started": started_at, "finished": now(), "wall_seconds": wall_seconds, "provenance": provenance_,
     }
 
 

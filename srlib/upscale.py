@@ -129,17 +129,6 @@ class Upscaler:
     identity: dict = field(default_factory=dict)
 
 
-UPSCALERS: dict[str, Callable[..., Upscaler]] = {}
-
-
-def register(name: str) -> Callable:
-    def add(builder: Callable[..., Upscaler]) -> Callable[..., Upscaler]:
-        UPSCALERS[name] = builder
-        return builder
-
-    return add
-
-
 def default_device() -> torch.device:
     import torch
 
@@ -152,7 +141,6 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
 
-@register("bicubic")
 def bicubic(scale: int, device: torch.device | None = None, **_) -> Upscaler:
     import torch.nn.functional as F
 
@@ -164,7 +152,6 @@ def bicubic(scale: int, device: torch.device | None = None, **_) -> Upscaler:
     return Upscaler("bicubic", scale, run, device or default_device(), 1024, identity)
 
 
-@register("nearest")
 def nearest(scale: int, device: torch.device | None = None, **_) -> Upscaler:
     def run(x: torch.Tensor) -> torch.Tensor:
         return x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
@@ -179,7 +166,6 @@ def _pads(size: int, minimum: int, multiple_of: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-@register("sr")
 def super_resolution(scale: int, device: torch.device | None = None, weights: str | None = None,
                      chunk_size: int | None = None, model: str | None = None,
                      weights_dir: str | os.PathLike | None = None, **_) -> Upscaler:
@@ -228,6 +214,9 @@ def _padded_forward(net: torch.nn.Module, scale: int, req) -> Callable[[torch.Te
         return _to_uint8(y.clamp_(0, 1).mul_(255))
 
     return run
+
+
+UPSCALERS: dict[str, Callable[..., Upscaler]] = {"bicubic": bicubic, "nearest": nearest, "sr": super_resolution}
 
 
 def default_weights_dir() -> Path:

@@ -20,18 +20,6 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="where decoded and upscaled arrays are cached ($SRLIB_CACHE_DIR, ./cache)")
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", choices=list(PROFILES),
-                   help="protocol defaults (default: paper with CUDA, else preview)")
-    add_config_options(p)
-    p.add_argument("--out", default="runs", help="records go to OUT/<profile>/<variant>/seed<k>/ (default: runs)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--deadline", type=_deadline, help="stop cleanly after the last epoch that ends before this: "
-                   "seconds from now, or an ISO time (2026-11-28T23:00); exit code 3, rerun to resume")
-    p.add_argument("--allow-cpu-paper", action="store_true", help="allow the paper profile on a CPU (weeks)")
-    add_data_options(p)
-
-
 def _deadline(text: str) -> float:
     """A deadline as a time.time() value: seconds from now, or an ISO date-time (local time unless it says)."""
     with contextlib.suppress(ValueError):
@@ -67,8 +55,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     print(describe(args.data))
     if args.load:
-        dataset = load_dataset(args.data, cache_dir=args.cache_dir)
-        print(json.dumps(dataset.identity, indent=2))
+        print(json.dumps(load_dataset(args.data, cache_dir=args.cache_dir).identity, indent=2))
     return 0
 
 
@@ -109,7 +96,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", required=True, help=f"one of: {', '.join(VARIANTS)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="retrain even if a finished record exists")
-    _add_train_options(p)
+    p.add_argument("--profile", choices=list(PROFILES),
+                   help="protocol defaults (default: paper with CUDA, else preview)")
+    add_config_options(p)
+    p.add_argument("--out", default="runs", help="records go to OUT/<profile>/<variant>/seed<k>/ (default: runs)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--deadline", type=_deadline, help="stop cleanly after the last epoch that ends before this: "
+                   "seconds from now, or an ISO time (2026-11-28T23:00); exit code 3, rerun to resume")
+    p.add_argument("--allow-cpu-paper", action="store_true", help="allow the paper profile on a CPU (weeks)")
+    add_data_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="show which CIFAR-10 would be used")

@@ -45,13 +45,6 @@ def add_scaleout_options(p: argparse.ArgumentParser) -> None:
                    "whether a node of the partition can run a task (for clusters that do not allow --test-only)")
 
 
-def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    return SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, gres=args.slurm_gres,
-                        cpus=args.slurm_cpus, mem=args.slurm_mem, array_parallelism=args.slurm_array_parallelism,
-                        extra=parse_sbatch_options(args.slurm_option), signal_delay=args.slurm_signal_delay,
-                        check=not args.slurm_skip_check)
-
-
 def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt  # so the sweep stops its workers, as for Ctrl-C
 
@@ -65,11 +58,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.records:
         args.out = args.records
     profile = args.profile or (records_profile(args.records) if args.records else default_profile())
+    slurm = None if args.executor != "slurm" else SlurmOptions(
+        partition=args.slurm_partition, time=args.slurm_time, gres=args.slurm_gres, cpus=args.slurm_cpus,
+        mem=args.slurm_mem, array_parallelism=args.slurm_array_parallelism,
+        extra=parse_sbatch_options(args.slurm_option), signal_delay=args.slurm_signal_delay,
+        check=not args.slurm_skip_check)
     request = SweepRequest(profile, args.seeds, args.variants, args.out, args.notebooks_out, args.data,
                            args.cache_dir, args.dataset, config_overrides(args), analysis=not args.no_analysis,
                            records_only=bool(args.records), executor=args.executor, jobs=args.jobs,
-                           runs_per_gpu=args.runs_per_gpu, threads=args.threads,
-                           slurm=slurm_options(args) if args.executor == "slurm" else None,
+                           runs_per_gpu=args.runs_per_gpu, threads=args.threads, slurm=slurm,
                            wait=not args.no_wait, book=not args.no_book)
     if args.dry_run:
         from ..orchestration.preflight import format_plan

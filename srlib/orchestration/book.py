@@ -34,9 +34,8 @@ def run_pages(root: Path) -> list[str]:
         if notebook.name.endswith(".partial.ipynb"):
             continue
         p = executed_parameters(notebook)
-        if p.get("profile") != profile or out is None or p.get("out") is None:
-            continue
-        if (root / p["out"]).resolve() != (root / out).resolve():
+        if (p.get("profile") != profile or out is None or p.get("out") is None
+                or (root / p["out"]).resolve() != (root / out).resolve()):
             continue
         variant, seed = p.get("variant"), int(p.get("seed", -1))
         dataset = executed_train_dataset(notebook, profile, variant, seed)

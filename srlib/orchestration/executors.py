@@ -21,7 +21,6 @@ from typing import Protocol
 
 from ..runs import ROOT
 from . import local, slurm
-from .processes import kill_group
 from .slurm import SlurmFinish, SlurmOptions
 from .states import RunState, run_state
 from .tasks import Task, last_error_line, read_job, write_job
@@ -31,6 +30,13 @@ from .tasks import Task, last_error_line, read_job, write_job
 FATAL_LOOKS = 3
 
 RecordOf = Callable[[Task], dict | None]  # a task's finished record, or None (the sweep knows what counts)
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to the process group led by `pid` (a process started with `start_new_session=True`): the
+    run and anything it started. A group that has already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from ..data_sources import CANONICAL_DIR, survey_imagefolder, survey_parquet
 from ..errors import DataError, SrlibError, WeightsError
 from ..upscale import (
     DEFAULT_SR_MODEL,
-    SRCheckpoint,
     checkpoint_scale,
     default_weights_dir,
     local_checkpoint,
@@ -262,15 +261,20 @@ def _sr_needs(configs: list[TrainConfig], analysis: bool) -> dict[tuple[str | No
 
 def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[str],
                    hosts: dict[str, list[str]]) -> list[Path]:
-    """Problems for SR checkpoints that are missing, damaged, of the wrong scale or not downloadable.
-
-    Returns the weights folders a download would write to (they must be writable).
-    """
+    """Problems for SR checkpoints that are missing, damaged, of the wrong scale or not downloadable; returns
+    the weights folders a download would write to (they must be writable)."""
     download_dirs = []
     for (model, scale, weights), users in _sr_needs(configs, analysis).items():
         who = ", ".join(dict.fromkeys(users))
-        if model is None:
-            problems += [p for p in [_user_weights_problem(weights, scale, who)] if p]
+        if model is None:  # --sr-weights: a file of the user's, checked for its scale
+            try:
+                actual = checkpoint_scale(weights)
+            except SrlibError as exc:
+                problems.append(f"{exc} (needed by {who})")
+                continue
+            if actual != scale:
+                problems.append(f"--sr-weights {weights} is a x{actual} SR model, but {who} needs x{scale}; "
+                                f"pass x{scale} weights")
             continue
         try:
             entry = sr_checkpoint(model, scale)
@@ -278,12 +282,17 @@ def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[st
             problems.append(f"{exc} (needed by {who})")
             continue
         root = default_weights_dir().absolute()
-        state = _local_checkpoint(entry, root)
-        if state == "ok":
+        try:  # srlib.upscale decides what it accepts
+            if local_checkpoint(entry, root) is not None:
+                continue
+        except WeightsError as exc:
+            problems.append(f"{exc} (needed by {who})")
             continue
-        if state != "missing":
-            problems.append(f"{state} (needed by {who})")
-        elif entry.url is None:
+        except OSError as exc:
+            problems.append(f"cannot read SR weights in {root} ({exc.strerror or exc}); fix their permissions "
+                            f"(needed by {who})")
+            continue
+        if entry.url is None:
             problems.append(f"SR weights {entry.file} ({entry.label}, needed by {who}) are not in {root} and have no "
                             f"download URL; put the file there or point SRLIB_WEIGHTS_DIR at a folder that holds it")
         else:
@@ -295,26 +304,6 @@ def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[st
                 "SRLIB_WEIGHTS_DIR=../shared/weights)"
                 + (", or pass --sr-weights PATH" if entry.model == DEFAULT_SR_MODEL else ", or leave that variant out"))
     return download_dirs
-
-
-def _local_checkpoint(entry: SRCheckpoint, root: Path) -> str:
-    """"ok", "missing", or what is wrong with the file in `root` (srlib.upscale decides what it accepts)."""
-    try:
-        return "missing" if local_checkpoint(entry, root) is None else "ok"
-    except WeightsError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"cannot read SR weights in {root} ({exc.strerror or exc}); fix their permissions"
-
-
-def _user_weights_problem(weights: str, scale: int, who: str) -> str | None:
-    try:
-        actual = checkpoint_scale(weights)
-    except SrlibError as exc:
-        return f"{exc} (needed by {who})"
-    if actual != scale:
-        return f"--sr-weights {weights} is a x{actual} SR model, but {who} needs x{scale}; pass x{scale} weights"
-    return None
 
 
 # --- network -----------------------------------------------------------------------------------------------
@@ -390,8 +379,8 @@ def _check_disk(plan: Plan) -> None:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
@@ -407,7 +396,7 @@ def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict],
     decoded = decoded_cache_path(cache)
     if pending and not list(decoded.parent.glob(decoded.name)):
         images = sum(cost.SPLIT_IMAGES.values())
-        caches.append(CachePlan(DECODED, images, 32, False, cost.decode_seconds(images), "rough rate"))
+        caches.append(CachePlan(DECODED, images, 32, False, images / cost.ROUGH_DECODE_RATE, "rough rate"))
     for config in pending:
         variant = VARIANTS[config.variant]
         key = (variant.method, variant.scale, config.sr_weights, config.train_size, config.test_size)

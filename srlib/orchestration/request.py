@@ -1,7 +1,6 @@
 """A sweep request: everything `srlib sweep` was asked (what to run, where, how), one value built once by the
 command line; the sweep, its finishing step (pickled for a --no-wait Slurm sweep) and the plan read it. Each run's
-config is built (and so checked) once, in `configs`.
-"""
+config is built (and so checked) once, in `configs`."""
 
 from __future__ import annotations
 

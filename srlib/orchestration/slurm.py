@@ -152,14 +152,11 @@ def _slurm_text(command: list[str], stdin: str | None = None) -> subprocess.Comp
         return subprocess.CompletedProcess(command, 1, "", str(exc))
 
 
-def _fields(line: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in line.split() if "=" in item)
-
-
 def partition_info(name: str | None) -> Partition | None:
     """`scontrol show partition` and `sinfo` of partition `name` (None: the default one); None if unknown."""
     shown = _slurm_text(["scontrol", "show", "partition", "-o"] + ([name] if name else []))
-    rows = [_fields(line) for line in shown.stdout.splitlines() if line.strip()] if shown.returncode == 0 else []
+    lines = shown.stdout.splitlines() if shown.returncode == 0 else []
+    rows = [dict(item.split("=", 1) for item in line.split() if "=" in item) for line in lines if line.strip()]
     row = next((r for r in rows if name or r.get("Default") == "YES"), None)
     if row is None:
         return None

@@ -137,7 +137,10 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
             result.index, result.verdicts, result.left_out = ran.index, ran.verdicts, ran.left_out
         result.seconds = time.perf_counter() - started
         if not request.records_only:  # a records folder (e.g. results/paper, committed) is only read
-            _write_summary(request, result)
+            write_json(request.out / request.profile / "sweep.json", {
+                "profile": request.profile, "dataset": request.dataset_key, "seeds": request.seeds,
+                "variants": list(request.variants), "done": result.done, "skipped": result.skipped,
+                "failed": result.failed, "logs": result.logs, "submitted": result.submitted, "seconds": result.seconds})
     return result
 
 
@@ -242,13 +245,6 @@ def _render_records(todo: list[Task], reporter: Reporter, result: SweepResult, r
         else:
             reporter.finished(task, record)
     return True
-
-
-def _write_summary(request: SweepRequest, result: SweepResult) -> None:
-    write_json(request.out / request.profile / "sweep.json", {
-        "profile": request.profile, "dataset": request.dataset_key, "seeds": request.seeds,
-        "variants": list(request.variants), "done": result.done, "skipped": result.skipped, "failed": result.failed,
-        "logs": result.logs, "submitted": result.submitted, "seconds": result.seconds})
 
 
 # --- the analysis and the book ---------------------------------------------------------------------------

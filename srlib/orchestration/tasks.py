@@ -24,8 +24,7 @@ KERNEL = "python3"  # the kernel of the interpreter running the sweep (ipykernel
 JOB = "job.json"
 # What a kernel that lost the race for its ZMQ ports looks like to papermill (papermill#511, #239):
 # jupyter_client picks free ports, releases them, and the kernel binds them a moment later.
-KERNEL_START_ERRORS = ("Address already in use", "Kernel died before replying to kernel_info",
-                       "Kernel didn't respond")
+KERNEL_START_ERRORS = ("Address already in use", "Kernel died before replying to kernel_info", "Kernel didn't respond")
 KERNEL_START_TRIES = 4  # a kernel that lost the race is started again, up to this many times in all
 # The lines a run's log has (srlib.train after each epoch, srlib.progress.ImageMeter); the bars between are not read.
 _EPOCH = re.compile(r"epoch (\d+)/(\d+): loss")

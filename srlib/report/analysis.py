@@ -1,7 +1,5 @@
-"""Pure functions from run records to the report's tables: results per variant, paired differences and
-their power, the controls' decomposition, per-class effects and provenance. Accuracies are in percent,
-differences in percentage points (pp); the statistics come from `comparisons`, the number formats from `formats`.
-"""
+"""Pure functions from run records to the report's tables. Accuracies are in percent, differences in
+percentage points (pp)."""
 
 from __future__ import annotations
 
@@ -40,8 +38,7 @@ def epochs_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def epochs_table(record: dict) -> pd.DataFrame:
-    """One run's epochs for its page: the columns a reader compares, short headers with units, each column
-    to its own precision (the learning rate as written, accuracies as recorded, throughput in whole images)."""
+    """One run's epochs for its page: the columns a reader compares, short headers with units."""
     formats = {"lr": ("lr", "{:g}"), "train_loss": ("train loss", "{:.3f}"), "train_acc": ("train acc. (%)", "{:.2f}"),
                "test_loss": ("test loss", "{:.3f}"), "test_acc": ("test acc. (%)", "{:.2f}"),
                "seconds": ("seconds", "{:.1f}"), "train_images_per_s": ("train img/s", "{:,.0f}")}
@@ -68,7 +65,7 @@ def differences_table(source: Source, which: list[Comparison] | None = None) -> 
     rows = [{"comparison": st.comparison.label, "seeds": len(st.seeds), "Δ final (pp)": fmt_diff(st.mean, st.t_half),
              f"{LEVEL:.0%} CI, seeds × images (pp)": fmt_interval(st.bootstrap),
              "permutation p": fmt_p(st.permutation_p)} for st in select_stats(source, which)]
-    return pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
+    return _indexed(rows, "comparison")
 
 
 def selection_table(source: Source, which: list[Comparison] | None = None) -> pd.DataFrame:
@@ -78,7 +75,7 @@ def selection_table(source: Source, which: list[Comparison] | None = None) -> pd
              "McNemar p per seed": ", ".join(fmt_p(p) for p in st.mcnemar_p) or "—",
              **{f"Δ {METRICS[k]} (pp)": fmt_diff(*mean_ci(st.deltas[k])) for k in METRICS if k != HEADLINE_METRIC}}
             for st in select_stats(source, which)]
-    return pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
+    return _indexed(rows, "comparison")
 
 
 def power_table(source: Source, which: list[Comparison] | None = None) -> pd.DataFrame:
@@ -94,8 +91,12 @@ def power_table(source: Source, which: list[Comparison] | None = None) -> pd.Dat
             f"seeds for {TARGET_PP:g} pp": "—" if pw.why_not else _seeds_text(pw.seeds_for_target, len(st.seeds)),
             "no figure because": pw.why_not or "",
         })
-    frame = pd.DataFrame(rows).set_index("comparison") if rows else pd.DataFrame()
+    frame = _indexed(rows, "comparison")
     return frame.drop(columns="no figure because") if rows and not frame["no figure because"].any() else frame
+
+
+def _indexed(rows: list[dict], index: str | list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows).set_index(index) if rows else pd.DataFrame()
 
 
 def _num(x: float | None) -> str:
@@ -122,7 +123,7 @@ def pixels_decomposition(source: Source) -> pd.DataFrame:
             rows.append({"scale": f"x{scale}", "step": steps[st.comparison.rule], "comparison": st.comparison.label,
                          "seeds": len(st.seeds), "Δ final (pp)": fmt_pp(st.mean),
                          f"{LEVEL:.0%} CI (pp)": fmt_interval(st.bootstrap)})
-    return pd.DataFrame(rows).set_index(["scale", "step"]) if rows else pd.DataFrame()
+    return _indexed(rows, ["scale", "step"])
 
 
 def sr_model_gains(source: Source) -> pd.DataFrame:
@@ -205,15 +206,12 @@ def provenance_table(record: dict) -> pd.DataFrame:
 
 def runs_provenance(records: list[dict]) -> pd.DataFrame:
     """One row per run: the code, torch, device, when it finished (its record: `<profile>/<variant>/seed<k>/`)."""
+    rank = {v: k for k, v in enumerate(order_variants(r["config"]["variant"] for r in records))}
     rows = [{"run": f"{r['config']['variant']} seed {r['config']['seed']}",
              "commit": str(r["provenance"]["git"].get("commit"))[:10],
              "dirty": r["provenance"]["git"].get("dirty"),
              "torch": r["provenance"].get("versions", {}).get("torch"), "device": device_name(r),
-             "finished": str(r.get("finished") or "—")[:16].replace("T", " ")} for r in _in_order(records)]
+             "finished": str(r.get("finished") or "—")[:16].replace("T", " ")}
+            for r in sorted(records, key=lambda r: (rank[r["config"]["variant"]], r["config"]["seed"]))]
     return pd.DataFrame(rows).set_index("run")
-
-
-def _in_order(records: list[dict]) -> list[dict]:
-    rank = {v: k for k, v in enumerate(order_variants(r["config"]["variant"] for r in records))}
-    return sorted(records, key=lambda r: (rank[r["config"]["variant"]], r["config"]["seed"]))
 

@@ -1,9 +1,5 @@
-"""Which variants the report compares, and each comparison's statistics from the records.
-
-A variant is what srlib.config.variant_of says it is (kind, scale, SR model); `comparisons`
-expands the rules of `COMPARISONS` over the scales and SR models present, and `compare` pairs A and B by
-seed and by test image and computes the final-epoch difference's intervals, tests and power
-(`srlib.statistics`). Records of one dataset only: those of several are refused, never pooled.
+"""Which variants the report compares, and each comparison's statistics from the records: `compare` pairs
+A and B by seed and by test image. Records of one dataset only: those of several are refused, never pooled.
 """
 
 from __future__ import annotations

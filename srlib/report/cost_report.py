@@ -1,11 +1,8 @@
 """What it costs, the report's section: accuracy against training compute per variant, from the records
 and `srlib.flops` (the planning cost model, which predicts seconds, is `srlib.cost`).
 
-Training compute of a run = training FLOPs per image (`srlib.flops.train_flops_per_image` at the run's
-input size and network width) x training images x epochs. The one-time cost of making a variant's images
-(SR or resizing) is not in it: the records' measured preparation seconds stand beside it instead. The gain
-per doubling of compute over `original` is (A − original) / log2(compute A / compute original), paired by
-seed, with its t-interval over seeds.
+The one-time cost of making a variant's images (SR or resizing) is not in the training compute: the records'
+measured preparation seconds stand beside it instead.
 """
 
 from __future__ import annotations
@@ -62,9 +59,8 @@ def cost_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def cost_table(records: list[dict]) -> pd.DataFrame:
-    """`cost_frame` for the page: compute (and relative to `original`), final accuracy with its interval, the
-    gain per doubling of compute (pp), and the measured seconds (the device in a column only when they differ;
-    `cost_caption` names it otherwise)."""
+    """`cost_frame` for the page; the device gets a column only when the runs' devices differ (`cost_caption`
+    names it otherwise)."""
     frame = cost_frame(records)
     if frame.empty:
         return frame

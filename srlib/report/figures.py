@@ -1,9 +1,7 @@
 """Figures and tables for the report (matplotlib + seaborn, static images only: the book must build offline).
 
-Sized for the book's text column: a figure is `PAGE_WIDTH` inches wide, which the inline backend
-saves at 100 dpi (~700 px), about the column's width, so text set at `FONT` points is shown at
-roughly that size. At most two panels share a row. Every function sets its font sizes explicitly
-instead of changing matplotlib's global settings.
+Sized for the book's text column (see `PAGE_WIDTH`), so text set at `FONT` points is shown at roughly that
+size. Every function sets its font sizes explicitly instead of changing matplotlib's global settings.
 """
 
 from __future__ import annotations
@@ -118,9 +116,8 @@ def differences(found: Sequence[ComparisonStats], title: str = "") -> plt.Figure
 
 
 def gain_vs_quality(frame: pd.DataFrame) -> plt.Figure:
-    """Is it the pixels or the model? Each SR model and scale (one point, from
-    `analysis.pixels_or_model`): its accuracy gain over bicubic (pp, 95% interval) against its PSNR gain
-    (left) and SSIM gain (right) over bicubic, with their 95% intervals where known."""
+    """Is it the pixels or the model? Each SR model and scale (`analysis.pixels_or_model`): its accuracy gain
+    over bicubic against its PSNR (left) and SSIM (right) gain over bicubic, with 95% intervals where known."""
     fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.8), sharey=True)
     colours = dict(zip(sorted(frame["model"].unique()), sns.color_palette("tab10"), strict=False))
     for ax, (column, label) in zip(axes, [("psnr", "PSNR gain over bicubic (dB)"),

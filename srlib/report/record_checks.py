@@ -1,10 +1,8 @@
 """Records as the report reads them: each one checked, and grouped by the data it was made on.
 
-A record is left out of every table, with its reason named on the page, when it cannot be read (truncated,
-not JSON), is of an unknown schema, lacks what the report reads, or when its parts disagree: its summary
-with its per-epoch metrics, its epochs with its config, its predictions with its labels and its final
-accuracy. Records made on different datasets (content hashes) are never pooled: `select_dataset` keeps
-one dataset and `one_dataset` refuses a mix, so a table can only ever be about one dataset.
+A record that cannot be read or whose parts disagree is left out of every table, with its reason named on the
+page. Records made on different datasets (content hashes) are never pooled: `select_dataset` keeps one dataset
+and `one_dataset` refuses a mix, so a table can only ever be about one dataset.
 """
 
 from __future__ import annotations
@@ -47,10 +45,6 @@ def dataset_label(identity: dict) -> str:
     if identity.get("train_count"):
         facts.append(f"{identity['train_count']:,} training / {identity.get('test_count', 0):,} test images")
     return f"{dataset_name(identity)} ({', '.join(f for f in facts if f)}, sha256 {sha[:12]})"
-
-
-def is_canonical(record: dict) -> bool:
-    return dataset_sha(record) == CANONICAL_SHA256
 
 
 @dataclass
@@ -170,21 +164,19 @@ def select_dataset(records: list[dict], dataset: str | None = None) -> tuple[lis
     groups = by_dataset(records)
     if not groups:
         return [], {}
-    chosen = next(iter(groups)) if dataset is None else _matching(groups, dataset)
+    chosen = next(iter(groups))
+    if dataset is not None:
+        wanted = dataset.lower()
+        identities = {sha: g[0]["data"]["dataset"] for sha, g in groups.items()}
+        matching = [sha for sha, identity in identities.items()
+                    if wanted in (dataset_name(identity).lower(), dataset_key(identity))
+                    or (sha and sha.startswith(wanted))]
+        if len(matching) != 1:
+            raise SrlibError(f"dataset {dataset!r} matches {len(matching)} of the datasets of these records "
+                             f"({', '.join(dataset_key(i) for i in identities.values())}); give one of these keys")
+        chosen = matching[0]
     others = {dataset_key(g[0]["data"]["dataset"]): len(g) for sha, g in groups.items() if sha != chosen}
     return groups[chosen], others
-
-
-def _matching(groups: dict[str, list[dict]], dataset: str) -> str:
-    wanted = dataset.lower()
-    identities = {sha: g[0]["data"]["dataset"] for sha, g in groups.items()}
-    matching = [sha for sha, identity in identities.items()
-                if wanted in (dataset_name(identity).lower(), dataset_key(identity))
-                or (sha and sha.startswith(wanted))]
-    if len(matching) != 1:
-        raise SrlibError(f"dataset {dataset!r} matches {len(matching)} of the datasets of these records "
-                         f"({', '.join(dataset_key(i) for i in identities.values())}); give one of these keys")
-    return matching[0]
 
 
 def one_dataset(records: list[dict]) -> list[dict]:

@@ -1,9 +1,8 @@
 """The reference report beside ours: its numbers, ours with the same statistic, and whether they agree.
 
-The reference trained one seed per variant with the `paper` protocol on canonical CIFAR-10 and reported
-the max test accuracy and the mean of the 5 best epochs (both picked on the test set). Ours are set beside
-them only when they were made the same way (profile `paper`, canonical CIFAR-10 by content hash); other
-CIFAR-10 runs are labelled as not comparable, with the reason; runs on other datasets get no reference table.
+Ours are set beside the reference's only when made the same way (profile `paper`, canonical CIFAR-10 by
+content hash); other CIFAR-10 runs are labelled as not comparable, with the reason; runs on other datasets get
+no reference table.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from ..config import variant_of
 from ..statistics import LEVEL, mean_ci
 from .comparisons import METRICS, comparisons, order_variants
 from .formats import decimals, fmt, fmt_diff, fmt_pp
-from .record_checks import CANONICAL_SHA256, JPEG_SHA256, dataset_label, dataset_sha, is_canonical, one_dataset
+from .record_checks import CANONICAL_SHA256, JPEG_SHA256, dataset_label, dataset_sha, one_dataset
 
 # The reference report (one seed per variant, picked on the test set): max test accuracy and mean of the
 # 5 best epochs, in percent. Quoted for comparison; never produced by this code. The one place they live.
@@ -41,7 +40,7 @@ def not_comparable(records: list[dict]) -> str | None:
         return "no runs"
     first = one_dataset(records)[0]
     why = []
-    if not is_canonical(first):
+    if dataset_sha(first) != CANONICAL_SHA256:
         why.append(f"they were trained on {dataset_label(first['data']['dataset'])}")
     profiles = sorted({r["config"]["profile"] for r in records} - {REFERENCE_PROFILE})
     if profiles:

@@ -104,16 +104,13 @@ def no_pairs_note(records: list[dict], how: bool = True) -> str:
     lonely = [name for name in order_variants(variants) if (v := variant_of(name)) and v.is_sr
               and f"resize_x{v.scale}" not in variants]
     if not records or not lonely:
+        profile = records[0]["config"]["profile"] if records else "preview"
         return ("No SR run with a resize partner of the same seed is among these runs, so there is no SR − resize "
-                f"comparison; make the study with `{sweep_command(_profile(records), 1)}`.")
+                f"comparison; make the study with `{sweep_command(profile, 1)}`.")
     partners = sorted({f"resize_x{variant_of(v).scale}" for v in lonely})
     return (f"{', '.join(lonely)} {'has' if len(lonely) == 1 else 'have'} no {' / '.join(partners)} run of the same "
             f"seed among these runs, so there is no SR − resize comparison yet. "
             + (missing_runs_note(records) if how else "The missing runs and how to make them are listed below."))
-
-
-def _profile(records: list[dict]) -> str:
-    return records[0]["config"]["profile"] if records else "preview"
 
 
 CONTROLS_NOTE = ("The controls `nearest_x2` / `nearest_x4` are not among these runs, so more pixels and better "

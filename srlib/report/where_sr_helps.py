@@ -1,7 +1,5 @@
 """Where SR helps: the test images on which the SR-trained and the resize-trained models disagree.
 
-Per scale (and SR model), from the final-epoch per-image predictions: the disagreements per class and over
-seeds, and the clearest cases both ways, pictured as the classifier saw them (original, bicubic, SR, with sizes).
 The pictures come only from the dataset whose content hash the records name and from the runs' verified SR
 cache or the weights whose sha256 the record names; without them the page names what is missing.
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...runs import ROOT
-from ..processes import kill_group
+from ..executors import kill_group
 from .job import KitRun
 from .layout import sr_scales
 

@@ -1,15 +1,12 @@
 """Do runs really share the GPU? A probe of aggregate training speed, and NVIDIA MPS start/stop.
 
-Without MPS, processes on one GPU take turns (time slicing), so several `srlib train` processes are not faster than
-one after another unless measured so. The probe measures aggregate training images/s of N runs (N = 1, 2, 4) at 32,
-64 and 128 px: `alone` (N = 1, in this process: the reference), and `mps` (worker processes under an MPS control
-daemon) or `processes` (the same without MPS, when it is absent). Every run starts from the same seed and batches, so
-its weights must be bit-identical to the run alone's; the table says whether they were. At 128 px it also times the
-faster numerics the planner may choose (kit.schedule.FASTER_NUMERICS). The table goes to
-`results/paper/gpu_probe.json`, from where later sessions read it (kit.schedule), re-checking one size.
-
-Speeds are also shown as a fraction of H200_BF16_FLOPS, measured on the H200 the kit was built for: on another GPU
-that column still means "of the H200's". Needs a CUDA GPU, except the MPS control (tested against a fake binary).
+Without MPS, processes on one GPU take turns (time slicing), so several `srlib train` processes may be no faster than
+one after another: the probe measures aggregate images/s of N = 1, 2, 4 runs at 32, 64 and 128 px, `alone` (N = 1, in
+this process: the reference) and `mps` (workers under an MPS control daemon) or `processes` (without MPS, when it is
+absent). Same seed and batches, so each run's weights must be bit-identical to the run alone's; the table says if so.
+At 128 px it also times kit.schedule.FASTER_NUMERICS. The table goes to `results/paper/gpu_probe.json`, which later
+sessions read (kit.schedule), re-checking one size. Speeds are also a fraction of H200_BF16_FLOPS (measured on the
+kit's H200: on another GPU still "of the H200's"). Needs a CUDA GPU, except the MPS control (tested with a fake binary).
 """
 
 from __future__ import annotations
