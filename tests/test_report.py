@@ -288,7 +288,8 @@ def test_a_book_from_records_fits_the_screen_and_names_what_it_left_out(generate
             "smoke/sr_x4/seed7/record.json: unreadable",
             "smoke/fashion-mnist-ffffffff/resize_x4/seed7/record.json: its predictions score 99.00% but its summary "
             "says 50.00% final",
-            "Not on this page: 1 run on cifar10-c8cc1b78", "make report RECORDS=", "DATASET=cifar10-c8cc1b78",
+            "Not on this page: 1 run on cifar10 (canonical CIFAR-10, lossless", "make report RECORDS=",
+            "DATASET=cifar10-c8cc1b78",
             "SR − resize at x2", "SR (swift-srgan) − resize at x2", "better interpolation",
             "test images right with sr_x2 only", "No pictures: the data here is",
             "x2 costs 4× the training compute of original and x4 costs 15×", "at 56 and 112 px over 28 px",

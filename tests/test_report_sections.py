@@ -214,7 +214,7 @@ def test_the_results_page_names_another_dataset_by_its_name_and_size(tmp_path):
     assert summary.startswith("On **fashion_mnist (28×28 px, 10 classes, 60,000 training / 10,000 test images, "
                               "sha256 ffffffffffff)**: 4 runs")
     notes = report_text.loading_notes(loaded)
-    assert f"1 run on `cifar10-{CANONICAL_SHA256[:8]}`" in notes
+    assert "1 run on cifar10 (canonical CIFAR-10, lossless, 32×32 px" in notes
     assert f"`make report RECORDS={tmp_path} DATASET=cifar10-{CANONICAL_SHA256[:8]}`" in notes
     page = " ".join([summary, *report_text.caveats(loaded.records), reference.comparability_note(loaded.records)])
     assert "CIFAR-10" not in page.replace("canonical CIFAR-10", "")  # only as what the reference was made on

@@ -54,6 +54,7 @@ class Loaded:
     records: list[dict]
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (record path, reason)
     others: dict[str, int] = field(default_factory=dict)  # other datasets' keys -> their runs, not shown here
+    labels: dict[str, str] = field(default_factory=dict)  # every dataset's key -> its name, size and counts
     out: str = "runs"  # the folder they were read from (the command that shows another dataset names it)
 
 

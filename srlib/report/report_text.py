@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..config import STUDY_VARIANTS, VARIANT_SETS, variant_of
+from ..data import dataset_key
 from ..errors import SrlibError
 from ..statistics import ALPHA, MAX_SEEDS, POWER, TARGET_PP
 from .comparisons import (
@@ -261,7 +262,8 @@ def require_records(out: str | os.PathLike, profile: str, dataset: str | None = 
                          f"; make them with `{sweep_command(profile, 1)}` (or `make report PROFILE={profile}`), or "
                          "point the notebook's `out` parameter at the folder that holds them")
     chosen, others = select_dataset(records, dataset)
-    return Loaded(chosen, rejected, others, str(out))
+    labels = {dataset_key(r["data"]["dataset"]): dataset_label(r["data"]["dataset"]) for r in records}
+    return Loaded(chosen, rejected, others, labels, str(out))
 
 
 def _relative(path: str, out: str | os.PathLike) -> str:
@@ -274,7 +276,8 @@ def _relative(path: str, out: str | os.PathLike) -> str:
 def loading_notes(loaded: Loaded) -> str:
     """Markdown: the records left out (with the reason) and the other datasets' runs, not shown here."""
     lines = [f"- **Left out**: `{path}`: {why}." for path, why in loaded.rejected]
-    lines += [f"- **Not on this page**: {n} run{'s' if n > 1 else ''} on `{key}` (runs on different data are never "
+    lines += [f"- **Not on this page**: {n} run{'s' if n > 1 else ''} on {loaded.labels.get(key, key)} (runs on "
+              "different data are never "
               f"pooled or compared); its results page: `make report RECORDS={loaded.out} DATASET={key}` (trains "
               f"nothing; `srlib sweep --records {loaded.out} --dataset {key}`), or this notebook with "
               f"`dataset = \"{key}\"`."
