@@ -15,6 +15,7 @@ deadlines and thread counts are recorded but make no other run (a bf16 GPU recor
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,9 +102,11 @@ def record_paths(out: str | os.PathLike, profile: str | None = None, dataset: st
 
 
 def datasets(out: str | os.PathLike, profile: str | None = None) -> list[str]:
-    """The keys of the data that `out`'s records were made on, sorted."""
+    """The keys of the data that `out`'s records were made on, the one with the most records first (as the results
+    page picks by default), then by name."""
     records = (read_json_or_none(path) for path in record_paths(out, profile))
-    return sorted({record_dataset(record) for record in records if record is not None})
+    counts = Counter(record_dataset(record) for record in records if record is not None)
+    return sorted(counts, key=lambda key: (-counts[key], key))
 
 
 def load_records(out: str | os.PathLike, profile: str | None = None, predictions: bool = True,

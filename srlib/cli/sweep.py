@@ -132,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--records", help="build the book from the records in RECORDS (e.g. results/paper) instead of "
                    "training: sets --out to it; a missing variant is named in the book, never trained")
     p.add_argument("--dataset", help="with --records: the records of this dataset (its folder name, as `srlib status` "
-                   "shows it); default: the one dataset there")
+                   "shows it); default: the one with the most runs there, as the results page shows")
     add_data_options(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -38,9 +38,11 @@ def run_pages(root: Path) -> list[str]:
                 or (root / p["out"]).resolve() != (root / out).resolve()):
             continue
         variant, seed = p.get("variant"), int(p.get("seed", -1))
-        dataset = executed_train_dataset(notebook, profile, variant, seed)
+        # A results page of one dataset lists that dataset's run pages; an older page (no dataset in its name)
+        # counts where that dataset has its record.
+        dataset = executed_train_dataset(notebook, profile, variant, seed) or shown.get("dataset")
         if shown.get("dataset") and dataset != shown["dataset"]:
-            continue  # a results page of one dataset lists that dataset's run pages
+            continue
         record = load_record(root / out, profile, variant, seed, dataset)
         if record is not None and record.get("status") == "complete":
             pages.append((p["variant"], int(p["seed"]), notebook))

@@ -67,8 +67,9 @@ class SweepRequest:
 
     @cached_property
     def dataset_key(self) -> str | None:
-        """The dataset part of the runs' folders: given, else the one dataset of the records (records mode; None
-        when there are none), else the data's own (decoded once here, and cached on disk for the runs)."""
+        """The dataset part of the runs' folders: given, else the data's own (decoded once here, and cached on disk
+        for the runs); in records mode the records' dataset with the most runs, as the results page shows by default
+        (None when there are none)."""
         from ..data import dataset_key, load_dataset
         from ..runs import datasets
 
@@ -82,9 +83,9 @@ class SweepRequest:
         if self.dataset:  # a key, a name (cifar10) or a hash prefix, as the results page accepts
             keys = [k for k in keys if self.dataset in (k, k.rpartition("-")[0]) or
                     k.rpartition("-")[2].startswith(self.dataset)] or [self.dataset]
-        if len(keys) > 1:
-            raise ConfigError(f"{self.out} holds {self.profile} records of {len(keys)} datasets ({', '.join(keys)}); "
-                              "name one with --dataset")
+        if self.dataset and len(keys) > 1:
+            raise ConfigError(f"--dataset {self.dataset} matches {len(keys)} datasets of {self.out} "
+                              f"({', '.join(keys)}); give one of these keys")
         return keys[0] if keys else None
 
     def plan(self, device: str | None = None) -> Plan:
