@@ -25,7 +25,11 @@ def test_train_notebook_runs_through_papermill(tmp_path, imagefolder):
                         parameters={"variant": "resize_x2", "profile": "smoke", "seed": 0, "out": str(out),
                                     "data": str(imagefolder), "cache_dir": str(tmp_path / "cache"),
                                     "overrides": {"epochs": 1, "width": 8, "train_size": 20, "test_size": 10}})
-    record = json.loads((out / "smoke" / "resize_x2" / "seed0" / "record.json").read_text())
+    from srlib.data import dataset_key, load_dataset
+    from srlib.runs import run_dir
+
+    key = dataset_key(load_dataset(imagefolder, cache_dir=tmp_path / "cache").identity)
+    record = json.loads((run_dir(out, "smoke", key, "resize_x2", 0) / "record.json").read_text())
     assert record["config"]["epochs"] == 1 and record["input_px"] == 64
     text = executed.read_text()
     assert "Max test accuracy" in text and "image/png" in text

@@ -113,15 +113,16 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
                                         f"srlib-{request.profile}", request.threads))
     if isinstance(executor, SlurmExecutor) and not request.records_only:
         executor.check_request()  # before the data is decoded for its key: a refusal takes seconds, not minutes
-    tasks = train_tasks(request)  # the data's key is in each run's folder: known once the data passed the checks
-    estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in by_run}
-    result, started = SweepResult(), time.perf_counter()
-    reporter = Reporter(log, live, executor.parallel, estimates=estimates,
-                        after_s=ANALYSIS_S if plan is not None and request.analysis else 0.0)
-    # A records folder is only read (and may be a committed one): no lock file there.
+    # A records folder is only read (and may be a committed one): no lock file there. Taken before the data is
+    # decoded for its key, so a second sweep on the same folder stops at once.
     lock = (contextlib.nullcontext() if request.records_only else
             directory_lock(request.out, f"srlib sweep --profile {request.profile}"))
     with lock:
+        tasks = train_tasks(request)  # the data's key is in each run's folder: known once the data passed the checks
+        estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in by_run}
+        result, started = SweepResult(), time.perf_counter()
+        reporter = Reporter(log, live, executor.parallel, estimates=estimates,
+                            after_s=ANALYSIS_S if plan is not None and request.analysis else 0.0)
         todo = _missing(tasks, record_of, result, log)
         if request.records_only:
             waited = _render_records(todo, reporter, result, request, record_of)
