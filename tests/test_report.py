@@ -13,7 +13,7 @@ import pytest
 from srlib.config import STUDY_VARIANTS
 from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.sweep import sweep
-from srlib.runs import NOTEBOOKS, ROOT
+from srlib.runs import NOTEBOOKS, ROOT, datasets, run_dir
 
 
 def test_train_notebook_runs_through_papermill(tmp_path, imagefolder):
@@ -26,7 +26,6 @@ def test_train_notebook_runs_through_papermill(tmp_path, imagefolder):
                                     "data": str(imagefolder), "cache_dir": str(tmp_path / "cache"),
                                     "overrides": {"epochs": 1, "width": 8, "train_size": 20, "test_size": 10}})
     from srlib.data import dataset_key, load_dataset
-    from srlib.runs import run_dir
 
     key = dataset_key(load_dataset(imagefolder, cache_dir=tmp_path / "cache").identity)
     record = json.loads((run_dir(out, "smoke", key, "resize_x2", 0) / "record.json").read_text())
@@ -130,14 +129,15 @@ def test_sweep_rerun_does_only_what_is_missing(smoke_study):
     before = {p: p.stat().st_mtime_ns for p in executed}
     result = sweep(SweepRequest("smoke", 1, STUDY_VARIANTS, **kwargs))
     assert result.done == [] and result.failed == {}
-    assert sorted(result.skipped) == sorted([f"smoke-{v}-seed0" for v in STUDY_VARIANTS]
+    [key] = datasets(root / "runs", "smoke")  # runs are kept by their data
+    assert sorted(result.skipped) == sorted([f"smoke-{key}-{v}-seed0" for v in STUDY_VARIANTS]
                                             + ["sr_quality.ipynb", "compare.ipynb"])
     assert {p: p.stat().st_mtime_ns for p in executed} == before
 
     # A run whose record went missing is redone, and only it; then the analysis sees the new record.
-    (root / "runs" / "smoke" / "original" / "seed0" / "record.json").unlink()
+    (run_dir(root / "runs", "smoke", key, "original", 0) / "record.json").unlink()
     result = sweep(SweepRequest("smoke", 1, STUDY_VARIANTS, **kwargs))
-    assert result.done == ["smoke-original-seed0", "sr_quality.ipynb", "compare.ipynb"], result
+    assert result.done == [f"smoke-{key}-original-seed0", "sr_quality.ipynb", "compare.ipynb"], result
     assert len(result.skipped) == len(STUDY_VARIANTS) - 1 and not result.failed
 
 
@@ -158,7 +158,8 @@ def test_report_opens_offline_in_a_browser_and_fits_the_screen(smoke_book):
 @pytest.mark.slow
 def test_pages_show_results_not_stderr(smoke_study, smoke_book):
     root, _ = smoke_study
-    executed = (root / "book" / "executed" / "train" / "smoke-sr_x2-seed0.ipynb").read_text()
+    [key] = datasets(root / "runs", "smoke")
+    executed = (root / "book" / "executed" / "train" / f"smoke-{key}-sr_x2-seed0.ipynb").read_text()
     assert '"name": "stderr"' in executed  # the upscaling progress bar is kept in the executed notebook ...
     for page in smoke_book.rglob("book/executed/**/*.html"):
         assert "output stderr" not in page.read_text(), page  # ... and kept off the pages
