@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 
 from .config import VARIANTS, TrainConfig
 
-SPLIT_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10's splits, for configs that take a whole split
-
 # Rough speeds, for when nothing was measured on this machine. CPU: the preview profile (width 8, the CPU
 # default) on a fresh 2-core AVX2 machine (issue 25: 5.7 s per 32 px epoch, 66 s per 128 px epoch):
 # 2.9e10 FLOP/s + 0.78 ms per image; width 64 runs ~2.7x faster per FLOP (results/bench_cpu.json), so a
@@ -46,6 +44,26 @@ class Speed:
         return flops / self.flop_rate + self.overhead_s
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What the data adds to a run's work: its images' (height, width) and split sizes (CIFAR-10's by default)."""
+
+    hw: tuple[int, int] = (32, 32)
+    train: int = 50_000
+    test: int = 10_000
+
+    def side(self, scale: int = 1) -> int:
+        """The side of a square image of as many pixels, at `scale`: FLOPs grow with the pixels."""
+        return round(scale * (self.hw[0] * self.hw[1]) ** 0.5)
+
+
+def record_shape(record: dict) -> DataShape:
+    """The shape of the data a record was trained on (records before srlib kept it: CIFAR-10's)."""
+    dataset = record.get("data", {}).get("dataset", {})
+    _, h, w = dataset.get("image_size", (3, 32, 32))
+    return DataShape((h, w), dataset.get("train_count", 50_000), dataset.get("test_count", 10_000))
+
+
 def device_type(device: str | None) -> str:
     """'cuda' or 'cpu' for a device string; None means what this machine has."""
     if device:
@@ -60,9 +78,9 @@ def rough_speed(device: str) -> Speed:
     return Speed(rate, overhead, f"rough {device_type(device)} rate")
 
 
-def epoch_images(n_train: int, n_test: int, px: int, width: int) -> float:
+def epoch_images(n_train: int, n_test: int) -> float:
     """One epoch (training and the test pass) in trained-image equivalents: a test image costs a forward pass,
-    a trained one forward + backward (the same ratio at every `px` and `width`)."""
+    a trained one forward + backward (the same ratio at every input size and width)."""
     from .flops import TRAIN_TO_FORWARD
 
     return n_train + n_test / TRAIN_TO_FORWARD
@@ -91,14 +109,16 @@ def fit_speed(samples: list[tuple[float, float]], device: str) -> Speed:
 
 # --- records -> samples -> estimates -----------------------------------------------------------------------
 
-def split_sizes(config: TrainConfig) -> tuple[int, int]:
-    return config.train_size or SPLIT_IMAGES["train"], config.test_size or SPLIT_IMAGES["test"]
+def split_sizes(config: TrainConfig, shape: DataShape = DataShape()) -> tuple[int, int]:
+    return config.train_size or shape.train, config.test_size or shape.test
 
 
-def same_work(recorded: dict, config: TrainConfig) -> bool:
-    """Same variant and the settings that decide a run's speed (seeds and epochs may differ)."""
-    return all(recorded.get(k) == getattr(config, k)
-               for k in ("variant", "profile", "width", "batch_size", "train_size", "test_size"))
+def same_work(record: dict, config: TrainConfig, shape: DataShape = DataShape()) -> bool:
+    """Same variant, data shape and the settings that decide a run's speed (seeds and epochs may differ)."""
+    recorded = record.get("config", {})
+    return record_shape(record) == shape and all(
+        recorded.get(k) == getattr(config, k) for k in ("variant", "profile", "width", "batch_size", "train_size",
+                                                        "test_size"))
 
 
 def record_device(record: dict) -> str:
@@ -116,12 +136,11 @@ def _sample(record: dict) -> tuple[float, float] | None:
     """(training FLOPs, seconds) per trained-image equivalent of a finished record, for fitting the speed."""
     from .flops import train_flops_per_image
 
-    config = record.get("config", {})
+    config, shape = record.get("config", {}), record_shape(record)
     try:
-        px, width = VARIANTS[config["variant"]].px, int(config["width"])
-        n_train = config.get("train_size") or SPLIT_IMAGES["train"]
-        n_test = config.get("test_size") or SPLIT_IMAGES["test"]
-        seconds = measured_epoch_s(record) / epoch_images(n_train, n_test, px, width)
+        px, width = shape.side(VARIANTS[config["variant"]].scale), int(config["width"])
+        n_train, n_test = config.get("train_size") or shape.train, config.get("test_size") or shape.test
+        seconds = measured_epoch_s(record) / epoch_images(n_train, n_test)
     except (KeyError, TypeError, ValueError, ZeroDivisionError, statistics.StatisticsError):
         return None
     return train_flops_per_image(px, width), seconds
@@ -154,16 +173,17 @@ class RunEstimate:
         return self.startup_s + self.upscale_s + self.epochs * self.epoch_s
 
 
-def estimate_run(config: TrainConfig, earlier: list[dict], device: str, upscale_images: int = 0) -> RunEstimate:
-    """A run's estimate from `earlier` records on this device: its epochs from records of the same work, else
-    from the speed fitted to all of them, else the rough rate; its upscaling likewise (same variant's records,
-    else the rough rate per image)."""
+def estimate_run(config: TrainConfig, earlier: list[dict], device: str, upscale_images: int = 0,
+                 shape: DataShape = DataShape()) -> RunEstimate:
+    """A run's estimate on data of `shape` from `earlier` records on this device: its epochs from records of the
+    same work, else from the speed fitted to all of them, else the rough rate; its upscaling likewise (same
+    variant's records, else the rough rate per image)."""
     from .flops import train_flops_per_image
 
-    variant, (n_train, n_test) = VARIANTS[config.variant], split_sizes(config)
-    images = epoch_images(n_train, n_test, variant.px, config.width)
-    flops = train_flops_per_image(variant.px, config.width)
-    same = [r for r in earlier if same_work(r.get("config", {}), config) and r.get("epochs")]
+    variant, (n_train, n_test) = VARIANTS[config.variant], split_sizes(config, shape)
+    images = epoch_images(n_train, n_test)
+    flops = train_flops_per_image(shape.side(variant.scale), config.width)
+    same = [r for r in earlier if same_work(r, config, shape) and r.get("epochs")]
     if same:
         epoch_s, basis = statistics.mean(measured_epoch_s(r) for r in same), f"from {len(same)} earlier record(s)"
     else:

@@ -111,41 +111,39 @@ def why_no_power(seed_sd: float | None, image_se: float | None, discordant: int 
     return None
 
 
-def t_test_power(effect: float, seed_sd: float, seeds: int, image_se: float = 0.0, alpha: float = ALPHA) -> float:
-    """Power of the two-sided paired t-test over `seeds` seeds (df = seeds − 1) for a true difference
+def t_test_power(effect: float, seed_sd: float, seeds: int, image_se: float = 0.0) -> float:
+    """Power of the two-sided paired t-test (level ALPHA) over `seeds` seeds (df = seeds − 1) for a true difference
     `effect`, when each seed's difference has SD `seed_sd` and the shared test set adds `image_se`; with
     image_se = 0, the textbook one-sample t-test power (noncentral t) of statsmodels' TTestPower."""
     se = math.sqrt(seed_sd**2 / seeds + image_se**2)
     if se == 0:
-        return 1.0 if effect != 0 else alpha
+        return 1.0 if effect != 0 else ALPHA
     df = seeds - 1
-    critical = stats.t.ppf(1 - alpha / 2, df)
+    critical = stats.t.ppf(1 - ALPHA / 2, df)
     shift = abs(effect) / se
     # Far out, scipy's noncentral t returns NaN for the (vanishing) wrong-side tail.
     wrong_side = float(np.nan_to_num(stats.nct.cdf(-critical, df, shift), nan=0.0))
     return float(stats.nct.sf(critical, df, shift)) + wrong_side
 
 
-def detectable_difference(seed_sd: float, seeds: int, image_se: float = 0.0, power: float = POWER,
-                          alpha: float = ALPHA) -> float:
-    """The smallest true difference detected with probability `power` (two-sided `alpha`)."""
+def detectable_difference(seed_sd: float, seeds: int, image_se: float = 0.0) -> float:
+    """The smallest true difference detected with probability POWER (two-sided ALPHA)."""
     se = math.sqrt(seed_sd**2 / seeds + image_se**2)
     if se == 0:
         return 0.0
-    return float(optimize.brentq(lambda e: t_test_power(e, seed_sd, seeds, image_se, alpha) - power,
+    return float(optimize.brentq(lambda e: t_test_power(e, seed_sd, seeds, image_se) - POWER,
                                  1e-9 * se, 100 * se))  # power(100 SE) ~ 1 even at df = 1
 
 
-def seeds_needed(effect: float, seed_sd: float, image_se: float = 0.0, power: float = POWER,
-                 alpha: float = ALPHA, max_seeds: int = MAX_SEEDS) -> int | None:
-    """The fewest seeds (>= 2) whose t-test detects `effect` with `power`; None when even `max_seeds`
+def seeds_needed(effect: float, seed_sd: float, image_se: float = 0.0) -> int | None:
+    """The fewest seeds (>= 2) whose t-test detects `effect` with POWER; None when even MAX_SEEDS
     would not (the test set's own sampling noise alone is too large)."""
     def enough(n: int) -> bool:
-        return t_test_power(effect, seed_sd, n, image_se, alpha) >= power
+        return t_test_power(effect, seed_sd, n, image_se) >= POWER
 
-    if not enough(max_seeds):
+    if not enough(MAX_SEEDS):
         return None
-    candidates = range(2, max_seeds + 1)  # power grows with the seeds, so a bisection finds the first enough
+    candidates = range(2, MAX_SEEDS + 1)  # power grows with the seeds, so a bisection finds the first enough
     return candidates[bisect.bisect_left(candidates, True, key=enough)]
 
 

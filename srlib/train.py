@@ -229,13 +229,15 @@ def train(config: TrainConfig, out: str | os.PathLike = "runs", data: str | None
     directory = config_dir(out, config, key)
     # Looked for before the lock, which would make this run's folder: a finished run may be in the older layout.
     finished = None if force else find_finished(out, config, key)
-    if finished is not None:
-        log(f"[srlib] reusing finished run {Path(finished['_path']).parent} (same protocol and data; --force to "
-            "retrain)")
-        return {k: v for k, v in finished.items() if not k.startswith("_")}
-    holder = f"srlib train --variant {config.variant} --profile {config.profile} --seed {config.seed}"
-    with directory_lock(directory, holder), deterministic_algorithms(config.deterministic):
-        return _train(config, directory, dataset, cache_dir, device, progress, force, log, deadline)
+    if finished is None:
+        holder = f"srlib train --variant {config.variant} --profile {config.profile} --seed {config.seed}"
+        with directory_lock(directory, holder), deterministic_algorithms(config.deterministic):
+            # and again once locked: the same run in another process may have finished in between
+            finished = None if force else find_finished(out, config, key)
+            if finished is None:
+                return _train(config, directory, dataset, cache_dir, device, progress, force, log, deadline)
+    log(f"[srlib] reusing finished run {Path(finished['_path']).parent} (same protocol and data; --force to retrain)")
+    return {k: v for k, v in finished.items() if not k.startswith("_")}
 
 
 @dataclass

@@ -65,7 +65,7 @@ def test_fit_of_one_size_keeps_the_rough_overhead_and_nonsense_falls_back():
 
 
 def test_epoch_counts_a_test_image_as_a_forward_pass():
-    assert cost.epoch_images(1000, 300, 32, 64) == pytest.approx(cost.epoch_images(1000, 0, 32, 64) * 1.1)
+    assert cost.epoch_images(1000, 300) == pytest.approx(cost.epoch_images(1000, 0) * 1.1)
 
 
 def test_runs_wait_for_the_first_free_slot():

@@ -118,3 +118,9 @@ def test_a_sweep_into_one_folder_with_two_datasets_keeps_both(tmp_path, two_data
     assert sorted(record_dataset(r) for r in load_records(out)) == sorted(keys)
     assert sorted(p.name for p in (notebooks / "train").glob("*.ipynb")) == sorted(
         f"smoke-{k}-original-seed0.ipynb" for k in keys)
+    # records mode on the dataset that sorts last: its run page shows its own record, not the first folder's
+    shown = sweep(SweepRequest("smoke", 1, ["original"], out=out, notebooks_out=tmp_path / "shown", dataset=keys[0],
+                               overrides=TINY, analysis=False, records_only=True), log=lambda *_: None, live=False)
+    assert shown.done == [f"smoke-{keys[0]}-original-seed0"], shown
+    page = (tmp_path / "shown" / "train" / f"smoke-{keys[0]}-original-seed0.ipynb").read_text()
+    assert "test images of grey28" in page and "colour48" not in page

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import srlib.orchestration.preflight as preflight
+from srlib import cost
 from srlib.cli import main
 from srlib.config import make_config
 from srlib.orchestration.request import SweepRequest
@@ -141,8 +142,9 @@ def test_too_little_disk_is_refused(tmp_path, capsys, imagefolder, no_weights, m
     line = refused(tmp_path, capsys, "train", "--variant", "resize_x4", "--profile", "smoke", "--data",
                    str(imagefolder), "--cache-dir", str(tmp_path / "cache"))
     assert "not enough disk space" in line and "5.0 MB free" in line
-    # smoke resize_x4: 100 + 50 images of 3 x 128 x 128 bytes, and the decoded 60,000 x 3 x 32 x 32 dataset
-    assert "resize_x4 (train+test) 7.4 MB" in line and "decoded dataset 184.3 MB" in line
+    # smoke resize_x4: 100 + 50 images of 3 x 128 x 128 bytes, and the decoded dataset: the fixture's 90 images
+    # of 3 x 32 x 32 bytes (not CIFAR-10's 60,000)
+    assert "resize_x4 (train+test) 7.4 MB" in line and "decoded dataset 276.5 KB" in line
     assert "--cache-dir" in line
 
 
@@ -154,12 +156,26 @@ def test_several_problems_come_in_one_message(tmp_path, no_weights):
                      cache_dir=str(tmp_path / "cache"), notebooks_out=tmp_path / "nb").plan().raise_problems()
 
 
-def test_an_upscaled_cifar10_copy_at_x4_is_sized_as_2_9_gb(tmp_path, imagefolder, no_weights):
-    plan = SweepRequest("paper", 1, ["resize_x4"], out=tmp_path / "runs", data=str(imagefolder),
-                        cache_dir=str(tmp_path / "cache"), analysis=False).plan(device="cpu")
-    (cache,) = [c for c in plan.caches if c.name.startswith("resize_x4")]
+def test_an_upscaled_cifar10_copy_at_x4_is_sized_as_2_9_gb(tmp_path):
+    caches, _ = preflight._caches([make_config("resize_x4", "paper")], tmp_path, [], "cpu", cost.DataShape())
+    (cache,) = [c for c in caches if c.name.startswith("resize_x4")]
     assert cache.bytes == 60_000 * 3 * 128 * 128  # 2,949,120,000 bytes: the issue's 2.9 GB
     assert preflight._size(cache.bytes) == "2.9 GB"
+
+
+def test_the_plan_sizes_caches_and_epochs_by_the_data_it_will_use(tmp_path, no_weights):
+    """Other data than CIFAR-10: the dry run's caches and times follow its images' size and count."""
+    from test_data import make_tree
+
+    data = make_tree(tmp_path / "shapes", {"cat": 60, "dog": 60}, size=28, test_per_class=30)
+    plan = SweepRequest("paper", 1, ["original", "resize_x2"], out=tmp_path / "runs", data=str(data),  # whole splits
+                        cache_dir=str(tmp_path / "cache"), analysis=False).plan(device="cpu")
+    assert not plan.problems, plan.problems
+    assert [(c.images, c.hw) for c in plan.caches] == [(180, (28, 28)), (180, (56, 56))]
+    cifar = cost.estimate_run(make_config("resize_x2", "paper"), [], "cpu")
+    estimate = plan.runs[1].estimate
+    assert estimate.epoch_images == cost.epoch_images(120, 60) and estimate.epoch_s < cifar.epoch_s / 300
+    assert estimate.flops < cifar.flops
 
 
 def test_the_host_check_is_a_tcp_connect(monkeypatch):
@@ -239,7 +255,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys, imagefolde
                for line in lines) == 2
     # only the missing train split: 100 images x 3 x 64 x 64 bytes
     assert "cache resize_x2 (train): 100 images x 3 x 64 x 64 = 1.2 MB, to build, ~0.1 s (rough cpu rate)" in lines
-    assert "cache decoded dataset: 60,000 images" in text
+    assert "cache decoded dataset: 90 images x 3 x 32 x 32" in text  # the fixture's, not CIFAR-10's 60,000
     assert "3 run(s) to train" in text and "1 run(s) already done" in text
     # the total on this machine says what it rests on: here an earlier record of this cpu
     assert re.search(r"^estimated time on this cpu: ~.+, from measured on this machine \(earlier records\);", text,
@@ -308,15 +324,15 @@ def test_images_too_large_for_the_sr_model_are_refused(tmp_path, monkeypatch):
 
     data = make_tree(tmp_path / "large", {"cat": 60, "dog": 60}, size=48, test_per_class=30)
     configs = [make_config(v, "smoke") for v in ("resize_x4", "sr_x4")]
-    where = preflight.locate(str(data))
-    assert preflight._data_problems(where, configs, "cpu") == []  # 48 px at x4 fits in this machine's RAM
+    found = preflight._survey(preflight.locate(str(data)))
+    assert preflight._data_problems(found, str(data), configs, "cpu") == []  # 48 px at x4 fits in this machine's RAM
     monkeypatch.setattr(preflight, "_memory_here", lambda device: 2 * 10**9)  # a 2 GB machine
-    assert preflight._data_problems(where, configs, "cpu") == []
+    assert preflight._data_problems(found, str(data), configs, "cpu") == []
     monkeypatch.setattr(preflight, "_memory_here", lambda device: 10**8)  # 100 MB
-    (problem,) = preflight._data_problems(where, configs, "cpu")
+    (problem,) = preflight._data_problems(found, str(data), configs, "cpu")
     assert problem.startswith("the images are 48x48 px: SR at x4 on 16 images at a time needs about 151.0 MB")
     assert "bring the images down to 39 px or less, or leave out the SR variants" in problem
-    assert preflight._data_problems(where, configs[:1], "cpu") == []  # no SR variant: no SR bound
+    assert preflight._data_problems(found, str(data), configs[:1], "cpu") == []  # no SR variant: no SR bound
 
 
 def test_parquet_data_is_surveyed_by_its_labels_and_first_rows(tmp_path):
@@ -330,7 +346,8 @@ def test_parquet_data_is_surveyed_by_its_labels_and_first_rows(tmp_path):
                 for p in sorted((tree / split / name).iterdir())]
         write_split(folder / "plain_text", split, [{"bytes": p.read_bytes(), "path": p.name} for p, _ in rows],
                     [label for _, label in rows], names=["cat", "dog"], shards=2 if split == "train" else 1)
-    problems = preflight._data_problems(preflight.locate(str(folder)), [make_config("original", "smoke")], "cpu")
+    found = preflight._survey(preflight.locate(str(folder)))
+    problems = preflight._data_problems(found, str(folder), [make_config("original", "smoke")], "cpu")
     assert problems[0].startswith("train split: a stratified subset of 100 needs 50 images of class 1, only 3")
     # the first file starts with the 48 px dog, the second (rows 61-122) with a 28 px cat
     assert problems[1].startswith("the images are not all one size (48x48 px (in row 0 of")

@@ -57,6 +57,23 @@ def test_finished_run_is_reused_not_retrained(tmp_path, imagefolder, monkeypatch
     assert _run(tmp_path, imagefolder) == first
 
 
+def test_a_run_finished_by_another_process_while_this_one_took_the_lock_is_reused(tmp_path, imagefolder, monkeypatch):
+    """Two identical `srlib train` at once: the second looks before the first has finished and locks after it has
+    released the folder; it reuses the record instead of training again and overwriting it."""
+    import srlib.train as train_module
+
+    first = _run(tmp_path, imagefolder)
+    looks, real = [], train_module.find_finished
+
+    def finished_after_the_first_look(*args):
+        looks.append(args)
+        return None if len(looks) == 1 else real(*args)
+
+    monkeypatch.setattr(train_module, "find_finished", finished_after_the_first_look)
+    monkeypatch.setattr(train_module, "prepare_data", lambda *a, **k: pytest.fail("retrained a finished run"))
+    assert _run(tmp_path, imagefolder) == first and len(looks) == 2
+
+
 def test_data_order_is_shared_by_variants_and_differs_by_seed():
     p0, f0 = epoch_order(0, 3, 100)
     p1, f1 = epoch_order(0, 3, 100)

@@ -1,7 +1,5 @@
-"""`srlib kit ...`: the command line of the GPU kit, and nothing else (the kit's modules never import it).
-
-`assemble`, `check` and `unpack` run here; `probe`, `run` and `ship` on the GPU machine (scripts/gpu_paper.sh).
-"""
+"""`srlib kit ...`, the GPU kit's command line and nothing else (the kit's modules never import it): `assemble`,
+`check` and `unpack` run here; `probe`, `run` and `ship` on the GPU machine (scripts/gpu_paper.sh)."""
 
 from __future__ import annotations
 

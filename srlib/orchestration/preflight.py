@@ -23,7 +23,7 @@ import numpy as np
 from .. import cost
 from ..config import STUDY_SCALES, VARIANTS, TrainConfig, variant_of
 from ..data import CIFAR10_URL, decoded_cache_path, default_cache_dir, locate, quick_check, stratified_subset
-from ..data_sources import CANONICAL_DIR, survey_imagefolder, survey_parquet
+from ..data_sources import CANONICAL_DIR, Survey, survey_imagefolder, survey_parquet
 from ..errors import DataError, SrlibError, WeightsError
 from ..upscale import (
     DEFAULT_SR_MODEL,
@@ -59,14 +59,14 @@ class RunPlan:
 class CachePlan:
     name: str  # e.g. "sr_x4 train" or "decoded dataset"
     images: int
-    px: int
+    hw: tuple[int, int]  # (height, width) of its images
     present: bool
     seconds: float  # estimated time to build it (0 when present)
     basis: str
 
     @property
     def bytes(self) -> int:
-        return self.images * 3 * self.px * self.px  # uint8 (N, 3, px, px)
+        return self.images * 3 * self.hw[0] * self.hw[1]  # uint8 (N, 3, H, W)
 
 
 @dataclass
@@ -128,13 +128,12 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
                if configs else [])
     done = [not force and find_finished(out, config, dataset) is not None for config in configs]
     pending = [config for config, finished in zip(configs, done, strict=True) if not finished]
-    plan.caches, builds = _caches(pending, cache, earlier, plan.device)
-    plan.runs = [RunPlan(c.variant, c.seed, d, cost.estimate_run(c, earlier, plan.device, builds.get(id(c), 0)))
-                 for c, d in zip(configs, done, strict=True)]
-
     hosts: dict[str, list[str]] = {}  # url -> what needs it (to name in the message)
-    plan.data, download_dirs = (_check_data(data, plan.problems, hosts, pending, plan.device) if pending or analysis
-                                else ("not needed", []))
+    plan.data, download_dirs, shape = (_check_data(data, plan.problems, hosts, pending, plan.device)
+                                       if pending or analysis else ("not needed", [], cost.DataShape()))
+    plan.caches, builds = _caches(pending, cache, earlier, plan.device, shape)
+    plan.runs = [RunPlan(c.variant, c.seed, d, cost.estimate_run(c, earlier, plan.device, builds.get(id(c), 0), shape))
+                 for c, d in zip(configs, done, strict=True)]
     download_dirs += _check_weights(pending, analysis, plan.problems, hosts)
     for url, answered in _ports_open(list(hosts)).items():
         if not answered:
@@ -151,14 +150,15 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
 # --- data --------------------------------------------------------------------------------------------------
 
 def _check_data(data: str | None, problems: list[str], hosts: dict[str, list[str]], configs: list[TrainConfig],
-                device: str) -> tuple[str, list[Path]]:
-    """What data would be used, and the folder a download would write to; a problem when the data is missing,
-    unreadable (or its download host is down) or cannot work for these runs (`_data_problems`)."""
+                device: str) -> tuple[str, list[Path], cost.DataShape]:
+    """What data would be used, the folder a download would write to and the data's shape (for the time
+    estimate); a problem when the data is missing, unreadable (or its download host is down) or cannot work for
+    these runs (`_data_problems`)."""
     try:
         where = locate(data)
     except SrlibError as exc:
         problems.append(str(exc))
-        return "not found", []
+        return "not found", [], cost.DataShape()
     path = Path(where["path"]).absolute()
     if where["kind"] == "download":
         host = urlsplit(CIFAR10_URL).hostname
@@ -167,13 +167,21 @@ def _check_data(data: str | None, problems: list[str], hosts: dict[str, list[str
             f"host {host} does not answer within {CONNECT_SECONDS:.0f} s; put torchvision's {CANONICAL_DIR} into the "
             "data directory (SRLIB_DATA_DIR), or point --data / SRLIB_DATA at an ImageFolder tree "
             "(train/<class>/*, test/<class>/*), e.g. an offline copy: SRLIB_DATA=../shared/data/cifar10-jpeg")
-        return f"canonical CIFAR-10, to be downloaded from {CIFAR10_URL} into {path}", [path.parent]
-    problem = quick_check(where)
+        return f"canonical CIFAR-10, to be downloaded from {CIFAR10_URL} into {path}", [path.parent], cost.DataShape()
+    found, problem = None, quick_check(where)
     if problem:
         problems.append(problem)
     elif where["kind"] != "canonical":
-        problems.extend(_data_problems(where, configs, device))
-    return f"{where['kind']} dataset at {path}", []
+        try:
+            found = _survey(where)
+            problems.extend(_data_problems(found, where["path"], configs, device))
+        except (SrlibError, OSError, ValueError) as exc:
+            problems.append(f"cannot survey the data at {where['path']} ({exc})")
+    shape = cost.DataShape()
+    if found is not None and found.sizes:
+        (w, h), counts = next(iter(found.sizes.values())), found.counts
+        shape = cost.DataShape((h, w), int(counts["train"].sum()), int(counts["test"].sum()))
+    return f"{where['kind']} dataset at {path}", [], shape
 
 
 # What the SR model holds per output pixel of one image, roughly: fp32 feature maps of ~64 channels at the
@@ -182,17 +190,17 @@ SR_BYTES_PER_OUTPUT_PIXEL = 64 * 4
 SR_CHUNK = {"cpu": 16, "cuda": 512}  # images per SR forward pass (srlib.upscale.super_resolution's chunk_size)
 
 
-def _data_problems(where: dict, configs: list[TrainConfig], device: str) -> list[str]:
-    """What cannot work on this data, each in one line with its fix: fewer than 2 classes, a class too small
-    for the stratified subset, images of several sizes, images too large for the SR model in the memory here.
-    Reads the listing or the label column, and the header of one image per class (ImageFolder) or file."""
-    try:
-        found = (survey_imagefolder(Path(where["path"])) if where["kind"] == "imagefolder"
-                 else survey_parquet(where["files"]))
-    except (SrlibError, OSError, ValueError) as exc:
-        return [f"cannot survey the data at {where['path']} ({exc})"]
+def _survey(where: dict) -> Survey:
+    """The listing or the label column, and the header of one image per class (ImageFolder) or file."""
+    return survey_imagefolder(Path(where["path"])) if where["kind"] == "imagefolder" else survey_parquet(where["files"])
+
+
+def _data_problems(found: Survey, path: str, configs: list[TrainConfig], device: str) -> list[str]:
+    """What cannot work on the data at `path`, each in one line with its fix: fewer than 2 classes, a class too
+    small for the stratified subset, images of several sizes, images too large for the SR model in the memory
+    here."""
     if len(found.classes) < 2:
-        return [f"the data at {where['path']} has {len(found.classes)} class ({', '.join(found.classes)}); a "
+        return [f"the data at {path} has {len(found.classes)} class ({', '.join(found.classes)}); a "
                 "classifier needs at least 2: add another class (a folder in train/ and test/, or label values)"]
     problems = []
     for split, sizes in (("train", {c.train_size for c in configs}), ("test", {c.test_size for c in configs})):
@@ -388,42 +396,43 @@ def _size(n: float) -> str:
 
 # --- caches and time ---------------------------------------------------------------------------------------
 
-def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict],
-            device: str) -> tuple[list[CachePlan], dict[int, int]]:
+def _caches(pending: list[TrainConfig], cache: Path, earlier: list[dict], device: str,
+            shape: cost.DataShape) -> tuple[list[CachePlan], dict[int, int]]:
     """The upscaled arrays the pending runs read, present or to build (shared by all seeds of a variant), and
     the images each run builds (by id of its config: the first pending run of a variant builds its cache)."""
     caches, seen, builds = [], set(), {}
     decoded = decoded_cache_path(cache)
     if pending and not list(decoded.parent.glob(decoded.name)):
-        images = sum(cost.SPLIT_IMAGES.values())
-        caches.append(CachePlan(DECODED, images, 32, False, images / cost.ROUGH_DECODE_RATE, "rough rate"))
+        images = shape.train + shape.test
+        caches.append(CachePlan(DECODED, images, shape.hw, False, images / cost.ROUGH_DECODE_RATE, "rough rate"))
     for config in pending:
         variant = VARIANTS[config.variant]
         key = (variant.method, variant.scale, config.sr_weights, config.train_size, config.test_size)
         if variant.method == "none" or key in seen:
             continue
         seen.add(key)
-        sizes = dict(zip(("train", "test"), cost.split_sizes(config), strict=True))
-        missing = [s for s, n in sizes.items() if not _cache_present(cache, variant.method, variant.scale, n)]
+        sizes = dict(zip(("train", "test"), cost.split_sizes(config, shape), strict=True))
+        hw = (shape.hw[0] * variant.scale, shape.hw[1] * variant.scale)
+        missing = [s for s, n in sizes.items() if not _cache_present(cache, variant.method, variant.scale, (n, 3, *hw))]
         images = sum(sizes[s] for s in missing or sizes)
-        estimate = cost.estimate_run(config, earlier, device, images)
+        estimate = cost.estimate_run(config, earlier, device, images, shape)
         if missing:
             builds[id(config)] = images
-        caches.append(CachePlan(f"{config.variant} ({'+'.join(missing or sizes)})", images, variant.px,
-                                not missing, estimate.upscale_s if missing else 0.0, estimate.upscale_basis))
+        caches.append(CachePlan(f"{config.variant} ({'+'.join(missing or sizes)})", images, hw, not missing,
+                                estimate.upscale_s if missing else 0.0, estimate.upscale_basis))
     return caches, builds
 
 
-def _cache_present(cache: Path, method: str, scale: int, images: int) -> bool:
-    """A cache of this method and scale holding `images` images exists (by name and the shape in the header of
-    its `images` array, not by content)."""
+def _cache_present(cache: Path, method: str, scale: int, shape: tuple[int, ...]) -> bool:
+    """A cache of this method and scale whose `images` array has `shape` exists (by name and the shape in the
+    array's header, not by content)."""
     pattern = upscaled_cache_path(cache, method, scale)
     for path in pattern.parent.glob(pattern.name):
         try:
             with zipfile.ZipFile(path) as archive, archive.open("images.npy") as f:
                 version = np.lib.format.read_magic(f)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                if tuple(read(f)[0]) == (images, 3, 32 * scale, 32 * scale):
+                if tuple(read(f)[0]) == shape:
                     return True
         except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             continue
@@ -443,7 +452,7 @@ def format_plan(plan: Plan) -> str:
     build = [c for c in plan.caches if not c.present]
     for c in plan.caches:
         state = "present" if c.present else f"to build, ~{_duration(c.seconds)} ({c.basis})"
-        lines.append(f"  cache {c.name}: {c.images:,} images x 3 x {c.px} x {c.px} = {_size(c.bytes)}, {state}")
+        lines.append(f"  cache {c.name}: {c.images:,} images x 3 x {c.hw[0]} x {c.hw[1]} = {_size(c.bytes)}, {state}")
     free = f", {_size(plan.free_bytes)} free" if plan.free_bytes is not None else ""
     lines.append(f"disk: {_size(plan.bytes_needed)} of new caches in {plan.cache_dir}{free}")
     if plan.analysis:

@@ -67,7 +67,7 @@ def train_tasks(request: SweepRequest) -> list[Task]:
     common = {"profile": request.profile, "out": str(request.out), "data": request.data,
               "cache_dir": request.cache_dir}
     if request.records_only:
-        common["records_only"] = True
+        common.update(records_only=True, dataset=request.dataset_key)
     tasks, key = [], request.dataset_key or "no-records"  # records mode without records: every run missing
     for c in request.configs:
         page = executed_train_notebook(request.notebooks_out, c.profile, key, c.variant, c.seed)

@@ -41,8 +41,7 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("nearest", "none", "more pixels: no new information, more compute"),
     ("bicubic", "nearest", "better pixels: bicubic interpolation over pixel copies"),
 )
-METHOD_NAMES = {"none": "original", "nearest": "nearest", "bicubic": "resize", "sr": "SR"}
-_METHOD_ORDER = ("none", "nearest", "bicubic", "sr")
+METHOD_NAMES = {"none": "original", "nearest": "nearest", "bicubic": "resize", "sr": "SR"}  # in the report's order
 
 
 # --- Variants and comparisons --------------------------------------------------------------------------
@@ -57,7 +56,7 @@ def _variant_key(name: str) -> tuple:
     v = variant_of(name)
     if v is None:
         return (1, math.inf, 0, name)
-    rank = _METHOD_ORDER.index(v.kind) if v.kind in _METHOD_ORDER else len(_METHOD_ORDER)
+    rank = list(METHOD_NAMES).index(v.kind) if v.kind in METHOD_NAMES else len(METHOD_NAMES)
     return (0, v.scale, rank, v.method)  # "sr" (the default SR model) before "sr@<model>"
 
 
@@ -113,7 +112,6 @@ class ComparisonStats:
     images: int | None  # test images with per-image predictions for every run; None without them
     bootstrap: tuple[float, float] | None  # crossed bootstrap interval of the final-epoch difference (pp)
     permutation_p: float | None
-    permutation_exact: bool
     only_a_right: tuple[int, ...]  # per seed: images only A got right
     only_b_right: tuple[int, ...]
     mcnemar_p: tuple[float, ...]  # per seed, exact McNemar
@@ -165,15 +163,15 @@ def compare(records: list[dict], comparison: Comparison) -> ComparisonStats | No
               for key in METRICS}
     diff = _correctness_differences([runs[(a, s)] for s in seeds], [runs[(b, s)] for s in seeds])
     if diff is None:
-        return ComparisonStats(comparison, seeds, deltas, None, None, None, False, (), (), (),
+        return ComparisonStats(comparison, seeds, deltas, None, None, None, (), (), (),
                                _power(deltas[HEADLINE_METRIC], None))
     only_a = tuple(int(np.sum(row == 1)) for row in diff)
     only_b = tuple(int(np.sum(row == -1)) for row in diff)
     mcnemar_ps = tuple(mcnemar_p(x, y) for x, y in zip(only_a, only_b, strict=True))
     low, high = crossed_bootstrap(diff)
-    p, exact = sign_flip_test(diff)
-    return ComparisonStats(comparison, seeds, deltas, diff.shape[1], (100 * low, 100 * high), p, exact,
-                           only_a, only_b, mcnemar_ps, _power(deltas[HEADLINE_METRIC], diff))
+    p, _ = sign_flip_test(diff)
+    return ComparisonStats(comparison, seeds, deltas, diff.shape[1], (100 * low, 100 * high), p, only_a, only_b,
+                           mcnemar_ps, _power(deltas[HEADLINE_METRIC], diff))
 
 
 def _power(deltas: np.ndarray, diff: np.ndarray | None) -> Power:

@@ -138,7 +138,7 @@ def gain_vs_quality(frame: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def image_grid(columns: dict[str, np.ndarray], size_px: int = 128) -> plt.Figure:
+def image_grid(columns: dict[str, np.ndarray]) -> plt.Figure:
     """Rows = images, columns = versions (uint8 NCHW), all shown at the same size with nearest
     interpolation so each pixel stays a visible square; as many columns as fit the page's width."""
     names = list(columns)
@@ -219,9 +219,7 @@ class ScrollTable:
 table = ScrollTable  # the name the notebooks call
 
 
-def split_table(frame: pd.DataFrame, max_columns: int, caption: str | None = None,
-                digits: int = 2) -> list[ScrollTable]:
+def split_table(frame: pd.DataFrame, max_columns: int) -> list[ScrollTable]:
     """A table too wide for the text column as consecutive tables of at most `max_columns` columns each, every
-    one with the index (so each reads on its own); the caption goes with the first."""
-    parts = [frame.iloc[:, k:k + max_columns] for k in range(0, max(frame.shape[1], 1), max_columns)]
-    return [table(part, caption if k == 0 else None, digits) for k, part in enumerate(parts)]
+    one with the index (so each reads on its own)."""
+    return [table(frame.iloc[:, k:k + max_columns]) for k in range(0, max(frame.shape[1], 1), max_columns)]

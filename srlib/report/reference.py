@@ -60,10 +60,9 @@ def _ours(values: list[float], reference: float) -> tuple[str, str]:
 def reference_table(records: list[dict]) -> pd.DataFrame:
     """Per variant and statistic (max, top-5 mean): the reference's number, ours (mean ± 95% t half-width
     over seeds) and whether the reference falls inside our interval; ours only where comparable."""
-    why = not_comparable(records)
     if not on_cifar10(records):
         return pd.DataFrame()
-    if why:  # the reference's numbers alone, and for each variant whether ours exist (not comparable) or not
+    if not_comparable(records):  # the reference's numbers alone; per variant, whether ours exist (not comparable)
         present = {r["config"]["variant"] for r in records}
         return pd.DataFrame([{"variant": v, **{f"reference {METRICS[k]} (%)": f"{x:g}" for k, x in
                                                 zip(REFERENCE_METRICS, values, strict=True)},

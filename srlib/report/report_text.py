@@ -277,9 +277,8 @@ def loading_notes(loaded: Loaded) -> str:
     """Markdown: the records left out (with the reason) and the other datasets' runs, not shown here."""
     lines = [f"- **Left out**: `{path}`: {why}." for path, why in loaded.rejected]
     lines += [f"- **Not on this page**: {n} run{'s' if n > 1 else ''} on {loaded.labels.get(key, key)} (runs on "
-              "different data are never "
-              f"pooled or compared); its results page: `make report RECORDS={loaded.out} DATASET={key}` (trains "
-              f"nothing; `srlib sweep --records {loaded.out} --dataset {key}`), or this notebook with "
-              f"`dataset = \"{key}\"`."
+              f"different data are never pooled or compared); its results page: `make report RECORDS={loaded.out} "
+              f"DATASET={key}` (trains nothing; `srlib sweep --records {loaded.out} --dataset {key}`), or this "
+              f"notebook with `dataset = \"{key}\"`."
               for key, n in loaded.others.items()]
     return "\n".join(lines)

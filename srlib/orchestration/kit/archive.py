@@ -20,7 +20,6 @@ PARTIAL_DIR = "partial"
 
 
 def _copy(source: Path, target: Path) -> Path:
-    """`source` to `target`, its folder made first."""
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source, target)
     return target
@@ -49,8 +48,7 @@ def pack(state: KitRun, lines: list[str]) -> Path:
                     shutil.copy2(record.parent / name, target / name)
         for extra in sr_quality_paths(runs):
             _copy(extra, stage / "runs" / extra.relative_to(runs))
-        logs = state.work / "logs"
-        for path in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        for path in sorted((state.work / "logs").glob("*.log")):
             (stage / "logs").mkdir(exist_ok=True)
             (stage / "logs" / path.name).write_bytes(path.read_bytes()[-LOG_KEEP_BYTES:])
         for name in (MANIFEST, DIFF):
@@ -111,9 +109,6 @@ def ship_piece(index: int, out: Path, work: Path | None = None) -> Path:
     return target
 
 
-# ---------------------------------------------------------------- unpack (back here)
-
-
 def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
            pieces: list[Path] | None = None) -> list[Path]:
     """Records (and predictions, sr-quality) to `results/<profile>/<dataset>/<variant>/seed<k>/`, the probe table
@@ -163,8 +158,7 @@ def unpack(archive: Path, results: Path, log: Callable[[str], None] = log_line,
                 shutil.rmtree(done)  # its checkpoint stays in git history
                 log(f"[kit] {relative} completed: removed its checkpoint pieces {done}")
         written += [_copy(q, results / q.relative_to(stage / "runs")) for q in sr_quality_paths(stage / "runs")]
-        folder = results / f"gpu-{stamp}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = results / f"gpu-{stamp}"  # timing.json at least goes there
         written += [_copy(path, folder / path.relative_to(stage)) for path in sorted(stage.rglob("*"))
                     if path.is_file() and "runs" not in path.relative_to(stage).parts]
         if (stage / PROBE_FILE).is_file():

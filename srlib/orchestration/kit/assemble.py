@@ -1,8 +1,5 @@
-"""`srlib kit assemble` (here): the kit folder filled with what the GPU machine lacks, sized against what one
-command may copy there, and the next session's commands. A kit holds the data in pieces (kit.dataset_pieces), the SR
-weights (checked by sha256), the `spandrel` wheel, this tree's commit and diff (srlib.provenance), the queue of runs
-the results lack (kit.schedule) and a partial run's checkpoint to resume (kit.partial).
-"""
+"""`srlib kit assemble` (here): the kit folder filled with what the GPU machine lacks (listed in kit/__init__), sized
+against what one command may copy there, and the next session's commands."""
 
 from __future__ import annotations
 
@@ -56,7 +53,6 @@ def _bytes(path: Path) -> int:
 class SizeCheck:
     repo_bytes: int
     kit_bytes: int
-    limit_bytes: int = SEND_LIMIT_BYTES
 
     @property
     def total(self) -> int:
@@ -64,12 +60,12 @@ class SizeCheck:
 
     @property
     def margin(self) -> int:
-        return self.limit_bytes - self.total
+        return SEND_LIMIT_BYTES - self.total
 
     def describe(self) -> str:
         mib = 2**20
         return (f"files copied: repository {self.repo_bytes / mib:.2f} MiB + kit {self.kit_bytes / mib:.2f} MiB = "
-                f"{self.total / mib:.2f} MiB of {self.limit_bytes / mib:.0f} MiB; margin {self.margin / mib:.2f} MiB")
+                f"{self.total / mib:.2f} MiB of {SEND_LIMIT_BYTES / mib:.0f} MiB; margin {self.margin / mib:.2f} MiB")
 
 
 def _require_ignored(kit: Path, root: Path) -> None:
@@ -282,9 +278,8 @@ def describe_window(kit: Path, manifest: dict, results: Path) -> list[str]:
     lines.append("queue: " + (", ".join(map(str, queue)) or "empty: every run is done"))
     if probe_path.is_file() and queue:
         table = SpeedTable.from_json(json.loads(probe_path.read_text())["rows"])
-        paper = make_config("original", "paper")
-        needs = [RunNeed.of(k, paper.epochs, manifest["data"]["train_count"], manifest["data"]["test_count"],
-                            width=paper.width) for k in queue]
+        epochs = make_config("original", "paper").epochs
+        needs = [RunNeed.of(k, epochs, manifest["data"]["train_count"], manifest["data"]["test_count"]) for k in queue]
         schedule = schedule_window(needs, table, FRESH_WINDOW_S, FRESH_WINDOW_S)
         lines += [f"schedule for a fresh session (~{FRESH_WINDOW_S:.0f} s of compute, SR time not counted): {line}"
                   for line in schedule.describe()]

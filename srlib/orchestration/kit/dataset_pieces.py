@@ -8,20 +8,15 @@ decoded data must have the content hash the kit was assembled with, or the job s
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ...errors import SrlibError
+from .layout import KitError
 from .staging import reassemble, split
 
 STAGE_DIR = "stage"
 TRANSPORT_DIR = "transport"  # the WebP copy, made here; never copied to the GPU machine
 TRANSPORTS = ("webp", "png")
-
-
-class KitDataError(SrlibError):
-    pass
 
 
 def _parquet_files(folder: Path) -> dict[str, Path]:
@@ -35,10 +30,10 @@ def stage_dataset(parquet: Path, kit: Path, room_bytes: int, transport: str = "w
     from .transport import transcode_webp
 
     if transport not in TRANSPORTS:
-        raise KitDataError(f"unknown transport {transport!r}; choose {' or '.join(TRANSPORTS)}")
+        raise KitError(f"unknown transport {transport!r}; choose {' or '.join(TRANSPORTS)}")
     if not parquet.is_dir() or not _parquet_files(parquet):
-        raise KitDataError(f"Parquet dataset folder {parquet} does not exist or holds no *.parquet files; pass "
-                           "--parquet DIR or set SRLIB_DATA_PARQUET (the lossless cifar10-png-parquet copy)")
+        raise KitError(f"Parquet dataset folder {parquet} does not exist or holds no *.parquet files; pass "
+                       "--parquet DIR or set SRLIB_DATA_PARQUET (the lossless cifar10-png-parquet copy)")
     source = load_dataset(parquet).identity
     travel = parquet
     if transport == "webp":
@@ -46,13 +41,12 @@ def stage_dataset(parquet: Path, kit: Path, room_bytes: int, transport: str = "w
         travel = kit / TRANSPORT_DIR
         copy = load_dataset(travel).identity
         if copy["content_sha256"] != source["content_sha256"]:
-            raise KitDataError(f"the WebP copy decodes to other pixels ({copy['content_sha256'][:16]}... vs "
-                               f"{source['content_sha256'][:16]}...); use --transport png")
+            raise KitError(f"the WebP copy decodes to other pixels ({copy['content_sha256'][:16]}... vs "
+                           f"{source['content_sha256'][:16]}...); use --transport png")
     files = _parquet_files(travel)
     total = sum(p.stat().st_size for p in files.values())
     pieces = max(1, math.ceil(total / room_bytes))
     stage = split(files, kit / STAGE_DIR, math.ceil(total / pieces), label="data")
-    shutil.rmtree(kit / "data", ignore_errors=True)  # the single-folder layout of earlier kits
     log(f"[kit] data: {parquet.name} ({'lossy' if source['lossy'] else 'lossless'}, content sha256 "
         f"{source['content_sha256'][:16]}...) as {transport}, {total / 2**20:.1f} MiB in {len(stage['pieces'])} "
         f"piece(s) under {kit / STAGE_DIR}")
@@ -71,6 +65,6 @@ def unstage(kit: Path, data: dict, target: Path, cache_dir: Path) -> Path:
                     f"before this one (piece {{index}} of {n}; the machine keeps what earlier commands left there)")
     found = load_dataset(target, cache_dir=cache_dir).identity["content_sha256"]
     if found != data["content_sha256"]:
-        raise KitDataError(f"the staged data decodes to content sha256 {found[:16]}..., not the kit's "
-                           f"{data['content_sha256'][:16]}... ({data['name']}); assemble the kit again")
+        raise KitError(f"the staged data decodes to content sha256 {found[:16]}..., not the kit's "
+                       f"{data['content_sha256'][:16]}... ({data['name']}); assemble the kit again")
     return target

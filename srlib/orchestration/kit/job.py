@@ -3,6 +3,7 @@ its clock."""
 
 from __future__ import annotations
 
+import functools
 import shlex
 import tempfile
 import time
@@ -28,10 +29,7 @@ MIN_COMMAND_S = 120.0  # less session time than this after a command: no further
 # Compute time a fresh session offers (15 min minus the machine's start, the staging commands and the probe): an
 # estimate from the first sessions' logs; it only tells a run that waits for the next session from one that spans.
 FRESH_WINDOW_S = 660.0
-
-
-def log_line(message: str) -> None:
-    print(message, flush=True)
+log_line = functools.partial(print, flush=True)  # each line at once, also when stdout is a pipe
 
 
 def work_folder(work: Path | None = None) -> Path:

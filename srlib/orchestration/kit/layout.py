@@ -27,13 +27,6 @@ class KitError(SrlibError):
     pass
 
 
-def sr_scales(variants: Iterable[str]) -> list[int]:
-    """Scales of the default-model (DCTLSA) SR variants: what `srlib sr-quality` measures."""
-    from ...upscale import DEFAULT_SR_MODEL
-
-    return sorted({VARIANTS[v].scale for v in variants if VARIANTS[v].sr_model == DEFAULT_SR_MODEL})
-
-
 def sr_checkpoints(variants: Iterable[str]) -> list:
     """The registered SR checkpoints (srlib.upscale.SRCheckpoint) the SR variants among `variants` need."""
     from ...upscale import sr_checkpoint

@@ -46,8 +46,7 @@ def restore(root: Path, runs: Path) -> Path:
         raise StagingError(f"{path} is missing: piece 1 of the checkpoint (it carries the seal) did not arrive")
     seal = json.loads(path.read_text())
     target = runs / seal["run"]
-    reassemble(root, seal["stage"], target,
-               hint="copy checkpoint piece {index} (its folder alone) in a command before this one")
+    reassemble(root, seal["stage"], target)
     return target
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ...runs import ROOT
 from ..executors import kill_group
 from .job import KitRun
-from .layout import sr_scales
+from .layout import sr_checkpoints
 
 if TYPE_CHECKING:
     from .schedule import RunKey, WindowSchedule
@@ -95,7 +95,7 @@ def _sr_quality(state: KitRun, chosen: list[str], env: dict) -> Launched | None:
     from ...runs import sr_quality_path
     from ...upscale import DEFAULT_SR_MODEL
 
-    scales = sr_scales(chosen)
+    scales = sorted({c.scale for c in sr_checkpoints(chosen) if c.model == DEFAULT_SR_MODEL})
     target = sr_quality_path(state.runs, state.settings.profile)
     if not scales or target.is_file():
         return None

@@ -5,8 +5,7 @@ one after another: the probe measures aggregate images/s of N = 1, 2, 4 runs at 
 this process: the reference) and `mps` (workers under an MPS control daemon) or `processes` (without MPS, when it is
 absent). Same seed and batches, so each run's weights must be bit-identical to the run alone's; the table says if so.
 At 128 px it also times kit.schedule.FASTER_NUMERICS. The table goes to `results/paper/gpu_probe.json`, which later
-sessions read (kit.schedule), re-checking one size. Speeds are also a fraction of H200_BF16_FLOPS (measured on the
-kit's H200: on another GPU still "of the H200's"). Needs a CUDA GPU, except the MPS control (tested with a fake binary).
+sessions read (kit.schedule), re-checking one size. Needs a CUDA GPU, except the MPS control.
 """
 
 from __future__ import annotations
@@ -42,9 +41,6 @@ class ProbeError(SrlibError):
     pass
 
 
-# ---------------------------------------------------------------- MPS control
-
-
 def find_mps_control(search: tuple[str, ...] = MPS_SEARCH) -> Path | None:
     found = shutil.which(MPS_BINARY) or next((str(Path(d) / MPS_BINARY) for d in search
                                               if (Path(d) / MPS_BINARY).is_file()), None)
@@ -71,9 +67,6 @@ def mps_daemon(binary: Path, root: Path = Path("/tmp"), timeout_s: float = 30.0)
     finally:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run([str(binary)], input="quit\n", env=env, capture_output=True, text=True, timeout=timeout_s)
-
-
-# ---------------------------------------------------------------- one probe run
 
 
 class ProbeRun:
@@ -166,9 +159,6 @@ def time_in_process(px: int, n: int, config, device, steps: int = STEPS,
     return n * steps * config.batch_size / (ended - started), hashes
 
 
-# ---------------------------------------------------------------- worker processes (mps / processes)
-
-
 def _wait_for(folder: Path, pattern: str, count: int, deadline: float) -> None:
     while len(list(folder.glob(pattern))) < count:
         if time.time() > deadline:
@@ -213,7 +203,6 @@ def time_in_processes(phases: list[tuple[int, int]], config, steps: int, env: di
     folder = Path(tempfile.mkdtemp(prefix="srlib-probe-"))
     spec = folder / "spec.json"
     spec.write_text(json.dumps({"phases": phases, "steps": steps, "config": config.to_dict(), "device": device}))
-    batch = config.batch_size
     env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))}
     workers = []
     for rank in range(max(n for _, n in phases)):
@@ -231,15 +220,12 @@ def time_in_processes(phases: list[tuple[int, int]], config, steps: int, env: di
         parts = [json.loads(f.read_text()) for f in sorted(folder.glob(f"result-{p}-*.json"))]
         if len(parts) == n:
             span = max(r["end"] for r in parts) - min(r["start"] for r in parts)
-            results[(px, n)] = (n * steps * batch / span, [r["sha256"] for r in parts])
+            results[(px, n)] = (n * steps * config.batch_size / span, [r["sha256"] for r in parts])
     tail = (folder / "worker-0.log").read_text()[-400:] if (folder / "worker-0.log").is_file() else ""
     shutil.rmtree(folder, ignore_errors=True)
     if len(results) < len(phases):
         raise ProbeError(f"{len(phases) - len(results)} of {len(phases)} phases did not finish; worker 0: {tail}")
     return results
-
-
-# ---------------------------------------------------------------- the probe
 
 
 def peak_fraction(images_per_s: float, px: int, width: int) -> float:

@@ -1,9 +1,7 @@
-"""`srlib kit run` (on the GPU machine): the whole job of one command.
-
-It reassembles and hash-checks the data, resumes a checkpoint staged back, measures speeds (kit.speeds), schedules
-the runs that end within the session's time left (kit.schedule), runs them (kit.pool) and packs everything into
-one archive in OUT (kit.archive), whatever happened. `--dry-run` does all of it on a CPU, smoke-sized.
-"""
+"""`srlib kit run` (on the GPU machine), the whole job of one command: it reassembles and hash-checks the data,
+resumes a checkpoint staged back, measures speeds (kit.speeds), schedules the runs that end within the session's time
+left (kit.schedule), runs them (kit.pool) and packs everything into one archive in OUT (kit.archive), whatever
+happened. `--dry-run` does all of it on a CPU, smoke-sized."""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ from pathlib import Path
 from ...config import VARIANTS, expand_variants
 from ...errors import PARTIAL_EXIT_CODE
 from ...provenance import now
-from ...runs import ROOT
+from ...runs import ROOT, load_record
 from ...store import write_json
 from .archive import pack
 from .job import (
@@ -71,8 +69,6 @@ def install_wheels(kit: Path, site: Path, log: Callable[[str], None]) -> list[st
 
 
 def _epochs_left(runs: Path, settings: Settings, key: RunKey, epochs: int, dataset: str) -> int:
-    from ...runs import load_record
-
     record = load_record(runs, settings.profile, key.variant, key.seed, dataset)
     if record is None:
         return epochs
@@ -196,7 +192,7 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
         left = _epochs_left(state.runs, settings, key, config.epochs, data_key)
         upscale_s = (n_train + n_test) / sr_speed[upscaler_key(key.variant)] if VARIANTS[key.variant].is_sr else 0.0
         if left:
-            needs.append(RunNeed.of(key, left, n_train, n_test, upscale_s, width=config.width))
+            needs.append(RunNeed.of(key, left, n_train, n_test, upscale_s))
     # Runs end within this command when no further command fits the session; otherwise within the session, and the
     # next command (the same one, on the same machine) resumes what this one stopped at its deadline.
     seconds = state.left() if state.window_ends else (
@@ -224,8 +220,6 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
 
 def _report(state: KitRun, launched: list[Launched], keys: list[RunKey], dataset: str) -> int:
     """Per-run outcome and speed into the timing log; the exit code of the whole job."""
-    from ...runs import load_record
-
     rows, code = {}, 0
     quality = next((x for x in launched if x.variant == "sr_quality"), None)
     for key in keys:

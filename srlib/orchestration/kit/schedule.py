@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...config import PAPER_SEEDS, STUDY_VARIANTS, VARIANTS, make_config
+from ...config import PAPER_SEEDS, STUDY_VARIANTS, VARIANTS
 from ...cost import RUN_STARTUP_S, epoch_images
 from ...cost import finish_times as simulate
 
@@ -95,11 +95,9 @@ class RunNeed:
     setup_s: float  # process start-up and upscaling, before the run computes
 
     @classmethod
-    def of(cls, key: RunKey, epochs_left: int, n_train: int, n_test: int, upscale_s: float = 0.0,
-           width: int | None = None) -> RunNeed:
-        """`width`: the network's (default: the paper protocol's), for what a test image weighs."""
-        px, width = VARIANTS[key.variant].px, width or make_config(key.variant, "paper").width
-        return cls(key, px, epochs_left * epoch_images(n_train, n_test, px, width), RUN_STARTUP_S + upscale_s)
+    def of(cls, key: RunKey, epochs_left: int, n_train: int, n_test: int, upscale_s: float = 0.0) -> RunNeed:
+        px = VARIANTS[key.variant].px
+        return cls(key, px, epochs_left * epoch_images(n_train, n_test), RUN_STARTUP_S + upscale_s)
 
 
 def finish_times(needs: list[RunNeed], table: SpeedTable, mode: str, slots: int,

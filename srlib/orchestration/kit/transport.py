@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ...store import atomic_write_bytes, sha256_file
+from ...store import atomic_write_bytes, sha256_file, write_json
 
 WEBP_OPTIONS = {"lossless": True, "quality": 50, "method": 2}  # effort: measured smallest and fastest on CIFAR
 TRANSPORT_FILE = "transport.json"
@@ -65,8 +65,7 @@ def transcode_webp(source: Path, target: Path, log: Callable[[str], None] = prin
     state = {"format": "webp-lossless", "options": WEBP_OPTIONS, "sources": sources, "images": images,
              "encode_seconds": seconds, "source_bytes": sum((source / f).stat().st_size for f in files),
              "bytes": sum((target / f).stat().st_size for f in files)}
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps(state, indent=1))
+    write_json(state_path, state)
     log(f"[kit] lossless WebP copy: {images:,} images in {seconds:.0f} s, {state['bytes'] / 2**20:.1f} MiB "
         f"({state['bytes'] / state['source_bytes']:.0%} of the source's {state['source_bytes'] / 2**20:.1f} MiB)")
     return state
