@@ -258,7 +258,10 @@ def test_sweep_refuses_bad_input_in_one_line(tmp_path, capsys):
     for args, problem in ((["--variants", "sr_x9", "--profile", "smoke", "--dry-run"],
                            "unknown variant or set 'sr_x9'"),
                           (["--executor", "slurm"], "--executor slurm needs --profile"),
-                          (["--records", str(tmp_path / "nothing")], "no such folder")):
+                          (["--records", str(tmp_path / "nothing")], "no such folder"),
+                          (["--dataset", "cifar10"], "--dataset cifar10 picks the records to show and needs --records"),
+                          (["--records", str(ROOT / "results" / "paper"), "--dataset", "tiny"],
+                           "--dataset tiny matches 0 of the datasets of")):
         assert main(["sweep", *args, "--out", str(tmp_path / "runs"), "--notebooks-out", str(tmp_path / "nb")]) == 2
         assert problem in error_line(capsys)
     assert list(tmp_path.iterdir()) == []  # nothing written

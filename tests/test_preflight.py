@@ -352,3 +352,17 @@ def test_parquet_data_is_surveyed_by_its_labels_and_first_rows(tmp_path):
     # the first file starts with the 48 px dog, the second (rows 61-122) with a 28 px cat
     assert problems[1].startswith("the images are not all one size (48x48 px (in row 0 of")
     assert "28x28 px" in problems[1]
+
+
+def test_a_run_done_on_data_not_yet_identified_is_still_checked(tmp_path, imagefolder, no_weights):
+    """`srlib train` (and a sweep before it has decoded the data) plan with the data's key unknown: a finished
+    record may be on other data, so the run's data is checked and its time counted (it may run)."""
+    from srlib.data import dataset_key, load_dataset
+
+    out = tmp_path / "runs"
+    write_record(out, "original", 0, [3.0], wall=10.0, dataset=load_dataset(imagefolder).identity)
+    config = make_config("original", "smoke", 0)
+    missing = preflight.make_plan([config], out, str(tmp_path / "no-data"), tmp_path / "cache")
+    assert any("no-data" in p for p in missing.problems), missing.problems
+    key = dataset_key(load_dataset(imagefolder).identity)
+    assert preflight.make_plan([config], out, str(imagefolder), tmp_path / "cache", dataset=key).runs[0].done

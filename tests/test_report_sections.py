@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_analysis import record
 
+from srlib.errors import SrlibError
 from srlib.flops import train_flops_per_image
 from srlib.report import cost_report, reference, where_sr_helps
 from srlib.report.record_checks import CANONICAL_SHA256, JPEG_SHA256
@@ -222,3 +223,14 @@ def test_the_results_page_names_another_dataset_by_its_name_and_size(tmp_path):
     assert reference.reference_differences(loaded.records).empty
     shown = report_text.require_records(tmp_path, "smoke", "CIFAR10")  # by name, in any case
     assert report_text.study_summary(shown.records).startswith("On **cifar10 (canonical CIFAR-10, lossless, 32×32 px")
+
+
+def test_the_same_data_under_another_folder_name_is_found_by_its_key():
+    """Runs reused from data in another folder: the key the sweep derives carries that folder's name and the
+    records' hash; the page finds the records by the hash (the sweep's verdicts and compare.ipynb ask for it)."""
+    from srlib.report.record_checks import select_dataset
+
+    runs = [record("original", 0, wrong=[0], dataset="e" * 64), record("original", 0, wrong=[1], dataset="d" * 64)]
+    assert select_dataset(runs, "my-copy-eeeeeeee")[0] == runs[:1]
+    with pytest.raises(SrlibError, match="matches 0"):
+        select_dataset(runs, "my-copy-ffffffff")

@@ -55,6 +55,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "slurm" and not args.profile:
         raise ConfigError("--executor slurm needs --profile (paper, preview or smoke): the login node that submits "
                           "usually has no GPU, so the default (paper with CUDA, else preview) would guess wrong")
+    if args.dataset and not args.records:
+        raise ConfigError(f"--dataset {args.dataset} picks the records to show and needs --records; training takes "
+                          "its dataset from --data or SRLIB_DATA")
     if args.records:
         args.out = args.records
     profile = args.profile or (records_profile(args.records) if args.records else default_profile())

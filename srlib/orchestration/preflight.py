@@ -117,7 +117,8 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     """What running `configs` would do (runs done or to run, caches, time) and every problem that would stop it.
 
     `analysis`: the analysis notebooks follow (the SR-quality page needs the default SR weights at x2 and x4).
-    `dataset`: the data's key (srlib.data.dataset_key): a run counts as done only on this data (None: on any).
+    `dataset`: the data's key (srlib.data.dataset_key): a run counts as done only on this data (None: on any,
+    but the checks and caches cover every run, as one done on other data would run again).
     """
     from ..runs import find_finished, load_records
 
@@ -127,7 +128,7 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     earlier = ([r for r in load_records(out, profile, predictions=False) if cost.record_device(r) == plan.device]
                if configs else [])
     done = [not force and find_finished(out, config, dataset) is not None for config in configs]
-    pending = [config for config, finished in zip(configs, done, strict=True) if not finished]
+    pending = [c for c, finished in zip(configs, done, strict=True) if not finished or dataset is None]
     hosts: dict[str, list[str]] = {}  # url -> what needs it (to name in the message)
     plan.data, download_dirs, shape = (_check_data(data, plan.problems, hosts, pending, plan.device)
                                        if pending or analysis else ("not needed", [], cost.DataShape()))

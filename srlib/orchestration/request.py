@@ -81,11 +81,12 @@ class SweepRequest:
                 return dataset_key(load_dataset(self.data, cache_dir=self.cache_dir).identity)
         keys = datasets(self.out, self.profile)
         if self.dataset:  # a key, a name (cifar10) or a hash prefix, as the results page accepts
-            keys = [k for k in keys if self.dataset in (k, k.rpartition("-")[0]) or
-                    k.rpartition("-")[2].startswith(self.dataset)] or [self.dataset]
-        if self.dataset and len(keys) > 1:
-            raise ConfigError(f"--dataset {self.dataset} matches {len(keys)} datasets of {self.out} "
-                              f"({', '.join(keys)}); give one of these keys")
+            found = [k for k in keys if self.dataset in (k, k.rpartition("-")[0]) or
+                     k.rpartition("-")[2].startswith(self.dataset)]
+            if len(found) != 1:
+                raise ConfigError(f"--dataset {self.dataset} matches {len(found)} of the datasets of {self.out} "
+                                  f"({', '.join(keys) or 'none'}); give one of these keys")
+            keys = found
         return keys[0] if keys else None
 
     def plan(self, device: str | None = None) -> Plan:

@@ -22,6 +22,7 @@ from ..runs import EXECUTED, ROOT, record_paths
 from ..store import directory_lock, write_json
 from . import local
 from .executors import Executor, LocalExecutor, SlurmExecutor
+from .preflight import estimate_line
 from .reporter import Reporter
 from .request import SweepRequest
 from .slurm import SlurmFinish
@@ -97,15 +98,10 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
     terminal lines go, `preflight` runs the checks first. `records_only`: the train notebooks show the records in
     `out` (a missing one is named, never trained); nothing is written there."""
     _ = request.configs  # builds (and so checks) each run's config first
-    plan, by_run = None, {}
+    checked = preflight and not request.records_only
     # No data, weights, space or writable folder: one error now, not one per kernel or job (records: none needed).
-    if preflight and not request.records_only:
-        plan = request.plan()
-        plan.raise_problems()
-        from .preflight import estimate_line
-
-        log(f"[sweep] {estimate_line(plan)}")
-        by_run = {(r.variant, r.seed): r.estimate for r in plan.runs}
+    if checked:
+        request.plan().raise_problems()
     record_of = record_finder(request)
     executor: Executor = (LocalExecutor(local.slot_layout(request.jobs, request.runs_per_gpu, request.threads),
                                         record_of) if request.executor == "local" else
@@ -119,10 +115,15 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
             directory_lock(request.out, f"srlib sweep --profile {request.profile}"))
     with lock:
         tasks = train_tasks(request)  # the data's key is in each run's folder: known once the data passed the checks
-        estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks if (t.variant, t.seed) in by_run}
+        estimates = {}
+        if checked:  # the data's key now known, the estimate leaves out only the runs done on this data
+            plan = request.plan()
+            log(f"[sweep] {estimate_line(plan)}")
+            by_run = {(r.variant, r.seed): r.estimate for r in plan.runs}
+            estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks}
         result, started = SweepResult(), time.perf_counter()
         reporter = Reporter(log, live, executor.parallel, estimates=estimates,
-                            after_s=ANALYSIS_S if plan is not None and request.analysis else 0.0)
+                            after_s=ANALYSIS_S if checked and request.analysis else 0.0)
         todo = _missing(tasks, record_of, result, log)
         if request.records_only:
             waited = _render_records(todo, reporter, result, request, record_of)

@@ -168,10 +168,11 @@ def select_dataset(records: list[dict], dataset: str | None = None) -> tuple[lis
     chosen = next(iter(groups))
     if dataset is not None:
         wanted = dataset.lower()
+        tail = wanted.rpartition("-")[2]  # a key's hash part: the same data may carry another folder's name
         identities = {sha: g[0]["data"]["dataset"] for sha, g in groups.items()}
         matching = [sha for sha, identity in identities.items()
                     if wanted in (dataset_name(identity).lower(), dataset_key(identity))
-                    or (sha and sha.startswith(wanted))]
+                    or (sha and (sha.startswith(wanted) or (len(tail) == 8 and sha.startswith(tail))))]
         if len(matching) != 1:
             raise SrlibError(f"dataset {dataset!r} matches {len(matching)} of the datasets of these records "
                              f"({', '.join(dataset_key(i) for i in identities.values())}); give one of these keys")
