@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench_baseline import BATCH, WIDTH, baseline_data_img_s, baseline_steps, baseline_workers
+from .bench_baseline import BASELINE, BATCH, WIDTH, baseline_data_img_s, baseline_steps, baseline_workers
 from .config import TrainConfig, make_config
 from .errors import ConfigError, WeightsError
 from .numerics import Numerics, deterministic_algorithms, resolve_device, resolve_numerics
@@ -35,8 +35,6 @@ from .upscale import DEFAULT_SR_MODEL, build_upscaler, load_sr_model, resolve_ch
 
 BENCH_SCHEMA = 2  # 2: no `accuracy` (benchmarks/accuracy_check.py) and no `target`; numerics in settings
 SOURCE_PX = 32  # CIFAR-10; the other sizes are the upscaled variants' inputs
-BASELINE = ("fp32, NCHW, DataLoader over in-memory PIL images, per-sample RandomHorizontalFlip/ToTensor/"
-            "Normalize(0.5,0.5), loss.item() and the accuracy count every step")
 
 def step_counts(px: int, steps: int, device: torch.device) -> tuple[int, int]:
     """(warm-up, timed) training steps at `px`.

@@ -163,11 +163,6 @@ def make_config(variant: str, profile: str | None = None, seed: int = 0, **overr
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}; valid: {', '.join(names)}")
     values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
     config = TrainConfig(variant=variant, profile=profile, seed=seed, **values)
-    validate(config)
-    return config
-
-
-def validate(config: TrainConfig) -> None:
     checks = [
         (config.epochs >= 0, f"epochs must be >= 0, got {config.epochs}"),
         (config.batch_size >= 1, f"batch size must be >= 1, got {config.batch_size}"),
@@ -185,6 +180,7 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    return config
 
 
 # --- TrainConfig as command-line options (srlib train, srlib sweep, the kit's --train-args) ---------------

@@ -5,9 +5,9 @@ folder itself, an ImageFolder tree `train/<class>/*` + `test/<class>/*`, or Parq
 Face Hub layout); else canonical CIFAR-10 in the data directory (`SRLIB_DATA_DIR`, default `./data`);
 else a torchvision download into it.
 
-A dataset's identity (`content_sha256`) hashes what training sees: each split's labels and uint8 pixels
-in row order, so an ImageFolder tree and a Parquet copy of the same images share it. Decoded arrays are
-cached under a fingerprint of the encoded images and labels (not file names), again shared by both copies.
+A dataset's identity (`content_sha256`) hashes what training sees (labels and uint8 pixels in row order); decoded
+arrays are cached under a fingerprint of the encoded images and labels, not file names: so an ImageFolder tree
+and a Parquet copy of the same images share both.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import numpy as np
 
 from .data_sources import (
     CANONICAL_DIR,
-    CANONICAL_FILES,
-    IMAGE_SUFFIXES,
     PARQUET_LAYOUT,
     SPLITS,
     Source,
+    canonical_files,
+    list_split,
     parquet_hub_name,
     parquet_splits,
     scan_canonical,
@@ -128,9 +128,8 @@ KNOWN_DATASETS = {CANONICAL_SHA256: "cifar10", JPEG_SHA256: "cifar10-jpeg75"}
 
 
 def dataset_name(identity: dict) -> str:
-    """A dataset's short readable name: a known one's (cifar10, cifar10-jpeg75), else the one its source gave
-    when it was loaded (the Hub name in a Parquet copy's metadata, else the ImageFolder's or Parquet folder's
-    name), else "dataset"."""
+    """A dataset's short readable name: a known one's (cifar10, cifar10-jpeg75), else the one its source gave at
+    load time (the Hub name in a Parquet copy's metadata, else the folder's), else "dataset"."""
     known = KNOWN_DATASETS.get(identity.get("content_sha256", ""))
     return known or identity.get("name") or "dataset"
 
@@ -214,21 +213,14 @@ def quick_check(where: dict) -> str | None:
     """What is wrong with the data `locate` found, from a few bytes of each split (not the whole dataset, which
     a run decodes and hashes anyway); None when it looks readable."""
     path, kind, samples = Path(where["path"]), where["kind"], []
-    if kind == "canonical":
-        samples = [path / name for name in CANONICAL_FILES]
-        missing = [p.name for p in samples if not p.is_file()]
-        if missing:
-            return f"{path} lacks {missing}; re-download CIFAR-10 or delete the folder to fetch it again"
-    elif kind == "imagefolder":
-        for split in ("train", "test"):
-            try:
-                image = _first_image(path / split)
-            except OSError as exc:
-                return f"cannot list {path / split} ({exc.strerror or exc}); fix its permissions"
-            if image is None:
-                return f"{path / split} holds no images in class folders; expected {split}/<class>/<image>"
-            samples.append(image)
-    elif kind == "parquet":
+    try:
+        if kind == "canonical":
+            samples = canonical_files(path)
+        elif kind == "imagefolder":  # the listing a run makes, and the first image of each split
+            samples = [path / list_split(path, split)[1][0][0] for split in SPLITS]
+    except DataError as exc:
+        return str(exc)
+    if kind == "parquet":
         samples = [files[0] for files in where.get("files", {}).values() if files]
     for sample in samples:
         try:
@@ -236,15 +228,6 @@ def quick_check(where: dict) -> str | None:
                 f.read(16)
         except OSError as exc:
             return f"cannot read {sample} ({exc.strerror or exc}); fix the data's permissions or --data / SRLIB_DATA"
-    return None
-
-
-def _first_image(split_dir: Path) -> Path | None:
-    for class_dir in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if class_dir.is_dir() and not class_dir.name.startswith("."):
-            for entry in os.scandir(class_dir.path):
-                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                    return Path(entry.path)
     return None
 
 

@@ -68,14 +68,19 @@ def _is_lossy(data: bytes) -> bool:
 
 # --- canonical: torchvision's pickled batches -------------------------------------------------------------
 
-def scan_canonical(path: Path) -> Source:
+def canonical_files(path: Path) -> list[Path]:
+    """The files of canonical CIFAR-10 at `path`; a DataError naming those missing."""
     missing = [name for name in CANONICAL_FILES if not (path / name).is_file()]
     if missing:
         raise DataError(f"{path} lacks {missing}; re-download CIFAR-10 or delete the folder to fetch it again")
+    return [path / name for name in CANONICAL_FILES]
+
+
+def scan_canonical(path: Path) -> Source:
     digest = hashlib.sha256()
-    for name in CANONICAL_FILES:
-        digest.update(name.encode())
-        digest.update((path / name).read_bytes())
+    for file in canonical_files(path):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
     classes = [str(c) for c in _unpickle(path / "batches.meta")["label_names"]]
     return Source("canonical", classes, digest.hexdigest(), False, lambda: _decode_canonical(path))
 
@@ -130,7 +135,8 @@ class _Images:
 
 # --- ImageFolder: train/<class>/<image>, test/<class>/<image> ----------------------------------------------
 
-def _list_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+def list_split(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """A split's classes and (file relative to `root`, label) pairs, by class then name; DataError if one is empty."""
     split_dir = root / split
     classes = sorted(d.name for d in _listdir(split_dir) if d.is_dir() and not d.name.startswith("."))
     if not classes:
@@ -154,19 +160,18 @@ def _listdir(folder: Path) -> list[Path]:
 
 def scan_imagefolder(root: Path) -> Source:
     """The tree's files per split (class, then file name), fingerprinted from their bytes."""
-    train_classes, train_files = _list_split(root, "train")
-    test_classes, test_files = _list_split(root, "test")
-    if train_classes != test_classes:
-        only_train = sorted(set(train_classes) - set(test_classes))
-        only_test = sorted(set(test_classes) - set(train_classes))
+    (classes, train_files), (test_classes, test_files) = (list_split(root, split) for split in SPLITS)
+    if classes != test_classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
         differ = "; ".join(f"{names} only in {split}/" for split, names in (("train", only_train), ("test", only_test))
                            if names)
         raise DataError(f"train and test classes differ in {root}: {differ}; every class needs a folder in both "
                         "splits: add the missing folder or remove the class from the other split")
-    fingerprint, lossy = _Fingerprint(), False
-    for split, files in (("train", train_files), ("test", test_files)):
+    files, fingerprint, lossy = {"train": train_files, "test": test_files}, _Fingerprint(), False
+    for split in SPLITS:
         fingerprint.split(split)
-        for rel, label in files:
+        for rel, label in files[split]:
             try:
                 data = (root / rel).read_bytes()
             except OSError as exc:
@@ -174,9 +179,7 @@ def scan_imagefolder(root: Path) -> Source:
                                 "fix its permissions, or replace or delete that file") from exc
             fingerprint.row(label, data)
             lossy = lossy or _is_lossy(data)
-    files = {"train": train_files, "test": test_files}
-    return Source("imagefolder", train_classes, fingerprint.finish(train_classes), lossy,
-                  lambda: _decode_imagefolder(root, files))
+    return Source("imagefolder", classes, fingerprint.finish(classes), lossy, lambda: _decode_imagefolder(root, files))
 
 
 def _decode_imagefolder(root: Path, files: dict) -> dict[str, np.ndarray]:
@@ -308,7 +311,7 @@ def survey_imagefolder(root: Path) -> Survey:
     """Counts from the listing; sizes from the first image of each class of each split."""
     counts, sizes, classes = {}, {}, []
     for split in SPLITS:
-        classes, files = _list_split(root, split)
+        classes, files = list_split(root, split)
         labels = np.array([label for _, label in files], dtype=np.int64)
         counts[split] = np.bincount(labels, minlength=len(classes))
         for label in range(len(classes)):

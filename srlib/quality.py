@@ -1,4 +1,4 @@
-"""SR quality on CIFAR itself: downscale test images by s, restore them to 32 px, compare (`PROTOCOL`).
+"""SR quality on the data itself: downscale its test images by s, restore them to their size, compare (`PROTOCOL`).
 
 Every registered SR model (and any `--sr-weights` checkpoint) is measured against bicubic on the same images.
 SSIM as scikit-image computes it (Gaussian window sigma 1.5, 11x11, K1=0.01, K2=0.03, population covariance)."""
@@ -34,7 +34,7 @@ from .upscale import (
 if TYPE_CHECKING:
     import pandas as pd
 
-PROTOCOL = ("HR = CIFAR test images (32 px); LR = antialiased bicubic downscale by s; restored to 32 px by "
+PROTOCOL = ("HR = the data's test images; LR = antialiased bicubic downscale by s; restored to their size by "
             "bicubic and by each SR model; PSNR on 8-bit RGB, SSIM (Gaussian, per channel); gains are SR minus "
             "bicubic per image, with 95% t-intervals over images")
 
@@ -143,7 +143,7 @@ def sr_quality(scales: tuple[int, ...] | list[int] = (2, 4), n: int = 1000, data
                weights: str | os.PathLike | list | tuple | None = None,
                models: list[str] | tuple[str, ...] | None = None, progress: bool = True,
                device: torch.device | None = None) -> dict:
-    """PSNR/SSIM of each SR model vs bicubic on `n` stratified CIFAR test images; written as a record to `out`.
+    """PSNR/SSIM of each SR model vs bicubic on `n` stratified test images of the data; written as a record to `out`.
 
     `models`: registered SR models (default: all); `weights`: `--sr-weights` checkpoint(s), measured at
     their own scale in place of DCTLSA there (they are what sr_x2/sr_x4 train on)."""
@@ -205,13 +205,12 @@ def summary_lines(record: dict) -> list[str]:
             f"{100 * r['sr_better_psnr_fraction']:.0f}% of {r['images']} images" for r in record["results"]]
 
 
-def grid_columns(images: np.ndarray, scale: int, candidates: list[SRCandidate],
-                 device: torch.device | None = None) -> dict[str, np.ndarray]:
+def grid_columns(images: np.ndarray, scale: int, candidates: list[SRCandidate]) -> dict[str, np.ndarray]:
     """What the classifier sees at x`scale`: the original, bicubic and one column per SR model."""
     columns = {"original": images}
     for name, method, weights in [("bicubic", "bicubic", None),
                                   *((c.model, c.method, c.weights) for c in candidates if c.scale == scale)]:
-        upscaler = build_upscaler(method, scale, device=device or torch.device("cpu"), weights=weights)
+        upscaler = build_upscaler(method, scale, device=torch.device("cpu"), weights=weights)
         columns[f"{name} x{scale}"] = upscale(images, upscaler, progress=False)
     return columns
 

@@ -3,10 +3,10 @@
 Layout: `<out>/<profile>/<dataset>/<variant>/seed<k>/` (the dataset: `srlib.data.dataset_key`, its name and
 content hash, so runs on several datasets live side by side) holds `record.json` (config, per-epoch metrics, summary,
 provenance), `predictions.npz` (the last epoch's test predictions) and, while unfinished, `checkpoint.pt`;
-`<out>/<profile>/sr_quality.json` the profile's SR-quality measurement. The older layout without the dataset,
-`<out>/<profile>/<variant>/seed<k>/`, is still read: such a run counts for the data its record names. Executed
-notebooks go to `<notebooks_out>/train/<profile>-<dataset>-<variant>-seed<k>.ipynb` (a `.log` beside each) and
-`<notebooks_out>/*.ipynb`. Everything else finds these files through the functions here.
+`<out>/<profile>/<dataset>/sr_quality.json` the SR-quality measurement on that data. The older layout without the
+dataset, `<out>/<profile>/<variant>/seed<k>/` (and `<out>/<profile>/sr_quality.json`), is still read: it counts for
+the data its record names. Executed notebooks go to `<notebooks_out>/train/<profile>-<dataset>-<variant>-seed<k>.ipynb`
+(a `.log` beside each) and `<notebooks_out>/*.ipynb`. Everything else finds these files through the functions here.
 
 A run's identity is the `TrainConfig` fields in `IDENTITY_FIELDS` plus the dataset's content hash; numerics,
 deadlines and thread counts are recorded but make no other run (a bf16 GPU record is reused on a CPU).
@@ -68,14 +68,25 @@ def run_dirs(out: str | os.PathLike, profile: str | None = None, dataset: str | 
     return sorted(p for p in [*new, *old] if p.is_dir())
 
 
-def sr_quality_path(out: str | os.PathLike, profile: str) -> Path:
-    """The SR-quality measurement (PSNR/SSIM) that the report shows beside `profile`'s runs."""
-    return Path(out) / profile / SR_QUALITY
+def sr_quality_path(out: str | os.PathLike, profile: str, dataset: str) -> Path:
+    """The SR-quality measurement (PSNR/SSIM) on `dataset` (its key) that the report shows beside the runs."""
+    return Path(out) / profile / dataset / SR_QUALITY
+
+
+def load_quality(out: str | os.PathLike, profile: str, dataset: str) -> dict | None:
+    """The SR-quality record on `dataset` (its key; by its hash, as `run_dirs`), in either layout; None when none
+    measured this data."""
+    by_hash = sorted(Path(out).glob(f"{profile}/*-{dataset.rsplit('-', 1)[-1]}/{SR_QUALITY}"))
+    for path in [*by_hash, Path(out) / profile / SR_QUALITY]:
+        record = read_json_or_none(path)
+        if record is not None and _same_data(dataset_key(record.get("data", {})), dataset):
+            return record
+    return None
 
 
 def sr_quality_paths(out: str | os.PathLike) -> list[Path]:
-    """Every profile's SR-quality measurement under `out`, sorted."""
-    return sorted(Path(out).glob(f"*/{SR_QUALITY}"))
+    """Every SR-quality measurement under `out`, in either layout, sorted."""
+    return sorted([*Path(out).glob(f"*/{SR_QUALITY}"), *Path(out).glob(f"*/*/{SR_QUALITY}")])
 
 
 def executed_train_notebook(notebooks_out: str | os.PathLike, profile: str, dataset: str, variant: str,

@@ -269,10 +269,9 @@ def file_lock(path: str | Path, what: str = "", log: Callable[[str], Any] = prin
               stale_after: float = LOCK_STALE_S, timeout: float | None = None) -> Iterator[Path]:
     """Hold `<path>.lock`, created with O_CREAT|O_EXCL (atomic on local disks and NFSv3+).
 
-    The file records the holder's host and pid, and a thread refreshes its mtime while it is held.
-    A waiter removes a stale lock: same host and the pid is dead, or (other hosts, whose pids it
-    cannot check) no heartbeat for `stale_after` seconds. Unlike flock this works on network
-    filesystems, and a killed holder blocks the others for at most `stale_after`."""
+    The file records the holder's host and pid, and a thread refreshes its mtime while it is held; a waiter
+    removes a stale lock (`lock_is_stale`). Unlike flock this works on network filesystems, and a killed
+    holder blocks the others for at most `stale_after`."""
     import threading
 
     lock = Path(f"{path}.lock")

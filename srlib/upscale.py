@@ -244,12 +244,9 @@ def resolve_checkpoint(entry: SRCheckpoint, weights_dir: str | os.PathLike | Non
 def local_checkpoint(entry: SRCheckpoint, root: Path) -> tuple[Path, str] | None:
     """The registered checkpoint's file in `root` and its sha256, verified; None when it is not there.
     WeightsError when a file of that name is there but is not the official one."""
-    candidates = [(entry.file, entry.sha256)]
-    if entry.url_file:
-        candidates.append((entry.url_file, entry.url_sha256))
-    for name, sha in candidates:
-        path = root / name
-        if path.is_file():
+    for name, sha in ((entry.file, entry.sha256), (entry.url_file, entry.url_sha256)):
+        path = root / (name or entry.file)
+        if name is not None and path.is_file():
             actual = sha256_file(path)
             if actual != sha:
                 raise WeightsError(
@@ -361,7 +358,9 @@ def upscale_splits(splits: dict[str, np.ndarray], upscaler: Upscaler, cache_dir:
     paths = {name: upscaled_cache_path(cache_dir, method, scale, hashes[name], weights_key) for name in splits}
     reused = [name for name in splits if paths[name].exists()]
     if reused and progress:
-        print(f"[srlib] {label}: reused the cached {' + '.join(f'{len(splits[n]):,} {n}' for n in reused)} images")
+        # upscale_cached's one array is named "images": "1,000 images", not "1,000 images images"
+        counts = " + ".join(f"{len(splits[n]):,} {n}".removesuffix(" images") for n in reused)
+        print(f"[srlib] {label}: reused the cached {counts} images")
     meter = ImageMeter(label, sum(len(splits[n]) for n in splits if n not in reused), enabled=progress)
     done = {}
     for name, images in splits.items():

@@ -428,6 +428,19 @@ def test_pixels_or_model_puts_each_sr_models_accuracy_gain_beside_its_psnr_gain(
     assert (table.loc["sr_x2", "accuracy_low"], table.loc["sr_x2", "accuracy_high"]) == stats["sr_x2"].bootstrap
 
 
+def test_a_model_replaced_by_sr_weights_is_no_variants_row():
+    """`--sr-weights` stands for sr_x2: DCTLSA's record says `variant: None`, so only the checkpoint's row is
+    sr_x2's (an older record without the key still falls back to the model's variant)."""
+    records = random_records({"resize_x2": 0.2, "sr_x2": 0.18}, 2, np.random.default_rng(3))
+    row = {"scale": 2, "psnr_gain_ci95": None, "ssim_gain": 0.0}
+    quality = {"results": [{**row, "model": "dctlsa", "variant": None, "psnr_gain": 1.5},
+                           {**row, "model": "mine_x2.pth", "variant": "sr_x2", "psnr_gain": 0.4}]}
+    table = pixels_or_model(records, quality)
+    assert list(table["variant"]) == ["sr_x2"] and list(table["psnr_gain"]) == [0.4]
+    older = {"results": [{**row, "model": "dctlsa", "psnr_gain": 1.5}]}
+    assert list(pixels_or_model(records, older)["psnr_gain"]) == [1.5]
+
+
 def test_identical_predictions_give_no_conclusion_not_zero_power():
     """Runs that agree on every image (e.g. smoke runs predicting one class) carry no information:
     the verdict says so instead of reporting a 0.00 pp detectable difference."""

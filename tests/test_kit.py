@@ -261,7 +261,7 @@ def test_dry_run_end_to_end_then_unpack(repo, tmp_path, one_thread):
     for v in variants:
         run = f"runs/smoke/{key}/{v}/seed0"
         assert f"{run}/record.json" in names and f"{run}/predictions.npz" in names
-    assert ("runs/smoke/sr_quality.json" in names) == ("sr_x2" in variants)
+    assert (f"runs/smoke/{key}/sr_quality.json" in names) == ("sr_x2" in variants)
     log = (out / kit_layout.TIMING_LOG).read_text()
     assert "speed alone  32 px" in log and "speed alone  64 px" in log and "of H200 bf16 peak" in log
     assert "content sha256" in log and "verified" in log  # the staged data was checked before training

@@ -22,14 +22,14 @@ from srlib.config import make_config
 from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.sweep import sweep
 
-REAL_PORT_OPEN = preflight.port_open  # the autouse fixture below replaces it in every test
+REAL_PORTS_OPEN = preflight.ports_open  # the autouse fixture below replaces it in every test
 REAL_CREATE_CONNECTION = socket.create_connection
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     """No test here depends on the network: every download host 'does not answer'."""
-    monkeypatch.setattr(preflight, "port_open", lambda url, timeout=preflight.CONNECT_SECONDS: False)
+    monkeypatch.setattr(preflight, "ports_open", lambda urls, timeout=None: dict.fromkeys(urls, False))
     monkeypatch.delenv("SRLIB_DATA", raising=False)
 
 
@@ -195,9 +195,9 @@ def test_the_host_check_is_a_tcp_connect(monkeypatch):
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         url = f"http://127.0.0.1:{listening.getsockname()[1]}/cifar-10-python.tar.gz"
-        assert REAL_PORT_OPEN(url, timeout=30)
+        assert REAL_PORTS_OPEN([url], timeout=30) == {url: True}
     # Closed now: one connect, refused, and that refusal is the answer (no retrying until the 30 s are up).
-    assert not REAL_PORT_OPEN(url, timeout=30)
+    assert REAL_PORTS_OPEN([url], timeout=30) == {url: False}
     assert connects == ["connected", ConnectionRefusedError]
 
 
@@ -207,12 +207,12 @@ def test_all_hosts_are_tried_at_once(monkeypatch):
     urls = [f"http://host{i}.example/file" for i in range(3)]
     barrier = threading.Barrier(len(urls), timeout=preflight.CONNECT_SECONDS)
 
-    def port_open(url, timeout=preflight.CONNECT_SECONDS):
+    def create_connection(address, timeout):
         barrier.wait()
-        return True
+        return contextlib.nullcontext()
 
-    monkeypatch.setattr(preflight, "port_open", port_open)
-    assert preflight._ports_open(urls) == dict.fromkeys(urls, True)
+    monkeypatch.setattr(preflight.socket, "create_connection", create_connection)
+    assert REAL_PORTS_OPEN(urls) == dict.fromkeys(urls, True)
 
 
 def write_record(out: Path, variant: str, seed: int, epoch_seconds: list[float], wall: float,

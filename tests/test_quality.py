@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from srlib.data import dataset_key
 from srlib.errors import WeightsError
 from srlib.quality import compare, downscale, psnr, quality_table, sr_candidates, sr_quality, ssim, upscalers_table
 from srlib.upscale import SR_CHECKPOINTS, sr_models
@@ -95,6 +96,18 @@ def test_sr_quality_command(imagefolder, tmp_path, tiny_sr_weights, one_thread, 
     assert "is a x4 SR model, but only x2 are measured" in capsys.readouterr().err
 
 
+def test_sr_quality_command_writes_beside_the_runs_on_its_data(imagefolder, tmp_path, tiny_sr_weights, one_thread,
+                                                              monkeypatch, capsys):
+    from srlib.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sr-quality", "--scales", "2", "--n", "10", "--models", "--sr-weights", str(tiny_sr_weights[2]),
+                 "--data", str(imagefolder), "--cache-dir", "cache", "--profile", "smoke"]) == 0
+    (saved,) = (tmp_path / "runs" / "smoke").glob("*/sr_quality.json")
+    assert saved.parent.name == dataset_key(json.loads(saved.read_text())["data"])
+    assert capsys.readouterr().out.endswith(f"record: {saved.relative_to(tmp_path)}\n")
+
+
 @pytest.mark.slow
 def test_sr_quality_notebook_without_real_weights(imagefolder, tmp_path, tiny_sr_weights):
     import papermill as pm
@@ -107,7 +120,17 @@ def test_sr_quality_notebook_without_real_weights(imagefolder, tmp_path, tiny_sr
                             "profile": "smoke", "out": str(tmp_path / "runs"), "data": str(imagefolder),
                             "cache_dir": str(tmp_path / "cache"), "models": [],
                             "sr_weights": [str(tiny_sr_weights[2]), str(tiny_sr_weights[4])]})
-    record = json.loads((tmp_path / "runs" / "smoke" / "sr_quality.json").read_text())
+    (saved,) = (tmp_path / "runs" / "smoke").glob("*/sr_quality.json")  # beside the runs on this data
+    record = json.loads(saved.read_text())
+    assert saved.parent.name == dataset_key(record["data"])
     assert [r["model"] for r in record["results"]] == ["tiny_compact_x2.pth", "tiny_compact_x4.pth"]
     text = executed.read_text()
     assert text.count("image/png") == 2 and "tiny_compact_x4.pth x4" in text  # a grid per scale, the weights
+    # records_only shows that measurement as saved, also without the data here (the dataset's key is given)
+    saved.write_text(json.dumps({**record, "finished": "measured elsewhere"}))
+    pm.execute_notebook(str(NOTEBOOKS / "sr_quality.ipynb"), str(executed), kernel_name="python3",
+                        progress_bar=False, parameters={
+                            "profile": "smoke", "out": str(tmp_path / "runs"), "data": str(tmp_path / "absent"),
+                            "records_only": True, "dataset": saved.parent.name})
+    assert json.loads(saved.read_text())["finished"] == "measured elsewhere"
+    assert "The example images need the data" in executed.read_text()

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from srlib.config import STUDY_VARIANTS
+from srlib.data import dataset_key
 from srlib.orchestration.request import SweepRequest
 from srlib.orchestration.sweep import sweep
-from srlib.runs import NOTEBOOKS, ROOT, datasets, run_dir
+from srlib.runs import NOTEBOOKS, ROOT, datasets, run_dir, sr_quality_path
+from srlib.store import write_json
 
 
 def test_train_notebook_runs_through_papermill(tmp_path, imagefolder):
@@ -261,8 +263,12 @@ def generated_book(tmp_path_factory, tiny_sr_weights) -> Path:
     truncated.write_text('{"schema": 2, "status": "compl')
     data = make_imagefolder(tmp_path_factory.mktemp("data") / "imagefolder")
     cache = tmp_path_factory.mktemp("cache")
+    measured = tmp_path_factory.mktemp("quality") / "sr_quality.json"
     sr_quality(scales=(2,), n=20, data=str(data), cache_dir=str(cache), models=[],
-               weights=[str(tiny_sr_weights[2])], out=runs / "smoke" / "sr_quality.json", progress=False)
+               weights=[str(tiny_sr_weights[2])], out=measured, progress=False)
+    # measured on the generated images, filed as the records' data: the page shows a measurement of its own data
+    filed = {**json.loads(measured.read_text()), "data": FASHION}
+    write_json(sr_quality_path(runs, "smoke", dataset_key(FASHION)), filed)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SRLIB_WEIGHTS_DIR", str(tmp_path_factory.mktemp("no-weights-here")))
         result = finish(SweepRequest("smoke", out=runs, notebooks_out=executed, data=str(data), cache_dir=str(cache),

@@ -16,8 +16,19 @@ from srlib.config import TrainConfig, make_config
 from srlib.errors import PARTIAL_EXIT_CODE, ConfigError
 from srlib.numerics import deterministic_algorithms
 from srlib.provenance import git_info, save_code_diff
-from srlib.runs import CHECKPOINT, PREDICTIONS, RECORD, config_dir, load_records, record_dataset, run_identity
-from srlib.store import read_json
+from srlib.runs import (
+    CHECKPOINT,
+    PREDICTIONS,
+    RECORD,
+    config_dir,
+    load_quality,
+    load_records,
+    record_dataset,
+    run_identity,
+    sr_quality_path,
+    sr_quality_paths,
+)
+from srlib.store import read_json, write_json
 from srlib.train import train
 
 TINY = dict(epochs=3, width=4, train_size=60, test_size=30, batch_size=16, lr_step=1)
@@ -51,6 +62,24 @@ def test_the_same_images_elsewhere_are_the_same_data_and_other_images_are_not(tm
     with pytest.raises(pytest.fail.Exception):
         _train(tmp_path, moved)
     assert seen == [1]
+
+
+def test_each_dataset_has_its_own_sr_quality_measurement_and_an_old_one_counts_only_for_its_data(tmp_path):
+    """A sweep on B after A keeps A's measurement; the old per-profile file is read only for the data it measured."""
+    def measured(sha: str, gain: float) -> dict:
+        return {"data": {"name": "mine", "content_sha256": sha * 64}, "results": [{"psnr_gain": gain}]}
+
+    a, b = "mine-" + "a" * 8, "mine-" + "b" * 8
+    write_json(sr_quality_path(tmp_path, "smoke", a), measured("a", 1.0))
+    write_json(sr_quality_path(tmp_path, "smoke", b), measured("b", 2.0))
+    assert [load_quality(tmp_path, "smoke", k)["results"][0]["psnr_gain"] for k in (a, b)] == [1.0, 2.0]
+    old = tmp_path / "preview" / "sr_quality.json"  # the layout without the dataset
+    write_json(old, measured("a", 3.0))
+    assert load_quality(tmp_path, "preview", a)["results"][0]["psnr_gain"] == 3.0
+    assert load_quality(tmp_path, "preview", b) is None
+    assert load_quality(tmp_path, "preview", "cifar10-" + "a" * 8) is not None  # the same images, another name
+    assert sr_quality_paths(tmp_path) == sorted([old, sr_quality_path(tmp_path, "smoke", a),
+                                                 sr_quality_path(tmp_path, "smoke", b)])
 
 
 def test_identity_is_protocol_not_numerics():

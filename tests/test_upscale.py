@@ -93,6 +93,13 @@ def test_upscaling_is_one_phase_of_a_run_that_says_what_it_reused(tmp_path, caps
         assert np.array_equal(first[name][0], again[name][0]) and first[name][1] == again[name][1]
 
 
+def test_a_cached_array_is_counted_once_in_words(tmp_path, capsys):
+    images = _images(3, seed=5)
+    upscale_cached(images, "bicubic", 2, tmp_path, progress=False)
+    upscale_cached(images, "bicubic", 2, tmp_path)
+    assert capsys.readouterr().out == "[srlib] upscaling bicubic_x2: reused the cached 3 images\n"
+
+
 def test_the_meter_writes_a_bounded_number_of_lines():
     """A line at each further 10 % or 30 s, never two within 5 s: an SR phase of 2,500 images at 11 img/s
     (228 s in chunks of 16) writes about ten lines, not 157."""

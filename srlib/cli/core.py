@@ -78,11 +78,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def cmd_sr_quality(args: argparse.Namespace) -> int:
+    from ..data import dataset_key
     from ..quality import sr_quality
+    from ..store import write_json
 
-    args.out = args.out or str(sr_quality_path("runs", args.profile or default_profile()))
     record = sr_quality(scales=args.scales, n=args.n, data=args.data, cache_dir=args.cache_dir,
-                        out=args.out, weights=args.sr_weights, models=args.models)
+                        weights=args.sr_weights, models=args.models)
+    args.out = args.out or sr_quality_path("runs", args.profile or default_profile(), dataset_key(record["data"]))
+    write_json(args.out, record)
     for row in record["results"]:
         print(f"x{row['scale']} {row['model']}: PSNR bicubic {row['psnr_bicubic']:.2f} dB, SR {row['psnr_sr']:.2f} "
               f"dB ({row['psnr_gain']:+.2f}); SSIM bicubic {row['ssim_bicubic']:.4f}, SR {row['ssim_sr']:.4f} "
@@ -99,7 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", choices=list(PROFILES),
                    help="protocol defaults (default: paper with CUDA, else preview)")
     add_config_options(p)
-    p.add_argument("--out", default="runs", help="records go to OUT/<profile>/<variant>/seed<k>/ (default: runs)")
+    p.add_argument("--out", default="runs",
+                   help="records go to OUT/<profile>/<dataset>/<variant>/seed<k>/ (default: runs)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--deadline", type=_deadline, help="stop cleanly after the last epoch that ends before this: "
                    "seconds from now, or an ISO time (2026-11-28T23:00); exit code 3, rerun to resume")
@@ -107,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("data", help="show which CIFAR-10 would be used")
+    p = sub.add_parser("data", help="show which dataset would be used")
     p.add_argument("--load", action="store_true", help="also decode (cached) and print its identity")
     add_data_options(p)
     p.set_defaults(func=cmd_data)
@@ -120,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("sr-quality", help="PSNR/SSIM of SR vs bicubic on CIFAR test images")
+    p = sub.add_parser("sr-quality", help="PSNR/SSIM of SR vs bicubic on the data's test images")
     p.add_argument("--scales", type=int, nargs="+", default=[2, 4])
     p.add_argument("--n", type=int, default=1000, help="test images to use (stratified)")
     p.add_argument("--models", nargs="*", metavar="MODEL", help="registered SR models to measure (default: all of "
@@ -129,6 +133,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "its own scale, standing for sr_x2/sr_x4 as trained with --sr-weights")
     p.add_argument("--profile", choices=list(PROFILES), help="whose report shows it (default: paper with CUDA, "
                    "else preview)")
-    p.add_argument("--out", help="the record (default: runs/<profile>/sr_quality.json, where the report reads it)")
+    p.add_argument("--out", help="the record (default: runs/<profile>/<dataset>/sr_quality.json, read by the report)")
     add_data_options(p)
     p.set_defaults(func=cmd_sr_quality)

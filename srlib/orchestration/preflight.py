@@ -8,11 +8,13 @@ and write nothing but a temporary file per output folder, deleted again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import tempfile
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +138,7 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     plan.runs = [RunPlan(c.variant, c.seed, d, cost.estimate_run(c, earlier, plan.device, builds.get(id(c), 0), shape))
                  for c, d in zip(configs, done, strict=True)]
     download_dirs += _check_weights(pending, analysis, plan.problems, hosts)
-    for url, answered in _ports_open(list(hosts)).items():
+    for url, answered in ports_open(list(hosts)).items():
         if not answered:
             plan.problems.extend(hosts[url])
     folders = [("output folder", out, "--out"), ("cache folder", cache, "--cache-dir or SRLIB_CACHE_DIR")]
@@ -317,36 +319,25 @@ def _check_weights(configs: list[TrainConfig], analysis: bool, problems: list[st
 
 # --- network -----------------------------------------------------------------------------------------------
 
-def port_open(url: str, timeout: float = CONNECT_SECONDS) -> bool:
-    """True when the URL's host accepts a TCP connection within `timeout` seconds (name lookup included)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    answered = []
+def ports_open(urls: list[str], timeout: float = CONNECT_SECONDS) -> dict[str, bool]:
+    """For each URL, whether its host accepts a TCP connection within `timeout` seconds (name lookup included);
+    all at once, so several unreachable hosts still cost `timeout` in all."""
+    answered = set()
 
-    def connect() -> None:
-        try:
-            with socket.create_connection((parts.hostname, port), timeout=timeout):
-                answered.append(True)
-        except OSError:
-            pass
+    def connect(url: str) -> None:
+        parts = urlsplit(url)
+        with contextlib.suppress(OSError), socket.create_connection(
+                (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout=timeout):
+            answered.add(url)
 
-    # A thread, because a name lookup ignores socket timeouts; daemon, so a hung lookup never delays exit.
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answered)
-
-
-def _ports_open(urls: list[str]) -> dict[str, bool]:
-    """port_open for every URL at once, so several unreachable hosts still cost CONNECT_SECONDS in all."""
-    results: dict[str, bool] = {}
-    threads = [threading.Thread(target=lambda u=u: results.__setitem__(u, port_open(u)), daemon=True)
-               for u in urls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(CONNECT_SECONDS + 1)
-    return {u: results.get(u, False) for u in urls}
+    # Threads, because a name lookup ignores socket timeouts; daemons, so a hung lookup never delays exit.
+    threads = [threading.Thread(target=connect, args=(url,), daemon=True) for url in urls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {url: url in answered for url in urls}
 
 
 # --- folders and disk --------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def finish(request: SweepRequest, log: Callable[[str], None] = print, rerun: boo
     records = record_paths(out, profile)
     quality = {**common, "n": default_images(profile)}
     if request.records_only:  # the SR-quality page shows the measurement saved beside the records (e.g. from the GPU)
-        quality["records_only"] = True
+        quality.update(records_only=True, dataset=request.dataset_key)
     if request.overrides.get("sr_weights"):  # the SR-quality page measures the checkpoint the runs trained with
         quality["sr_weights"] = request.overrides["sr_weights"]
     for template in ANALYSIS:

@@ -4,15 +4,12 @@ percentage points (pp)."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pandas as pd
 
 from ..config import variant_of
-from ..runs import sr_quality_path
 from ..statistics import LEVEL, MAX_SEEDS, POWER, TARGET_PP, mean_ci
-from ..store import read_json_or_none
 from ..upscale import DEFAULT_SR_MODEL
 from .comparisons import (
     HEADLINE_METRIC,
@@ -139,18 +136,13 @@ def sr_model_gains(source: Source) -> pd.DataFrame:
                                        "accuracy_high"])
 
 
-def load_quality(out: str | os.PathLike, profile: str) -> dict | None:
-    """The SR-quality record the sweep's sr_quality notebook wrote for this profile, if any."""
-    return read_json_or_none(sr_quality_path(out, profile))
-
-
 def pixels_or_model(source: Source, quality: dict | None) -> pd.DataFrame:
     """`sr_model_gains` beside each model's PSNR and SSIM gain over bicubic at the same scale, from an
     `srlib sr-quality` record (`results`: model, scale, psnr_gain, psnr_gain_ci95, ssim_gain, ...);
     empty without one."""
-    def variant(r: dict) -> str:  # the variant trained with this model and scale
+    def variant(r: dict) -> str | None:  # trained with this model and scale; None: no variant (--sr-weights won)
         model = "" if r["model"] == DEFAULT_SR_MODEL else f"@{r['model']}"
-        return r.get("variant") or f"sr_x{r['scale']}{model}"
+        return r["variant"] if "variant" in r else f"sr_x{r['scale']}{model}"  # an older record has no key
 
     columns = ["variant", "psnr_gain", "psnr_ci95", "ssim_gain", "ssim_ci95"]
     restored = pd.DataFrame([(variant(r), r["psnr_gain"], r.get("psnr_gain_ci95"), r["ssim_gain"],
@@ -205,7 +197,7 @@ def provenance_table(record: dict) -> pd.DataFrame:
 
 
 def runs_provenance(records: list[dict]) -> pd.DataFrame:
-    """One row per run: the code, torch, device, when it finished (its record: `<profile>/<variant>/seed<k>/`)."""
+    """One row per run: the code, torch, device, when it finished (from `<profile>/<dataset>/<variant>/seed<k>/`)."""
     rank = {v: k for k, v in enumerate(order_variants(r["config"]["variant"] for r in records))}
     rows = [{"run": f"{r['config']['variant']} seed {r['config']['seed']}",
              "commit": str(r["provenance"]["git"].get("commit"))[:10],

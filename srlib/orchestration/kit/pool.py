@@ -59,7 +59,8 @@ def _launch_one(state: KitRun, key: RunKey, env: dict, train_args: list[str], th
     return Launched(key.variant, process, path, time.time(), seed=key.seed)
 
 
-def run_schedule(state: KitRun, schedule: WindowSchedule, env: dict, train_args: list[str]) -> list[Launched]:
+def run_schedule(state: KitRun, schedule: WindowSchedule, env: dict, train_args: list[str],
+                 dataset: str) -> list[Launched]:
     """Start the schedule's runs, at most `schedule.slots` at a time (under MPS when it says so), and wait for all."""
     from ...cost import RUN_STARTUP_S
     from .probe import find_mps_control, mps_daemon
@@ -73,7 +74,7 @@ def run_schedule(state: KitRun, schedule: WindowSchedule, env: dict, train_args:
     with mps_daemon(binary) if binary else contextlib.nullcontext(env) as run_env:
         run_env = {**env, **{k: v for k, v in run_env.items() if k.startswith("CUDA_MPS")}}
         launched: list[Launched] = []
-        quality = _sr_quality(state, [k.variant for k in pending], env)
+        quality = _sr_quality(state, [k.variant for k in pending], env, dataset)
         extra = [quality] if quality else []
 
         def start_next() -> None:
@@ -90,13 +91,13 @@ def run_schedule(state: KitRun, schedule: WindowSchedule, env: dict, train_args:
     return launched + extra
 
 
-def _sr_quality(state: KitRun, chosen: list[str], env: dict) -> Launched | None:
+def _sr_quality(state: KitRun, chosen: list[str], env: dict, dataset: str) -> Launched | None:
     """PSNR/SSIM of SR vs bicubic for the SR scales being trained, in a subprocess beside the runs."""
     from ...runs import sr_quality_path
     from ...upscale import DEFAULT_SR_MODEL
 
     scales = sorted({c.scale for c in sr_checkpoints(chosen) if c.model == DEFAULT_SR_MODEL})
-    target = sr_quality_path(state.runs, state.settings.profile)
+    target = sr_quality_path(state.runs, state.settings.profile, dataset)
     if not scales or target.is_file():
         return None
     # The default model only: the kit holds the weights of the scales and models being trained, no others.

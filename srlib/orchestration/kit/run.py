@@ -214,7 +214,7 @@ def _run(state: KitRun, manifest: dict, train_args: list[str], window_s: float) 
     if probe_table is not None:
         write_json(state.work / PROBE_FILE, probe_table)
     del dataset
-    launched = run_schedule(state, schedule, env, train_args)
+    launched = run_schedule(state, schedule, env, train_args, data_key)
     return _report(state, launched, [n.key for n in needs], data_key)
 
 
