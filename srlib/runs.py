@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .config import TrainConfig
-from .data import dataset_key
+from .data import CANONICAL_SHA256, dataset_key
 from .errors import ConfigError
 from .store import load_arrays, read_json_or_none
 
@@ -113,11 +113,10 @@ def record_paths(out: str | os.PathLike, profile: str | None = None, dataset: st
 
 
 def datasets(out: str | os.PathLike, profile: str | None = None) -> list[str]:
-    """The keys of the data that `out`'s records were made on, the one with the most records first (as the results
-    page picks by default), then by name."""
-    records = (read_json_or_none(path) for path in record_paths(out, profile))
-    counts = Counter(record_dataset(record) for record in records if record is not None)
-    return sorted(counts, key=lambda key: (-counts[key], key))
+    """The keys of the data that `out`'s complete records were made on, the one with the most first, canonical
+    CIFAR-10 on a tie (as the results page picks by default), then by name."""
+    counts = Counter(record_dataset(r) for r in load_records(out, profile, predictions=False))
+    return sorted(counts, key=lambda key: (-counts[key], not key.endswith(f"-{CANONICAL_SHA256[:8]}"), key))
 
 
 def load_records(out: str | os.PathLike, profile: str | None = None, predictions: bool = True,

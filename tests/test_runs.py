@@ -171,3 +171,20 @@ def test_a_dirty_tree_records_its_diff(tmp_path):
     assert "+x = 2" in info["_diff"] and "+y = 3" in info["_diff"]  # new files are part of the code
     saved = save_code_diff(info, tmp_path / "run")
     assert "_diff" not in saved and (tmp_path / "run" / saved["diff_file"]).read_text() == info["_diff"]
+
+
+def test_datasets_counts_complete_records_and_puts_canonical_cifar10_first_on_a_tie(tmp_path):
+    """Records mode shows what `datasets` puts first: as the results page, complete runs count, canonical first."""
+    from srlib.data import CANONICAL_SHA256, dataset_key
+    from srlib.runs import datasets, run_dir
+    from srlib.store import write_json
+
+    def write(name: str, sha: str, seed: int, status: str = "complete") -> str:
+        identity = {"name": name, "content_sha256": sha}
+        write_json(run_dir(tmp_path, "smoke", dataset_key(identity), "original", seed) / "record.json",
+                   {"status": status, "config": {"variant": "original", "seed": seed}, "data": {"dataset": identity}})
+        return dataset_key(identity)
+
+    partial = [write("aaa", "a" * 64, seed, "partial") for seed in (0, 1)]
+    zzz, cifar = write("zzz", "b" * 64, 0), write("cifar10", CANONICAL_SHA256, 0)
+    assert datasets(tmp_path, "smoke") == [cifar, zzz] and partial[0] not in datasets(tmp_path)
