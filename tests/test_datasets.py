@@ -107,11 +107,16 @@ def test_a_sweep_into_one_folder_with_two_datasets_keeps_both(tmp_path, two_data
     from srlib.orchestration.sweep import sweep
 
     out, notebooks = tmp_path / "runs", tmp_path / "nb"
-    results = []
+    results, estimates = [], []
     for data in (*two_datasets, two_datasets[0]):
         request = SweepRequest("smoke", 1, ["original"], out=out, notebooks_out=notebooks, data=str(data),
                                overrides=TINY, analysis=False, threads=1, jobs=1)
-        results.append(sweep(request, log=lambda *_: None, live=False, preflight=False))
+        lines: list[str] = []
+        results.append(sweep(request, log=lines.append, live=False))
+        estimates += [line for line in lines if line.startswith("[sweep] estimated time")]
+    # the estimate counts a run done only on its own data: the second dataset's run is to do, the third sweep's not
+    assert len(estimates) == 3 and "~0.0 s" not in estimates[1], estimates
+    assert estimates[2].endswith("~0.0 s, no run left to train (each has its record)"), estimates
     keys = [dataset_key(load_dataset(str(data)).identity) for data in two_datasets]
     assert [r.done for r in results[:2]] == [[f"smoke-{k}-original-seed0"] for k in keys]
     assert results[2].skipped == [f"smoke-{keys[0]}-original-seed0"] and not results[2].done  # its own data's run

@@ -461,10 +461,11 @@ def format_plan(plan: Plan) -> str:
 
 def estimate_line(plan: Plan) -> str:
     """The estimated total on this machine and what it rests on: the dry run's and the sweep's first line."""
-    basis = ("measured on this machine (earlier records)" if plan.measured_here else
-             "the cost model's rough rates: nothing measured on this machine yet, the ETA calibrates on the first "
-             "epochs")
-    return f"estimated time on this {plan.device}: ~{_duration(plan.seconds)}, from {basis}"
+    basis = ("no run left to train (each has its record)" if all(r.done for r in plan.runs) else
+             "from measured on this machine (earlier records)" if plan.measured_here else
+             "from the cost model's rough rates: nothing measured on this machine yet, the ETA calibrates on the "
+             "first epochs")
+    return f"estimated time on this {plan.device}: ~{_duration(plan.seconds)}, {basis}"
 
 
 def _run_state(run: RunPlan) -> str:
