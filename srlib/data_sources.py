@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .progress import progress_bar
+from .progress import ImageMeter
 
 CANONICAL_DIR = "cifar-10-batches-py"
 CANONICAL_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
@@ -185,9 +185,11 @@ def scan_imagefolder(root: Path) -> Source:
 def _decode_imagefolder(root: Path, files: dict) -> dict[str, np.ndarray]:
     arrays = {}
     for split in SPLITS:
-        images = _Images(len(files[split]))
-        for rel, _ in progress_bar(files[split], desc=f"decode {split}", unit="img", mininterval=2, leave=False):
+        images, meter = _Images(len(files[split])), ImageMeter(f"decoding {split}", len(files[split]))
+        for rel, _ in files[split]:
             images.add(root / rel, str(root / rel), "replace or delete that file")
+            meter.update(1)
+        meter.close()
         arrays[f"{split}_x"] = images.result()
         arrays[f"{split}_y"] = np.array([label for _, label in files[split]], dtype=np.int64)
     return arrays
@@ -421,15 +423,14 @@ def _check_labels(chunk: _ParquetChunk, classes: list[str] | None) -> None:
 def _decode_parquet(opened: dict[str, list], counts: dict[str, int]) -> dict[str, np.ndarray]:
     arrays = {}
     for split in SPLITS:
-        images, labels = _Images(counts[split]), []
-        with progress_bar(total=counts[split], desc=f"decode {split}", unit="img", mininterval=2,
-                          leave=False) as bar:
-            for file, parquet, image, _ in opened[split]:
-                for chunk in _parquet_chunks(parquet, file, image):
-                    for i, data in enumerate(chunk.images):
-                        images.add(io.BytesIO(data), chunk.where(i), "replace that row or export the file again")
-                    labels.append(chunk.labels)
-                    bar.update(len(chunk.labels))
+        images, labels, meter = _Images(counts[split]), [], ImageMeter(f"decoding {split}", counts[split])
+        for file, parquet, image, _ in opened[split]:
+            for chunk in _parquet_chunks(parquet, file, image):
+                for i, data in enumerate(chunk.images):
+                    images.add(io.BytesIO(data), chunk.where(i), "replace that row or export the file again")
+                labels.append(chunk.labels)
+                meter.update(len(chunk.labels))
+        meter.close()
         arrays[f"{split}_x"] = images.result()
         arrays[f"{split}_y"] = np.concatenate(labels)
     return arrays

@@ -165,3 +165,16 @@ def test_a_dataset_is_named_by_its_folder_with_its_own_size(tmp_path):
     assert dataset_key(identity) == f"fashion-mnist-{identity['content_sha256'][:8]}"
     assert dataset_name(identity) == "Fashion MNIST"
     assert dataset_name({**identity, "content_sha256": CANONICAL_SHA256}) == "cifar10"  # known by content
+
+
+def test_the_first_decode_says_how_far_it_is_in_lines_a_log_keeps(tmp_path, capsys):
+    """Outside a terminal (a sweep's log, a notebook) the decode writes whole lines, one per split at the end
+    with its rate, not a bar redrawn with carriage returns; the cached copy is read without a word."""
+    tree = make_tree(tmp_path / "tree", {"cat": 12, "dog": 12}, test_per_class=5)
+    load_dataset(str(tree), cache_dir=tmp_path / "cache")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" in ")[0] for line in lines] == ["[srlib] decoding train: 24 images",
+                                                         "[srlib] decoding test: 10 images"]
+    assert all(line.endswith("img/s") and "\r" not in line for line in lines)
+    load_dataset(str(tree), cache_dir=tmp_path / "cache")
+    assert capsys.readouterr().out == ""

@@ -234,6 +234,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys, imagefolde
     from srlib.data import load_dataset
 
     identity = load_dataset(imagefolder, cache_dir=tmp_path / "decoded-elsewhere").identity
+    capsys.readouterr()  # the decode's lines
     write_record(out, "original", 0, [3.0, 5.0], wall=50.0, dataset=identity)  # (50 - 0) s / 2 epochs = 25 s each
     # resize_x2's test split is cached already (found by name and shape), its train split is not
     (cache / "upscaled").mkdir(parents=True)
