@@ -59,9 +59,10 @@ class DataShape:
 
 def record_shape(record: dict) -> DataShape:
     """The shape of the data a record was trained on (records before srlib kept it: CIFAR-10's)."""
+    from .data import image_hw
+
     dataset = record.get("data", {}).get("dataset", {})
-    _, h, w = dataset.get("image_size", (3, 32, 32))
-    return DataShape((h, w), dataset.get("train_count", 50_000), dataset.get("test_count", 10_000))
+    return DataShape(image_hw(dataset), dataset.get("train_count", 50_000), dataset.get("test_count", 10_000))
 
 
 def device_type(device: str | None) -> str:

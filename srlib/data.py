@@ -140,6 +140,11 @@ def dataset_key(identity: dict) -> str:
     return f"{slug}-{identity.get('content_sha256', 'unknown')[:8]}"
 
 
+def key_hash(key: str) -> str:
+    """The content-hash part of a dataset key: what identifies the data whatever folder name it came under."""
+    return key.rpartition("-")[2]
+
+
 def image_hw(identity: dict) -> tuple[int, int]:
     """(height, width) of a dataset's images from its identity's `image_size` ([3, H, W]; CIFAR-10's if absent)."""
     size = identity.get("image_size") or [3, 32, 32]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .config import TrainConfig
-from .data import CANONICAL_SHA256, dataset_key
+from .data import CANONICAL_SHA256, dataset_key, key_hash
 from .errors import ConfigError
 from .store import load_arrays, read_json_or_none
 
@@ -51,7 +51,7 @@ def record_dataset(record: dict) -> str:
 
 def _same_data(key: str, dataset: str | None) -> bool:
     # Keys end in the content hash; an old record of non-canonical data had no name, so only the hash is compared.
-    return dataset is None or key.rsplit("-", 1)[-1] == dataset.rsplit("-", 1)[-1]
+    return dataset is None or key_hash(key) == key_hash(dataset)
 
 
 def run_dirs(out: str | os.PathLike, profile: str | None = None, dataset: str | None = None,
@@ -61,7 +61,7 @@ def run_dirs(out: str | os.PathLike, profile: str | None = None, dataset: str | 
     old folder counts for the data its record names, and with a dataset asked for, only with a record)."""
     out, profile = Path(out), profile or "*"
     # By the key's hash: the same images found under another folder name are the same data.
-    new = out.glob(f"{profile}/*{'-' + dataset.rsplit('-', 1)[-1] if dataset else ''}/{variant}/seed{seed}")
+    new = out.glob(f"{profile}/*{'-' + key_hash(dataset) if dataset else ''}/{variant}/seed{seed}")
     old = [p for p in out.glob(f"{profile}/{variant}/seed{seed}")
            if dataset is None or ((record := read_json_or_none(p / RECORD)) is not None
                                   and _same_data(record_dataset(record), dataset))]
@@ -76,7 +76,7 @@ def sr_quality_path(out: str | os.PathLike, profile: str, dataset: str) -> Path:
 def load_quality(out: str | os.PathLike, profile: str, dataset: str) -> dict | None:
     """The SR-quality record on `dataset` (its key; by its hash, as `run_dirs`), in either layout; None when none
     measured this data."""
-    by_hash = sorted(Path(out).glob(f"{profile}/*-{dataset.rsplit('-', 1)[-1]}/{SR_QUALITY}"))
+    by_hash = sorted(Path(out).glob(f"{profile}/*-{key_hash(dataset)}/{SR_QUALITY}"))
     for path in [*by_hash, Path(out) / profile / SR_QUALITY]:
         record = read_json_or_none(path)
         if record is not None and _same_data(dataset_key(record.get("data", {})), dataset):

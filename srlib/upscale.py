@@ -245,14 +245,13 @@ def local_checkpoint(entry: SRCheckpoint, root: Path) -> tuple[Path, str] | None
     """The registered checkpoint's file in `root` and its sha256, verified; None when it is not there.
     WeightsError when a file of that name is there but is not the official one."""
     for name, sha in ((entry.file, entry.sha256), (entry.url_file, entry.url_sha256)):
-        path = root / (name or entry.file)
-        if name is not None and path.is_file():
-            actual = sha256_file(path)
-            if actual != sha:
-                raise WeightsError(
-                    f"SR weights {path} have sha256 {actual[:16]}..., expected {sha[:16]}... for {entry.label} "
-                    "(damaged or a different file); delete it and restore the official file")
-            return path, sha
+        if name is None or not (path := root / name).is_file():
+            continue
+        actual = sha256_file(path)
+        if actual != sha:
+            raise WeightsError(f"SR weights {path} have sha256 {actual[:16]}..., expected {sha[:16]}... for "
+                               f"{entry.label} (damaged or a different file); delete it and restore the official file")
+        return path, sha
     return None
 
 

@@ -115,12 +115,13 @@ class Plan:
 def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | None = None,
               cache_dir: str | os.PathLike | None = None, notebooks_out: str | os.PathLike | None = None,
               analysis: bool = False, device: str | None = None, force: bool = False,
-              dataset: str | None = None) -> Plan:
+              dataset: str | None = None, checks: bool = True) -> Plan:
     """What running `configs` would do (runs done or to run, caches, time) and every problem that would stop it.
 
     `analysis`: the analysis notebooks follow (the SR-quality page needs the default SR weights at x2 and x4).
     `dataset`: the data's key (srlib.data.dataset_key): a run counts as done only on this data (None: on any,
-    but the checks and caches cover every run, as one done on other data would run again).
+    but the checks and caches cover every run, as one done on other data would run again). `checks=False`: the
+    runs, caches and time only (no weights, hosts, folders or disk space looked at).
     """
     from ..runs import find_finished, load_records
 
@@ -137,6 +138,8 @@ def make_plan(configs: list[TrainConfig], out: str | os.PathLike, data: str | No
     plan.caches, builds = _caches(pending, cache, earlier, plan.device, shape)
     plan.runs = [RunPlan(c.variant, c.seed, d, cost.estimate_run(c, earlier, plan.device, builds.get(id(c), 0), shape))
                  for c, d in zip(configs, done, strict=True)]
+    if not checks:
+        return plan
     download_dirs += _check_weights(pending, analysis, plan.problems, hosts)
     for url, answered in ports_open(list(hosts)).items():
         if not answered:

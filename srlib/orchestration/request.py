@@ -70,7 +70,7 @@ class SweepRequest:
         """The dataset part of the runs' folders: given, else the data's own (decoded once here, and cached on disk
         for the runs); in records mode the records' dataset with the most runs, as the results page shows by default
         (None when there are none)."""
-        from ..data import dataset_key, load_dataset
+        from ..data import dataset_key, key_hash, load_dataset
         from ..runs import datasets
 
         if not self.records_only:
@@ -82,18 +82,17 @@ class SweepRequest:
         keys = datasets(self.out, self.profile)
         if self.dataset:  # a key, a name (cifar10) or a hash prefix, as the results page accepts
             found = [k for k in keys if self.dataset in (k, k.rpartition("-")[0]) or
-                     k.rpartition("-")[2].startswith(self.dataset)]
+                     key_hash(k).startswith(self.dataset)]
             if len(found) != 1:
                 raise ConfigError(f"--dataset {self.dataset} matches {len(found)} of the datasets of {self.out} "
                                   f"({', '.join(keys) or 'none'}); give one of these keys")
             keys = found
         return keys[0] if keys else None
 
-    def plan(self, device: str | None = None) -> Plan:
-        """What the sweep would do (runs, caches, time) and every problem that would stop it (srlib.orchestration.
-        preflight); starts nothing."""
+    def plan(self, device: str | None = None, dataset: str | None = None, checks: bool = True) -> Plan:
+        """What the sweep would do (runs, caches, time) and, with `checks`, every problem that would stop it
+        (srlib.orchestration.preflight); starts nothing. `dataset`: the data's key once it is known."""
         from .preflight import make_plan
 
         return make_plan(self.configs, self.out, self.data, self.cache_dir, notebooks_out=self.notebooks_out,
-                         analysis=self.analysis, device=device,
-                         dataset=self.__dict__.get("dataset_key") or self.dataset)  # the key, once it is known
+                         analysis=self.analysis, device=device, dataset=dataset or self.dataset, checks=checks)

@@ -117,7 +117,7 @@ def sweep(request: SweepRequest, log: Callable[[str], None] = print, live: bool 
         tasks = train_tasks(request)  # the data's key is in each run's folder: known once the data passed the checks
         estimates = {}
         if checked:  # the data's key now known, the estimate leaves out only the runs done on this data
-            plan = request.plan()
+            plan = request.plan(dataset=request.dataset_key, checks=False)  # checked above
             log(f"[sweep] {estimate_line(plan)}")
             by_run = {(r.variant, r.seed): r.estimate for r in plan.runs}
             estimates = {t.name: by_run[(t.variant, t.seed)] for t in tasks}

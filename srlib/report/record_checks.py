@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import CANONICAL_SHA256, JPEG_SHA256, dataset_key, dataset_name, image_hw
+from ..data import CANONICAL_SHA256, JPEG_SHA256, dataset_key, dataset_name, image_hw, key_hash
 from ..errors import SrlibError
 from ..runs import PREDICTIONS, record_paths
 from ..store import load_arrays, read_json
@@ -168,7 +168,7 @@ def select_dataset(records: list[dict], dataset: str | None = None) -> tuple[lis
     chosen = next(iter(groups))
     if dataset is not None:
         wanted = dataset.lower()
-        tail = wanted.rpartition("-")[2]  # a key's hash part: the same data may carry another folder's name
+        tail = key_hash(wanted)  # the same data may carry another folder's name
         identities = {sha: g[0]["data"]["dataset"] for sha, g in groups.items()}
         matching = [sha for sha, identity in identities.items()
                     if wanted in (dataset_name(identity).lower(), dataset_key(identity))

@@ -84,10 +84,9 @@ def reference_table(records: list[dict]) -> pd.DataFrame:
 def reference_differences(records: list[dict]) -> pd.DataFrame:
     """SR − resize of the top-5 mean per scale: the reference's (one seed) beside ours (paired by seed,
     mean ± t half-width) and whether the reference's lies inside our interval."""
-    why = not_comparable(records)
     if not on_cifar10(records):
         return pd.DataFrame()
-    key = "top5_mean_test_acc"
+    why, key = not_comparable(records), "top5_mean_test_acc"
     rows = []
     for scale in sorted({variant_of(v).scale for v in REFERENCE if variant_of(v).scale > 1}):
         sr, resize = f"sr_x{scale}", f"resize_x{scale}"
